@@ -1,0 +1,242 @@
+"""Augmentation presets (MoCo v1, v2 "aug+") in two backends.
+
+- `BatchAugment`: batched, on the model's device, from uint8 batches. Every image draws its
+  own parameters, following torchvision's per-image sampling rules (RandomResizedCrop's 10
+  tries, ColorJitter's random order). Written by hand because torchvision.transforms.v2
+  draws one set of parameters per batch, and per-image batching is what makes augmentation
+  cheap next to the model (DESIGN.md: ~13k img/s on 2 cores vs ~300 with PIL).
+- `pil_transform`: torchvision's classic per-image pipeline, the reference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision import transforms as T
+from torchvision.ops import roi_align
+
+_GRAY = (0.299, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+@dataclass(frozen=True)
+class AugSpec:
+    size: int
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    p_jitter: float = 0.8
+    p_gray: float = 0.2
+    p_blur: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    p_flip: float = 0.5
+    p_solarize: float = 0.0
+    gray_first: bool = False  # v1 applies grayscale before jitter
+
+
+def preset(name: str, size: int) -> AugSpec:
+    """v1: the MoCo v1 recipe; v2: "aug+" (blur dropped below 64 px); cifar: the official
+    CIFAR demo's; none: the whole image, for tests."""
+    if name == "v1":
+        return AugSpec(size, jitter=(0.4, 0.4, 0.4, 0.4), p_jitter=1.0, p_blur=0.0, gray_first=True)
+    if name == "v2":
+        return AugSpec(size, p_blur=0.5 if size >= 64 else 0.0)
+    if name == "cifar":  # the official CIFAR demo: v2 without blur, torchvision's default crop scale
+        return AugSpec(size, scale=(0.08, 1.0), p_blur=0.0)
+    if name == "none":
+        return AugSpec(size, scale=(1.0, 1.0), ratio=(1.0, 1.0), p_jitter=0.0, p_gray=0.0, p_blur=0.0, p_flip=0.0)
+    raise ValueError(f"unknown augmentation preset '{name}'; choose v1, v2, cifar or none")
+
+
+# ---------------------------------------------------------------------------------------------
+# batched tensor backend
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """x: B x 3 x H x W -> B x 1 x H x W"""
+    r, g, b = x.unbind(1)
+    return (_GRAY[0] * r + _GRAY[1] * g + _GRAY[2] * b).unsqueeze(1)
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    """f*a + (1-f)*b, clamped to [0, 1]; f: B"""
+    return (b + f.view(-1, 1, 1, 1) * (a - b)).clamp_(0, 1)
+
+
+def _adjust_hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Shifts hue by h (B, in [-0.5, 0.5]) through HSV, as torchvision's adjust_hue."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    v = maxc
+    cr = maxc - minc
+    s = cr / torch.where(maxc > 0, maxc, torch.ones_like(maxc))
+    crd = torch.where(cr > 0, cr, torch.ones_like(cr))
+    rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+    hr = (maxc == r) * (bc - gc)
+    hg = ((maxc == g) & (maxc != r)) * (2.0 + rc - bc)
+    hb = ((maxc != g) & (maxc != r)) * (4.0 + gc - rc)
+    hue = torch.fmod((hr + hg + hb) / 6.0 + 1.0, 1.0)
+    hue = torch.remainder(hue + h.view(-1, 1, 1), 1.0)
+    # HSV -> RGB
+    i = torch.floor(hue * 6.0)
+    f = hue * 6.0 - i
+    i = i.long() % 6
+    p = (v * (1.0 - s)).clamp(0, 1)
+    q = (v * (1.0 - s * f)).clamp(0, 1)
+    t = (v * (1.0 - s * (1.0 - f))).clamp(0, 1)
+    table = torch.stack([
+        torch.stack([v, q, p, p, t, v], 1),
+        torch.stack([t, v, v, q, p, p], 1),
+        torch.stack([p, p, t, v, v, q], 1),
+    ], 1)  # B x 3 x 6 x H x W
+    return table.gather(2, i.unsqueeze(1).unsqueeze(2).expand(-1, 3, 1, -1, -1)).squeeze(2)
+
+
+def sample_crop_boxes(B: int, H: int, W: int, scale, ratio, g: torch.Generator, tries: int = 10):
+    """RandomResizedCrop.get_params for B images at once -> B x 4 boxes (x0, y0, x1, y1)."""
+    area = H * W
+    target = area * torch.empty(B, tries).uniform_(scale[0], scale[1], generator=g)
+    log_r = torch.empty(B, tries).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
+    ar = torch.exp(log_r)
+    w = torch.round(torch.sqrt(target * ar))
+    h = torch.round(torch.sqrt(target / ar))
+    ok = (w > 0) & (h > 0) & (w <= W) & (h <= H)
+    first = torch.argmax(ok.int(), dim=1)  # first valid try per image
+    w = w.gather(1, first[:, None]).squeeze(1)
+    h = h.gather(1, first[:, None]).squeeze(1)
+    # fallback (no valid try): the central crop with the ratio clamped, as torchvision does
+    in_ratio = W / H
+    if in_ratio < ratio[0]:
+        fw, fh = W, round(W / ratio[0])
+    elif in_ratio > ratio[1]:
+        fw, fh = round(H * ratio[1]), H
+    else:
+        fw, fh = W, H
+    valid = ok.any(1)
+    w = torch.where(valid, w, torch.full_like(w, fw))
+    h = torch.where(valid, h, torch.full_like(h, fh))
+    u = torch.rand(B, 2, generator=g)
+    x0 = torch.where(valid, torch.floor(u[:, 0] * (W - w + 1)), torch.full_like(w, (W - fw) // 2))
+    y0 = torch.where(valid, torch.floor(u[:, 1] * (H - h + 1)), torch.full_like(h, (H - fh) // 2))
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Per-image Gaussian blur (sigma: B), separable, reflect padding, one grouped conv per axis."""
+    B, C, H, W = x.shape
+    radius = int(math.ceil(3 * float(sigma.max())))
+    radius = min(radius, (min(H, W) - 1))
+    k = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kern = torch.exp(-0.5 * (k[None, :] / sigma[:, None].to(x)) ** 2)
+    kern = kern / kern.sum(1, keepdim=True)  # B x (2r+1)
+    kern = kern.repeat_interleave(C, 0)  # (B*C) x (2r+1)
+    y = F.pad(x.reshape(1, B * C, H, W), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, kern[:, None, None, :], groups=B * C)
+    y = F.conv2d(y, kern[:, None, :, None], groups=B * C)
+    return y.view(B, C, H, W)
+
+
+class BatchAugment:
+    """uint8 B x 3 x H x W (any device) -> normalised float B x 3 x S x S, per-image parameters."""
+
+    def __init__(self, spec: AugSpec, mean, std, channels_last: bool = False):
+        self.spec = spec
+        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.channels_last = channels_last
+
+    def _where(self, mask: torch.Tensor, fn, x: torch.Tensor, *args) -> torch.Tensor:
+        """Applies fn to the images selected by mask only (index, not compute-then-discard)."""
+        idx = mask.nonzero().squeeze(1).to(x.device)
+        if idx.numel() == 0:
+            return x
+        sub = fn(x.index_select(0, idx), *[a[mask].to(x.device) for a in args])
+        return x.index_copy(0, idx, sub)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        s, dev = self.spec, images.device
+        B, _, H, W = images.shape
+        x = images.float().div_(255)
+        # random resized crop + resize (roi_align averages several samples per output pixel)
+        boxes = sample_crop_boxes(B, H, W, s.scale, s.ratio, g)
+        rois = torch.cat([torch.arange(B, dtype=torch.float32)[:, None], boxes], 1).to(dev)
+        x = roi_align(x, rois, output_size=(s.size, s.size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        rand = torch.rand(B, 8, generator=g)  # per-image coin flips
+        if s.gray_first and s.p_gray > 0:
+            x = self._where(rand[:, 0] < s.p_gray, lambda y: _gray(y).expand(-1, 3, -1, -1), x)
+        if s.p_jitter > 0:
+            x = self._jitter(x, rand[:, 1] < s.p_jitter, g)
+        if not s.gray_first and s.p_gray > 0:
+            x = self._where(rand[:, 0] < s.p_gray, lambda y: _gray(y).expand(-1, 3, -1, -1), x)
+        if s.p_blur > 0:
+            sigma = torch.empty(B).uniform_(s.blur_sigma[0], s.blur_sigma[1], generator=g)
+            x = self._where(rand[:, 2] < s.p_blur, _gaussian_blur, x, sigma)
+        if s.p_solarize > 0:
+            x = self._where(rand[:, 3] < s.p_solarize, lambda y: torch.where(y >= 0.5, 1.0 - y, y), x)
+        if s.p_flip > 0:
+            x = self._where(rand[:, 4] < s.p_flip, lambda y: y.flip(3), x)
+        x = (x - self.mean.to(dev)) / self.std.to(dev)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _jitter(self, x: torch.Tensor, apply: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """ColorJitter per image: factors and the order of the four ops drawn per image."""
+        B = x.shape[0]
+        bj, cj, sj, hj = self.spec.jitter
+        fac = torch.stack([
+            torch.empty(B).uniform_(max(0.0, 1 - bj), 1 + bj, generator=g),
+            torch.empty(B).uniform_(max(0.0, 1 - cj), 1 + cj, generator=g),
+            torch.empty(B).uniform_(max(0.0, 1 - sj), 1 + sj, generator=g),
+            torch.empty(B).uniform_(-hj, hj, generator=g),
+        ], 1)  # B x 4
+        order = torch.argsort(torch.rand(B, 4, generator=g), dim=1)  # a random permutation per image
+        ops = [
+            (bj > 0, lambda y, f: (y * f.view(-1, 1, 1, 1)).clamp_(0, 1)),
+            (cj > 0, lambda y, f: _blend(y, _gray(y).mean(dim=(1, 2, 3), keepdim=True), f)),
+            (sj > 0, lambda y, f: _blend(y, _gray(y), f)),
+            (hj > 0, _adjust_hue),
+        ]
+        for pos in range(4):
+            for op, (enabled, fn) in enumerate(ops):
+                if enabled:
+                    x = self._where(apply & (order[:, pos] == op), fn, x, fac[:, op])
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# PIL backend (torchvision, one image at a time)
+
+def pil_transform(spec: AugSpec, mean, std) -> T.Compose:
+    s = spec
+    ops = [T.RandomResizedCrop(s.size, scale=s.scale, ratio=s.ratio)]
+    gray = T.RandomGrayscale(p=s.p_gray)
+    if s.gray_first:
+        ops.append(gray)
+    if s.p_jitter > 0:
+        ops.append(T.RandomApply([T.ColorJitter(*s.jitter)], p=s.p_jitter))
+    if not s.gray_first:
+        ops.append(gray)
+    if s.p_blur > 0:
+        ops.append(T.RandomApply([T.GaussianBlur(kernel_size=2 * math.ceil(3 * s.blur_sigma[1]) + 1, sigma=s.blur_sigma)], p=s.p_blur))
+    if s.p_solarize > 0:
+        ops.append(T.RandomSolarize(128, p=s.p_solarize))
+    ops += [T.RandomHorizontalFlip(s.p_flip), T.ToTensor(), T.Normalize(mean, std)]
+    return T.Compose(ops)
+
+
+def eval_transform(size: int, mean, std, resize: int | None = None) -> T.Compose:
+    """Resize (shorter side) + center crop + normalise, for feature extraction."""
+    resize = resize or (size if size < 96 else int(round(size / 0.875)))
+    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
+
+
+class TwoViews:
+    """Two independent augmentations of one image (query view, key view)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(img), self.transform(img)

@@ -1,0 +1,119 @@
+"""Checkpoints: full training state, written atomically; backbone export for torchvision.
+
+Everything is saved as tensors, numbers, strings, lists and dicts, so that every file loads
+with `torch.load(weights_only=True)`: a file handed in by a user can never run code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says what was expected."""
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """Writes to a temporary file in the same folder, fsyncs, then renames over `path`:
+    a crash at any moment leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def safe_load(path: str | Path, map_location="cpu") -> dict:
+    """torch.load(weights_only=True) with messages a user can act on."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects other than tensors and plain data, "
+            f"which could run code ({str(e).splitlines()[0]})") from None
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": list(random.getstate()[1]) + [random.getstate()[0], random.getstate()[2]],
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict, generators: dict[str, torch.Generator]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    py = state["python"]
+    random.setstate((py[-2], tuple(py[:-2]), py[-1]))
+    for k, g in generators.items():
+        if k in state["generators"]:
+            g.set_state(state["generators"][k])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def backbone_state_dict(model) -> dict:
+    """The query encoder's backbone, with torchvision's key names (no `fc`)."""
+    return {k: v.detach().cpu().clone() for k, v in model.encoder_q.backbone.state_dict().items()}
+
+
+def export_backbone(model, path: str | Path, meta_path: str | Path, meta: dict) -> None:
+    """Writes the backbone as a plain torchvision state_dict (`path`) and what it is (`meta_path`,
+    JSON). `models.backbones.torchvision_model(arch, width, stem)` loads it with strict=True."""
+    atomic_save(backbone_state_dict(model), path)
+    Path(meta_path).write_text(json.dumps(meta, indent=2))
+
+
+def extract_backbone(obj: dict) -> tuple[dict, dict]:
+    """Accepts a mocolab checkpoint, a mocolab export, an official MoCo checkpoint
+    (`module.encoder_q.*`) or a torchvision state_dict (our export); returns (backbone_sd, meta)."""
+    if not isinstance(obj, dict):
+        raise CheckpointError("expected a dict (a state_dict or a checkpoint)")
+    meta = {}
+    if "model" in obj and "config" in obj:  # a mocolab training checkpoint
+        prefix = "encoder_q.backbone."
+        sd = {k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)}
+        meta = {"config": obj["config"]}
+    else:
+        sd = obj.get("state_dict", obj)
+        for prefix in ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "module."):
+            if any(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+                break
+        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    if not isinstance(sd, dict) or "conv1.weight" not in sd:
+        keys = ", ".join(list(sd)[:5]) if isinstance(sd, dict) else type(sd).__name__
+        raise CheckpointError(
+            "no ResNet backbone found: expected a mocolab checkpoint or export, an official MoCo "
+            f"checkpoint (module.encoder_q.*) or a torchvision ResNet state_dict; got keys: {keys}")
+    return sd, meta

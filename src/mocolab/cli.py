@@ -1,0 +1,161 @@
+"""`mocolab pretrain | knn | presets`: parse, build the config, call the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, extract_backbone, safe_load
+from .config import ConfigError, apply_overrides, build_config, from_dict, preset_names
+from .data import DataError
+from .engine import NonFiniteLoss
+
+log = logging.getLogger("mocolab")
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="mocolab: %(message)s")
+    warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
+
+
+def cmd_pretrain(args) -> int:
+    from .pretrain import pretrain
+
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"run.epochs={args.epochs}")
+    if args.budget_minutes is not None:
+        overrides.append(f"run.budget_minutes={args.budget_minutes}")
+    if args.batch_size is not None:
+        overrides.append(f"optim.batch_size={args.batch_size}")
+    cfg = build_config(args.preset, overrides)
+    summary = pretrain(cfg, args.data, args.out, resume=args.resume)
+    msg = f"done: {summary['epochs']:.2f} epochs, {summary['images_per_second']:.0f} img/s"
+    if "knn_top1" in summary:
+        msg += f", kNN top-1 {summary['knn_top1']:.2f}% ({summary['knn_features']} features)"
+    print(msg + f"; results in {args.out}/summary.json")
+    return 0
+
+
+def load_for_eval(path: str, features: str, image_size: int | None):
+    """Any checkpoint or weights file -> (network, image_size, mean, std, description)."""
+    from .config import Config
+    from .models.backbones import build_backbone, infer_arch
+    from .models.moco import MoCo
+
+    obj = safe_load(path)
+    sd, meta = extract_backbone(obj)
+    side = Path(path).with_suffix(".json")
+    if not meta and side.is_file():
+        meta = json.loads(side.read_text())
+    cfg = from_dict(meta["config"]) if "config" in meta else Config()
+    if "config" not in meta and image_size is None:
+        image_size = 32 if infer_arch(sd)["stem"] == "cifar" else 224
+    if image_size:
+        cfg.data.image_size = image_size
+    if features == "head":
+        if "config" not in meta:
+            raise CheckpointError("--features head needs a mocolab training checkpoint (it holds the head)")
+        cfg.model.bn_splits = 1
+        model = MoCo(cfg)
+        model.load_state_dict(obj["model"])
+        return model.encoder_q, cfg
+    spec = infer_arch(sd)
+    net, _ = build_backbone(spec["arch"], spec["width"], spec["stem"])
+    try:
+        net.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"the weights in {path} do not fit a {spec['arch']}: {str(e).splitlines()[0]}") from None
+    return net, cfg
+
+
+def cmd_knn(args) -> int:
+    from .data import cache_size_for, load_splits
+    from .eval.features import extract_features
+    from .eval.knn import knn_accuracy
+    from .pretrain import resolve_amp, resolve_device
+
+    net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
+    device = resolve_device(args.device)
+    net = net.to(device)
+    splits = load_splits(args.data, cache_size_for(cfg.data.image_size), limit=args.limit, workers=cfg.data.workers)
+    if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
+        raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
+    dtype = resolve_amp(args.amp, device)
+    kw = dict(device=device, autocast_dtype=dtype, size=cfg.data.image_size)
+    f_train = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)
+    f_test = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)
+    n_cls = int(max(splits.train.labels.max(), splits.test.labels.max())) + 1
+    acc = knn_accuracy(f_train, splits.train.labels, f_test, splits.test.labels, n_cls, args.k, args.t)
+    result = {"protocol": "knn", "knn_top1": acc, "k": args.k, "t": args.t, "features": args.features,
+              "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": len(splits.train),
+              "test_size": len(splits.test)}
+    out = Path(args.checkpoint).with_suffix(".knn.json")
+    try:
+        out.write_text(json.dumps(result, indent=2))
+    except OSError:
+        pass
+    print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
+          f"{len(splits.train)} train / {len(splits.test)} test images)")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    for name in preset_names():
+        print(name)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mocolab", description="Momentum Contrast (MoCo) pretraining and evaluation")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pt = sub.add_parser("pretrain", help="self-supervised MoCo pretraining on an image folder")
+    pt.add_argument("--preset", default="cifar10_cpu", help=f"one of: {', '.join(preset_names())}, or a YAML file")
+    pt.add_argument("--data", required=True, help="image folder (train/ test/ splits or one ImageFolder), or cifar10[:ROOT]")
+    pt.add_argument("--out", required=True, help="run folder")
+    pt.add_argument("--budget-minutes", type=float, help="a complete run (schedule included) within M minutes")
+    pt.add_argument("--epochs", type=int)
+    pt.add_argument("--batch-size", type=int, help="global batch size")
+    pt.add_argument("--resume", help="a checkpoint to continue from, or 'auto' (newest valid in --out)")
+    pt.add_argument("overrides", nargs="*", help="config overrides key=value, for example optim.lr=0.1 moco.T=0.2")
+    pt.set_defaults(fn=cmd_pretrain)
+
+    kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's features")
+    kn.add_argument("--checkpoint", required=True, help="mocolab checkpoint or backbone.pth, official MoCo or torchvision weights")
+    kn.add_argument("--data", required=True, help="folder with labeled train/ and test/ (or val/)")
+    kn.add_argument("--k", type=int, default=200)
+    kn.add_argument("--t", type=float, default=0.1)
+    kn.add_argument("--features", choices=["backbone", "head"], default="backbone")
+    kn.add_argument("--image-size", type=int)
+    kn.add_argument("--device", default="auto")
+    kn.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
+    kn.add_argument("--limit", type=int, default=0, help="first N images per split (class-balanced)")
+    kn.set_defaults(fn=cmd_knn)
+
+    pr = sub.add_parser("presets", help="list the presets")
+    pr.set_defaults(fn=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _setup_logging()
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, CheckpointError, NonFiniteLoss, FileNotFoundError, OSError, ValueError) as e:
+        print(f"mocolab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mocolab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

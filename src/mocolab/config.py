@@ -1,0 +1,257 @@
+"""Typed run configuration: dataclasses, YAML presets and `key=value` overrides.
+
+A config is four groups (model / moco / data / optim) plus `run`. Presets are YAML files in
+`mocolab/presets/`; any key can be overridden on the command line as `group.key=value` or,
+when the name is unique, as plain `key=value`. The resolved config is saved with every run
+and inside every checkpoint as a plain dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad preset, key or value. The message is meant for the user, as is."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    width: int = 64  # channels of the first stage (64 = torchvision's ResNet)
+    stem: str = "auto"  # auto | cifar | imagenet ("auto": cifar below 96 px)
+    head: str = "mlp"  # linear (MoCo v1) | mlp (MoCo v2)
+    dim: int = 128  # feature dimension of the head's output
+    hidden_dim: int = 2048  # MLP head's hidden width
+    bn_splits: int = 8  # SplitBatchNorm groups on one process (1 = plain BN)
+
+
+@dataclass
+class MocoConfig:
+    queue_size: int = 65536  # K
+    m: float = 0.999  # momentum of the key encoder
+    T: float = 0.2  # temperature
+    symmetric: bool = False  # both views serve as queries (the official CIFAR demo's option)
+    shuffle_bn: bool = True  # encode keys on a shuffled batch
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 224
+    augment: str = "v2"  # v1 | v2 (aug+) | cifar (the official CIFAR demo's) | none
+    backend: str = "tensor"  # tensor (batched, on the model's device) | pil (torchvision per image)
+    cache: bool = True  # decode once into an in-memory uint8 tensor (needed by the tensor backend)
+    cache_dir: str = ""  # where decoded caches are kept ("" = ~/.cache/mocolab)
+    workers: int = 2  # DataLoader workers (decoding, PIL backend)
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    limit: int = 0  # use only the first N images of each split (0 = all); for smoke tests
+
+
+@dataclass
+class OptimConfig:
+    batch_size: int = 256  # global batch
+    lr: float = 0.03  # learning rate at base_batch_size; scaled linearly with batch_size
+    base_batch_size: int = 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "step"  # step | cosine
+    milestones: list[float] = field(default_factory=lambda: [0.6, 0.8])  # step: fractions of training
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class RunConfig:
+    epochs: int = 200
+    budget_minutes: float = 0.0  # > 0: a complete run (schedule included) that fits this budget
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA only)
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0  # torch intra-op threads (0 = torch's default)
+    log_every: int = 20  # steps between progress/metric lines
+    knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_features: str = "backbone"  # backbone (pooled, before the head) | head
+    keep_checkpoints: int = 2
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    moco: MocoConfig = field(default_factory=MocoConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def validate(self) -> Config:
+        """Checks the values that a type alone cannot; raises ConfigError."""
+        checks = [
+            (self.model.arch in ("resnet18", "resnet34", "resnet50"), "model.arch must be resnet18, resnet34 or resnet50"),
+            (self.model.stem in ("auto", "cifar", "imagenet"), "model.stem must be auto, cifar or imagenet"),
+            (self.model.head in ("linear", "mlp"), "model.head must be linear or mlp"),
+            (self.model.width > 0 and self.model.dim > 0, "model.width and model.dim must be positive"),
+            (self.model.bn_splits >= 1, "model.bn_splits must be >= 1"),
+            (self.moco.queue_size >= 1, "moco.queue_size must be >= 1"),
+            (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
+            (self.moco.T > 0, "moco.T must be positive"),
+            (self.data.augment in ("v1", "v2", "cifar", "none"), "data.augment must be v1, v2, cifar or none"),
+            (self.data.backend in ("tensor", "pil"), "data.backend must be tensor or pil"),
+            (self.data.backend == "pil" or self.data.cache, "data.backend=tensor needs data.cache=true"),
+            (self.data.image_size >= 8, "data.image_size must be >= 8"),
+            (len(self.data.mean) == 3 and len(self.data.std) == 3, "data.mean and data.std need 3 values"),
+            (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
+            (self.optim.batch_size % self.model.bn_splits == 0,
+             f"optim.batch_size ({self.optim.batch_size}) must be divisible by model.bn_splits ({self.model.bn_splits})"),
+            (self.optim.lr > 0, "optim.lr must be positive"),
+            (self.optim.schedule in ("step", "cosine"), "optim.schedule must be step or cosine"),
+            (self.run.epochs >= 1 or self.run.budget_minutes > 0, "run.epochs must be >= 1"),
+            (self.run.amp in ("auto", "bf16", "off"), "run.amp must be auto, bf16 or off"),
+            (self.run.knn_features in ("backbone", "head"), "run.knn_features must be backbone or head"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+GROUPS = {f.name: f.type for f in fields(Config)}
+
+
+def _group_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in GROUPS}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in resources.files("mocolab.presets").iterdir() if p.name.endswith(".yaml"))
+
+
+def _convert(value, typ, key: str):
+    """Converts a YAML/CLI value to the field's type, or raises a ConfigError naming the key."""
+    origin = typing.get_origin(typ)
+    try:
+        if origin is list:
+            (item,) = typing.get_args(typ)
+            if isinstance(value, str):
+                value = yaml.safe_load(value) if value.strip().startswith("[") else value.split(",")
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            return [_convert(v, item, key) for v in value]
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise TypeError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise TypeError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if typ is str:
+            if isinstance(value, (dict, list)):
+                raise TypeError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    else:
+        raise ConfigError(f"{key}: unsupported type {typ}")
+    name = getattr(typ, "__name__", str(typ))
+    raise ConfigError(f"{key}={value!r} is not a valid {name}")
+
+
+def _set(cfg: Config, key: str, value) -> None:
+    classes = _group_classes()
+    if "." in key:
+        group, _, name = key.partition(".")
+        if group not in classes:
+            raise ConfigError(f"unknown config group '{group}' in '{key}' (groups: {', '.join(classes)})")
+    else:
+        owners = [g for g, cls in classes.items() if name_in(cls, key)]
+        if len(owners) > 1:
+            raise ConfigError(f"'{key}' is ambiguous: write one of {', '.join(f'{g}.{key}' for g in owners)}")
+        group, name = (owners[0] if owners else ""), key
+    hints = typing.get_type_hints(classes[group]) if group else {}
+    if name not in hints:
+        every = [f"{g}.{f.name}" for g, cls in classes.items() for f in fields(cls)]
+        close = difflib.get_close_matches(key, every + [k.split(".")[1] for k in every], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown config key '{key}'{hint}")
+    setattr(getattr(cfg, group), name, _convert(value, hints[name], f"{group}.{name}"))
+
+
+def name_in(cls: type, key: str) -> bool:
+    return any(f.name == key for f in fields(cls))
+
+
+def from_dict(data: dict, base: Config | None = None) -> Config:
+    """Builds a Config from a nested dict (a preset, a saved run); unknown keys are errors."""
+    cfg = base or Config()
+    if not isinstance(data, dict):
+        raise ConfigError("a config must be a mapping of groups (model, moco, data, optim, run)")
+    for group, values in data.items():
+        if group not in GROUPS:
+            raise ConfigError(f"unknown config group '{group}' (groups: {', '.join(GROUPS)})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"config group '{group}' must be a mapping")
+        for name, value in values.items():
+            _set(cfg, f"{group}.{name}", value)
+    return cfg
+
+
+def load_preset(name: str) -> Config:
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    else:
+        names = preset_names()
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown preset '{name}'{hint}; presets: {', '.join(names)}")
+        text = resources.files("mocolab.presets").joinpath(f"{name}.yaml").read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset '{name}' is not valid YAML: {e}") from None
+    return from_dict(data)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key=value (for example optim.lr=0.1)")
+        _set(cfg, key.strip(), value.strip())
+    return cfg
+
+
+def build_config(preset: str, overrides: list[str] | None = None) -> Config:
+    return apply_overrides(load_preset(preset), overrides or []).validate()
+
+
+def save_yaml(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def replace(cfg: Config, **groups) -> Config:
+    return dataclasses.replace(cfg, **groups)

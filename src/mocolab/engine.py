@@ -1,0 +1,222 @@
+"""The training loop: one `Trainer` that owns the model, optimizer, data order and budget.
+
+`pretrain.py` builds the objects; this module runs steps, schedules, logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import distributed as du
+from .augment import BatchAugment
+from .checkpoint import atomic_save, rng_state, set_rng_state
+from .config import Config
+from .data import TensorData
+from .models.moco import MoCo
+from .schedules import lr_at, scaled_lr
+from .step import moco_step
+
+log = logging.getLogger("mocolab")
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass
+class Progress:
+    epoch: int = 0  # current epoch (0-based)
+    it: int = 0  # next step within the epoch
+    step: int = 0  # global steps done
+    total_steps: int = 0  # the schedule's length (re-estimated under a time budget)
+    elapsed: float = 0.0  # training seconds so far (monitors included, start-up excluded)
+    images: int = 0  # images (pairs of views) trained on
+    train_seconds: float = 0.0  # seconds spent in training steps only (for img/s)
+
+
+class MetricsLogger:
+    """metrics.jsonl + TensorBoard, written by rank 0 only."""
+
+    def __init__(self, out: Path | None):
+        self.file = self.tb = None
+        if out is not None and du.is_main():
+            self.file = open(out / "metrics.jsonl", "a")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(out / "tb"))
+            except ImportError:  # tensorboard is optional at run time
+                log.warning("tensorboard is not installed; writing metrics.jsonl only")
+
+    def write(self, record: dict, step: int) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of an epoch: a permutation that depends on (seed, epoch) only, so a
+    resumed run replays it exactly."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, model: MoCo, train: TensorData, device: torch.device,
+                 out: Path | None, autocast_dtype: torch.dtype | None, monitor=None):
+        self.cfg, self.model, self.train, self.device, self.out = cfg, model, train, device, out
+        self.monitor = monitor  # callable(model) -> dict, run every knn_every epochs
+        o = cfg.optim
+        self.base_lr = scaled_lr(o.lr, o.batch_size, o.base_batch_size)
+        self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=self.base_lr,
+                                         momentum=o.momentum, weight_decay=o.weight_decay)
+        self.batch = o.batch_size
+        self.steps_per_epoch = len(train) // self.batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
+        self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
+        self.budget_s = cfg.run.budget_minutes * 60.0
+        self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
+        self.gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # augmentation + shuffle BN
+        self.aug = BatchAugment(self._aug_spec(), cfg.data.mean, cfg.data.std, cfg.run.channels_last)
+        self.autocast_dtype = autocast_dtype
+        self.logger = MetricsLogger(out)
+        self.history: list[dict] = []
+
+    def _aug_spec(self):
+        from .augment import preset
+        return preset(self.cfg.data.augment, self.cfg.data.image_size)
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "progress": asdict(self.progress),
+            "rng": rng_state({"aug": self.gen}),
+            "config": self.cfg.to_dict(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(**state["progress"])
+        set_rng_state(state["rng"], {"aug": self.gen})
+        self.history = list(state.get("history", []))
+
+    def save(self, name: str) -> Path | None:
+        if self.out is None or not du.is_main():
+            return None
+        ckdir = self.out / "checkpoints"
+        ckdir.mkdir(exist_ok=True)
+        path = ckdir / name
+        atomic_save(self.state_dict(), path)
+        keep = self.cfg.run.keep_checkpoints
+        epochs = sorted(ckdir.glob("epoch_*.pth"))
+        for old in epochs[:-keep] if keep > 0 else []:
+            old.unlink(missing_ok=True)
+        return path
+
+    # -- schedule and budget -------------------------------------------------------------
+    def _reestimate(self, step_seconds: float) -> None:
+        """Under a time budget, the schedule's length is the number of steps that fit in
+        what is left, so the run anneals fully within the budget."""
+        p = self.progress
+        left = self.budget_s - p.elapsed
+        p.total_steps = max(p.step + 1, p.step + int(left / max(step_seconds, 1e-6)))
+
+    def _done(self) -> bool:
+        p = self.progress
+        if self.budget_s > 0 and p.elapsed >= self.budget_s:
+            return True
+        return p.step >= p.total_steps
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                              enabled=self.autocast_dtype is not None)
+
+    # -- the loop ------------------------------------------------------------------------
+    def fit(self) -> Progress:
+        cfg, p = self.cfg, self.progress
+        if self.budget_s > 0 and p.step == 0:
+            p.total_steps = 10**9  # set from the measured speed after the first steps
+        bar = tqdm(total=None, disable=not du.is_main(), dynamic_ncols=True, unit="step",
+                   initial=p.step, mininterval=2.0)
+        self.model.train()
+        try:
+            while not self._done():
+                self.train_one_epoch(bar)
+                if p.it == self.steps_per_epoch:  # a full epoch: next epoch, checkpoint, monitor
+                    p.epoch, p.it = p.epoch + 1, 0
+                    if cfg.run.knn_every and p.epoch % cfg.run.knn_every == 0 and self.monitor and not self._done():
+                        t0 = time.perf_counter()
+                        result = self.monitor(self.model)
+                        p.elapsed += time.perf_counter() - t0
+                        self.history.append({"epoch": p.epoch, "step": p.step, **result})
+                        self.logger.write({"epoch": p.epoch, "step": p.step, **result}, p.step)
+                        bar.write(f"epoch {p.epoch}: {result}")
+                    self.save(f"epoch_{p.epoch:04d}.pth")
+        finally:
+            bar.close()
+        return p
+
+    def train_one_epoch(self, bar) -> None:
+        cfg, p, model = self.cfg, self.progress, self.model
+        order = epoch_order(len(self.train), cfg.run.seed, p.epoch)
+        B, dev = self.batch, self.device
+        loss_sum = torch.zeros((), device=dev)  # summed on the device; read at log time only
+        n_log, t_log = 0, time.perf_counter()
+        calib_at = p.step + 5  # skip the first steps (allocator and kernel warm-up) when timing
+        t_calib = None
+        while p.it < self.steps_per_epoch and not self._done():
+            t0 = time.perf_counter()
+            idx = order[p.it * B:(p.it + 1) * B]
+            x = self.train.images[idx].to(dev, non_blocking=True)  # B x 3 x H x W uint8
+            x_q, x_k = self.aug(x, self.gen), self.aug(x, self.gen)  # two views
+            lr = lr_at(p.step, p.total_steps, self.base_lr, cfg.optim.schedule, cfg.optim.milestones, self.warmup_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            loss = moco_step(model, self.optimizer, x_q, x_k, m=cfg.moco.m, T=cfg.moco.T,
+                             symmetric=cfg.moco.symmetric, autocast=self._autocast(), generator=self.gen)
+            loss_sum += loss
+            n_log += 1
+            p.it, p.step, p.images = p.it + 1, p.step + 1, p.images + B
+            dt = time.perf_counter() - t0
+            p.elapsed += dt
+            p.train_seconds += dt
+            if p.step == calib_at:
+                t_calib = (time.perf_counter(), p.step)
+            if self.budget_s > 0 and t_calib and p.step > t_calib[1] and (p.step - t_calib[1]) % 10 == 0:
+                self._reestimate((time.perf_counter() - t_calib[0]) / (p.step - t_calib[1]))
+            if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done():
+                mean_loss = (loss_sum / n_log).item()  # the only host sync, at log intervals
+                if not math.isfinite(mean_loss):
+                    raise NonFiniteLoss(f"loss became {mean_loss} at step {p.step} (epoch {p.epoch}); "
+                                        "the last checkpoint is kept; try a lower optim.lr")
+                ips = n_log * B / (time.perf_counter() - t_log)
+                rec = {"epoch": p.epoch, "step": p.step, "loss": mean_loss, "lr": lr, "img_per_s": ips,
+                       "epoch_float": p.step / self.steps_per_epoch}
+                self.logger.write(rec, p.step)
+                bar.set_postfix(ep=f"{rec['epoch_float']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+                bar.update(n_log)
+                loss_sum.zero_()
+                n_log, t_log = 0, time.perf_counter()

@@ -1,0 +1,1 @@
+"""Evaluation protocols: feature extraction and weighted kNN."""

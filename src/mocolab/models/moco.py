@@ -1,0 +1,56 @@
+"""The MoCo module: query encoder f_q, key encoder f_k (its EMA copy) and the queue.
+
+It holds the state; the step that changes it lives in `mocolab.step.moco_step` and reads
+like the paper's Algorithm 1.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import Config
+from ..distributed import batch_shuffle
+from ..queue import KeyQueue
+from .backbones import build_backbone, resolve_stem
+from .heads import build_head
+
+
+class Encoder(nn.Module):
+    """backbone -> head; `forward` returns L2-normalised features N x dim."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+
+
+class MoCo(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        mc = cfg.model
+        self.stem = resolve_stem(mc.stem, cfg.data.image_size)
+        backbone, feat_dim = build_backbone(mc.arch, mc.width, self.stem, mc.bn_splits)
+        self.feature_dim = feat_dim
+        self.encoder_q = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim))
+        self.encoder_k = copy.deepcopy(self.encoder_q)  # f_k starts as a copy of f_q
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)  # f_k is updated by momentum only
+        self.queue = KeyQueue(cfg.moco.queue_size, mc.dim)
+        self.shuffle_bn = cfg.moco.shuffle_bn
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder_q(x)  # N x C
+
+    @torch.no_grad()
+    def encode_key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Keys N x C, computed on a shuffled batch (Shuffle BN) and put back in order."""
+        if not self.shuffle_bn:
+            return self.encoder_k(x)
+        x_shuffled, idx_unshuffle = batch_shuffle(x, generator)
+        return self.encoder_k(x_shuffled)[idx_unshuffle]

@@ -1,0 +1,176 @@
+"""`mocolab pretrain`: builds the objects, runs the Trainer, evaluates, exports.
+
+RUN_DIR ends with config.yaml, metrics.jsonl, tb/, checkpoints/, backbone.pth (+ .json)
+and summary.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import distributed as du
+from .checkpoint import CheckpointError, export_backbone, safe_load
+from .config import Config, from_dict, save_yaml
+from .data import TensorData, cache_size_for, load_splits
+from .engine import Trainer
+from .eval.features import extract_features
+from .eval.knn import knn_accuracy
+from .models.moco import MoCo
+
+log = logging.getLogger("mocolab")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name} but no CUDA device is available")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX (Sapphire Rapids and later): bf16 convolutions beat float32 on the CPU."""
+    try:
+        return bool(torch._C._cpu._init_amx()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    if amp == "bf16" or device.type == "cuda" or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_out_dir(out: Path) -> None:
+    """Fails before any training if the run folder cannot be written or the disk is full."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+    free = shutil.disk_usage(out).free
+    if free < 200 * 2**20:
+        raise OSError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")
+
+
+def knn_monitor(cfg: Config, train: TensorData, test: TensorData, device, autocast_dtype):
+    """A callable(model) -> {'knn_top1': %, 'knn_features': ...} on the full splits."""
+    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+
+    def run(model: MoCo) -> dict:
+        net = model.encoder_q.backbone if cfg.run.knn_features == "backbone" else model.encoder_q
+        kw = dict(device=device, channels_last=cfg.run.channels_last, autocast_dtype=autocast_dtype,
+                  size=cfg.data.image_size)
+        f_train = extract_features(net, train, cfg.data.mean, cfg.data.std, **kw)
+        f_test = extract_features(net, test, cfg.data.mean, cfg.data.std, **kw)
+        acc = knn_accuracy(f_train, train.labels, f_test, test.labels, num_classes, cfg.run.knn_k, cfg.run.knn_t)
+        return {"knn_top1": acc, "knn_features": cfg.run.knn_features, "knn_k": cfg.run.knn_k, "knn_t": cfg.run.knn_t}
+
+    return run
+
+
+def build_model(cfg: Config, device: torch.device) -> MoCo:
+    model = MoCo(cfg).to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def pretrain(cfg: Config, data: str, out: str | Path, resume: str | None = None) -> dict:
+    out = Path(out)
+    state = None
+    if resume:
+        path = latest_checkpoint(out) if resume == "auto" else Path(resume)
+        if path is not None:
+            state = safe_load(path)
+            if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
+                raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys "
+                                      "model, optimizer, progress, config); use `mocolab knn` for weights")
+            saved = from_dict(state["config"])
+            saved.run.budget_minutes, saved.run.epochs = cfg.run.budget_minutes, cfg.run.epochs
+            cfg = saved.validate()
+            log.info("resuming from %s", path)
+    check_out_dir(out)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    seed_everything(cfg.run.seed)
+    device = resolve_device(cfg.run.device)
+    autocast_dtype = resolve_amp(cfg.run.amp, device)
+
+    t_load = time.perf_counter()
+    splits = load_splits(data, cache_size_for(cfg.data.image_size), limit=cfg.data.limit,
+                         workers=cfg.data.workers, cache_dir=cfg.data.cache_dir)
+    log.info("data: %d train images%s (%.1fs)", len(splits.train),
+             f", {len(splits.test)} test images" if splits.test is not None else "", time.perf_counter() - t_load)
+    if du.is_main():
+        save_yaml(cfg, out / "config.yaml")
+
+    model = build_model(cfg, device)
+    labeled = splits.test is not None and bool((splits.train.labels >= 0).all())
+    monitor = knn_monitor(cfg, splits.train, splits.test, device, autocast_dtype) if labeled else None
+    trainer = Trainer(cfg, model, splits.train, device, out, autocast_dtype, monitor)
+    if state is not None:
+        trainer.load_state_dict(state)
+
+    t0 = time.perf_counter()
+    progress = trainer.fit()
+    trainer.save("final.pth")
+    meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
+            "feature_dim": model.feature_dim, "load_with": "mocolab.models.backbones.torchvision_model"}
+    if du.is_main():
+        export_backbone(model, out / "backbone.pth", out / "backbone.json", meta)
+
+    summary = {
+        "epochs": progress.step / trainer.steps_per_epoch,
+        "steps": progress.step,
+        "images_per_second": progress.images / max(progress.train_seconds, 1e-9),
+        "wall_seconds": time.perf_counter() - t0,
+        "train_seconds": progress.elapsed,
+        "amp": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "off",
+        "device": str(device),
+    }
+    if monitor is not None:
+        t_eval = time.perf_counter()
+        summary.update(monitor(model))
+        summary["knn_seconds"] = time.perf_counter() - t_eval
+    else:
+        log.warning("no labeled test split next to the training data: kNN skipped")
+    summary["wall_seconds"] = time.perf_counter() - t0
+    if du.is_main():
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    trainer.logger.close()
+    return summary
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint in RUN_DIR/checkpoints that loads (for --resume auto)."""
+    ckdir = out / "checkpoints"
+    if not ckdir.is_dir():
+        return None
+    for path in sorted(ckdir.glob("*.pth"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            safe_load(path)
+            return path
+        except CheckpointError:
+            log.warning("skipping unreadable checkpoint %s", path)
+    return None
