@@ -25,7 +25,7 @@ def _setup_logging() -> None:
 
 
 def cmd_pretrain(args) -> int:
-    from .pretrain import pretrain
+    from .pretrain import pretrain, resume_config
 
     overrides = list(args.overrides)
     if args.epochs is not None:
@@ -34,8 +34,12 @@ def cmd_pretrain(args) -> int:
         overrides.append(f"run.budget_minutes={args.budget_minutes}")
     if args.batch_size is not None:
         overrides.append(f"optim.batch_size={args.batch_size}")
-    cfg = build_config(args.preset, overrides)
-    summary = pretrain(cfg, args.data, args.out, resume=args.resume)
+    cfg, ckpt = resume_config(args.resume, args.out, overrides) if args.resume else (None, None)
+    if args.resume and ckpt is None:
+        log.info("no checkpoint in %s yet: starting a new run", args.out)
+    if cfg is None:
+        cfg = build_config(args.preset, overrides)
+    summary = pretrain(cfg, args.data, args.out, resume=ckpt)
     msg = f"done: {summary['epochs']:.2f} epochs, {summary['images_per_second']:.0f} img/s"
     if "knn_top1" in summary:
         msg += f", kNN top-1 {summary['knn_top1']:.2f}% ({summary['knn_features']} features)"
@@ -55,8 +59,9 @@ def load_for_eval(path: str, features: str, image_size: int | None):
     if not meta and side.is_file():
         meta = json.loads(side.read_text())
     cfg = from_dict(meta["config"]) if "config" in meta else Config()
-    if "config" not in meta and image_size is None:
-        image_size = 32 if infer_arch(sd)["stem"] == "cifar" else 224
+    if "config" not in meta:  # an export (its .json tells the preprocessing) or foreign weights
+        cfg.data.mean, cfg.data.std = meta.get("mean", cfg.data.mean), meta.get("std", cfg.data.std)
+        image_size = image_size or meta.get("image_size") or (32 if infer_arch(sd)["stem"] == "cifar" else 224)
     if image_size:
         cfg.data.image_size = image_size
     if features == "head":
@@ -84,11 +89,13 @@ def cmd_knn(args) -> int:
     net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
     device = resolve_device(args.device)
     net = net.to(device)
+    if cfg.run.channels_last:
+        net = net.to(memory_format=torch.channels_last)
     splits = load_splits(args.data, cache_size_for(cfg.data.image_size), limit=args.limit, workers=cfg.data.workers)
     if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
         raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
-    dtype = resolve_amp(args.amp, device)
-    kw = dict(device=device, autocast_dtype=dtype, size=cfg.data.image_size)
+    dtype = resolve_amp(args.amp or cfg.run.amp, device)  # as in the run, so the figures agree
+    kw = dict(device=device, autocast_dtype=dtype, size=cfg.data.image_size, channels_last=cfg.run.channels_last)
     f_train = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)
     f_test = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)
     n_cls = int(max(splits.train.labels.max(), splits.test.labels.max())) + 1
@@ -117,7 +124,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="self-supervised MoCo pretraining on an image folder")
-    pt.add_argument("--preset", default="cifar10_cpu", help=f"one of: {', '.join(preset_names())}, or a YAML file")
+    pt.add_argument("--preset", default="cifar10_cpu",
+                    help=f"one of: {', '.join(preset_names())}, or a YAML file (ignored with --resume: the run's config is used)")
     pt.add_argument("--data", required=True, help="image folder (train/ test/ splits or one ImageFolder), or cifar10[:ROOT]")
     pt.add_argument("--out", required=True, help="run folder")
     pt.add_argument("--budget-minutes", type=float, help="a complete run (schedule included) within M minutes")
@@ -135,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
     kn.add_argument("--features", choices=["backbone", "head"], default="backbone")
     kn.add_argument("--image-size", type=int)
     kn.add_argument("--device", default="auto")
-    kn.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"])
+    kn.add_argument("--amp", choices=["auto", "bf16", "off"], help="default: the run's setting")
     kn.add_argument("--limit", type=int, default=0, help="first N images per split (class-balanced)")
     kn.set_defaults(fn=cmd_knn)
 

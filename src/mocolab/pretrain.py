@@ -18,7 +18,7 @@ import torch
 
 from . import distributed as du
 from .checkpoint import CheckpointError, export_backbone, safe_load
-from .config import Config, from_dict, save_yaml
+from .config import Config, apply_overrides, from_dict, save_yaml
 from .data import TensorData, cache_size_for, load_splits
 from .engine import Trainer
 from .eval.features import extract_features
@@ -96,20 +96,24 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
     return model
 
 
-def pretrain(cfg: Config, data: str, out: str | Path, resume: str | None = None) -> dict:
+def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[Config, Path | None]:
+    """The config of the run being resumed, with the command line's overrides on top, and the
+    checkpoint to load ('auto': the newest valid one in RUN_DIR; None when there is none)."""
+    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
+    if path is None:
+        return None, None
+    state = safe_load(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
+        raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys model, "
+                              "optimizer, progress, config); `mocolab knn` evaluates plain weights")
+    return apply_overrides(from_dict(state["config"]), overrides).validate(), path
+
+
+def pretrain(cfg: Config, data: str, out: str | Path, resume: str | Path | None = None) -> dict:
+    """Runs a pretraining into `out`; `resume` is a training checkpoint whose state is loaded
+    (its config is the caller's business: see resume_config)."""
     out = Path(out)
-    state = None
-    if resume:
-        path = latest_checkpoint(out) if resume == "auto" else Path(resume)
-        if path is not None:
-            state = safe_load(path)
-            if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
-                raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys "
-                                      "model, optimizer, progress, config); use `mocolab knn` for weights")
-            saved = from_dict(state["config"])
-            saved.run.budget_minutes, saved.run.epochs = cfg.run.budget_minutes, cfg.run.epochs
-            cfg = saved.validate()
-            log.info("resuming from %s", path)
+    state = safe_load(resume) if resume else None
     check_out_dir(out)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -131,12 +135,16 @@ def pretrain(cfg: Config, data: str, out: str | Path, resume: str | None = None)
     trainer = Trainer(cfg, model, splits.train, device, out, autocast_dtype, monitor)
     if state is not None:
         trainer.load_state_dict(state)
+        log.info("resumed from %s at step %d", resume, trainer.progress.step)
+        if cfg.run.budget_minutes <= 0:  # --epochs may have changed on the command line
+            trainer.progress.total_steps = trainer.steps_per_epoch * cfg.run.epochs
 
     t0 = time.perf_counter()
     progress = trainer.fit()
     trainer.save("final.pth")
     meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
-            "feature_dim": model.feature_dim, "load_with": "mocolab.models.backbones.torchvision_model"}
+            "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,
+            "std": cfg.data.std, "load_with": "mocolab.models.backbones.torchvision_model"}
     if du.is_main():
         export_backbone(model, out / "backbone.pth", out / "backbone.json", meta)
 

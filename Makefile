@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv when it is missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch/torchvision: any release >= 2.4 / 0.19 works; pip picks what the machine offers.
+STAMP := $(VENV)/.installed
+
+# Data for the demo: DATA=<ImageFolder> if given, else ../shared/data/cifar10 if present,
+# else torchvision's CIFAR-10 download (needs internet).
+DATA ?= $(if $(wildcard ../shared/data/cifar10/train),../shared/data/cifar10,cifar10)
+MINUTES ?= 10
+OUT ?= runs/demo
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip >/dev/null
+	$(BIN)/python -m pip install -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mocolab pretrain --preset cifar10_cpu --data $(DATA) --out $(OUT) --budget-minutes $(MINUTES)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = Path(os.environ.get("MOCOLAB_TEST_DATA", ROOT.parent / "shared" / "data" / "cifar10"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Decoded-image caches go to a per-session folder, never the user's ~/.cache."""
+    os.environ["MOCOLAB_CACHE"] = str(tmp_path_factory.mktemp("mocolab_cache"))
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """The real CIFAR-10 JPEGs (../shared/data/cifar10). CI must have them: there it fails."""
+    if not (CIFAR / "train").is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CIFAR-10 test data not found at {CIFAR} (set MOCOLAB_TEST_DATA)")
+        pytest.skip(f"CIFAR-10 test data not found at {CIFAR} (set MOCOLAB_TEST_DATA)")
+    return CIFAR
+
+
+def tiny_config(**over):
+    """A small, fast config for unit tests (width-8 CIFAR ResNet-18)."""
+    from mocolab.config import Config, apply_overrides
+
+    cfg = Config()
+    base = ["model.width=8", "model.stem=cifar", "model.hidden_dim=64", "model.dim=16", "model.bn_splits=2",
+            "moco.queue_size=64", "moco.m=0.9", "moco.T=0.2", "data.image_size=16", "data.augment=cifar",
+            "optim.batch_size=8", "optim.lr=0.05", "optim.base_batch_size=8", "run.channels_last=false",
+            "run.amp=off", "run.log_every=2"]
+    return apply_overrides(cfg, base + [f"{k}={v}" for k, v in over.items()]).validate()

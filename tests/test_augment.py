@@ -1,0 +1,111 @@
+"""The batched tensor augmentations against torchvision's PIL pipeline, by statistics."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+from mocolab.augment import BatchAugment, _adjust_hue, _gaussian_blur, preset, sample_crop_boxes
+
+
+def test_crop_area_and_ratio_match_torchvision():
+    n, H, W, scale, ratio = 20000, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3)
+    g = torch.Generator().manual_seed(0)
+    boxes = sample_crop_boxes(n, H, W, scale, ratio, g)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= W).all() and (boxes[:, 3] <= H).all()
+    torch.manual_seed(0)
+    ref = torch.tensor([T.RandomResizedCrop.get_params(torch.empty(3, H, W), scale, ratio) for _ in range(n)],
+                       dtype=torch.float32)  # (top, left, h, w)
+    area, ref_area = (w * h) / (H * W), ref[:, 2] * ref[:, 3] / (H * W)
+    bins = torch.linspace(0, 1, 11)
+    hist = torch.histogram(area, bins).hist / n
+    ref_hist = torch.histogram(ref_area, bins).hist / n
+    assert (hist - ref_hist).abs().max() < 0.02, (hist, ref_hist)
+    lr, ref_lr = torch.log(w / h), torch.log(ref[:, 3] / ref[:, 2])
+    assert abs(lr.mean() - ref_lr.mean()) < 0.02 and abs(lr.std() - ref_lr.std()) < 0.02
+    # positions are uniform: the crop centre's mean is the image centre
+    cx = (boxes[:, 0] + boxes[:, 2]) / 2
+    assert abs(cx.mean().item() - W / 2) < 0.3
+
+
+def test_hue_matches_torchvision():
+    torch.manual_seed(0)
+    x = torch.rand(6, 3, 8, 8)
+    h = torch.tensor([-0.5, -0.3, -0.1, 0.0, 0.2, 0.45])
+    ours = _adjust_hue(x, h)
+    ref = torch.stack([TF.adjust_hue(x[i], float(h[i])) for i in range(6)])
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_blur_matches_torchvision_for_each_sigma():
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 32, 32)
+    sig = torch.tensor([0.5, 1.0, 2.0])
+    ours = _gaussian_blur(x, sig)
+    for i, s in enumerate(sig.tolist()):
+        k = 2 * math.ceil(3 * 2.0) + 1
+        ref = TF.gaussian_blur(x[i], [k, k], [s, s])
+        torch.testing.assert_close(ours[i], ref, atol=2e-3, rtol=0)
+
+
+def _stats(views: torch.Tensor):
+    """Per-image brightness mean, contrast (std) and saturation (max-min) in [0,1] space."""
+    mean, std = views.mean(dim=(1, 2, 3)), views.std(dim=(1, 2, 3))
+    sat = (views.max(1).values - views.min(1).values).mean(dim=(1, 2))
+    return mean, std, sat
+
+
+def test_jitter_gray_flip_effects_match_pil_pipeline():
+    """Same image, many draws: the distribution of per-view statistics must match PIL's."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    base = (rng.random((32, 32, 3)) * 0.6 + 0.2)
+    base[:, :16] *= np.array([1.0, 0.6, 0.3])  # colourful, asymmetric left/right
+    img = Image.fromarray((base * 255).astype(np.uint8))
+    spec = preset("cifar", 32)
+    n = 1500
+    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].repeat(n, 1, 1, 1)
+    aug = BatchAugment(spec, [0, 0, 0], [1, 1, 1])
+    ours = aug(x, torch.Generator().manual_seed(1))
+    no_crop = T.Compose([T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(0.2), T.ToTensor()])
+    spec_nc = type(spec)(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), p_blur=0.0, p_flip=0.0)
+    ours_nc = BatchAugment(spec_nc, [0, 0, 0], [1, 1, 1])(x, torch.Generator().manual_seed(2))
+    ref_nc = torch.stack([no_crop(img) for _ in range(n)])
+    for a, b, name in zip(_stats(ours_nc), _stats(ref_nc), ("brightness", "contrast", "saturation")):
+        assert abs(a.mean() - b.mean()) < 0.02, name
+        assert abs(a.std() - b.std()) < 0.02, name
+        # quartiles agree too (the shape of the distribution, not only its moments)
+        qa, qb = torch.quantile(a, torch.tensor([0.25, 0.5, 0.75])), torch.quantile(b, torch.tensor([0.25, 0.5, 0.75]))
+        assert (qa - qb).abs().max() < 0.03, name
+    gray_frac = ((ours_nc.max(1).values - ours_nc.min(1).values).amax(dim=(1, 2)) < 1e-3).float().mean()
+    assert abs(gray_frac - 0.2) < 0.04
+    # flips: the colourful half moves right in about half of the views (full crops)
+    spec_f = type(spec)(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), p_jitter=0.0, p_gray=0.0, p_blur=0.0)
+    flipped = BatchAugment(spec_f, [0, 0, 0], [1, 1, 1])(x, torch.Generator().manual_seed(3))
+    left_sat = (flipped[:, 0, :, :16] - flipped[:, 2, :, :16]).mean(dim=(1, 2))
+    right_sat = (flipped[:, 0, :, 16:] - flipped[:, 2, :, 16:]).mean(dim=(1, 2))
+    assert abs((right_sat > left_sat).float().mean() - 0.5) < 0.05
+    assert ours.shape == (n, 3, 32, 32) and ours.min() >= 0 and ours.max() <= 1
+
+
+@pytest.mark.parametrize("name,size", [("v1", 64), ("v2", 96), ("cifar", 32), ("none", 32)])
+def test_presets_at_any_resolution(name, size):
+    x = torch.randint(0, 256, (4, 3, 40, 50), dtype=torch.uint8)
+    aug = BatchAugment(preset(name, size), [0.5] * 3, [0.25] * 3, channels_last=True)
+    y = aug(x, torch.Generator().manual_seed(0))
+    assert y.shape == (4, 3, size, size) and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.isfinite(y).all()
+
+
+def test_views_differ_and_generator_makes_them_reproducible():
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    aug = BatchAugment(preset("cifar", 32), [0.5] * 3, [0.25] * 3)
+    a = aug(x, torch.Generator().manual_seed(0))
+    b = aug(x, torch.Generator().manual_seed(0))
+    c = aug(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, c)

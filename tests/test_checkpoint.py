@@ -1,0 +1,97 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from conftest import tiny_config
+from mocolab.checkpoint import CheckpointError, atomic_save, extract_backbone, safe_load
+from mocolab.data import TensorData
+from mocolab.engine import Trainer
+from mocolab.models.backbones import torchvision_model
+from mocolab.models.moco import MoCo
+
+
+def _trainer(cfg, tmp_path, init_seed=0):
+    g = torch.Generator().manual_seed(0)
+    data = TensorData(torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8, generator=g),
+                      torch.zeros(48, dtype=torch.long), [])
+    torch.manual_seed(init_seed)
+    return Trainer(cfg, MoCo(cfg), data, torch.device("cpu"), tmp_path, None)
+
+
+
+def test_checkpoint_round_trip_gives_identical_next_step(tmp_path):
+    cfg = tiny_config(**{"run.epochs": 3})
+    (tmp_path / "a").mkdir()
+    a = _trainer(cfg, tmp_path / "a")
+    a.progress.total_steps = 7  # stop mid-epoch (6 steps an epoch)
+    a.fit()
+    path = a.save("mid.pth")
+    state = safe_load(path)
+
+    b = _trainer(tiny_config(**{"run.epochs": 3}), None, init_seed=99)  # different weights and queue
+    assert not torch.equal(b.model.queue.keys, a.model.queue.keys)
+    b.load_state_dict(state)
+    for t in (a, b):
+        t.progress.total_steps = 18
+        t.fit()
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+    for field in ("epoch", "it", "step", "total_steps", "images"):
+        assert getattr(a.progress, field) == getattr(b.progress, field)
+    assert torch.equal(a.gen.get_state(), b.gen.get_state())
+
+
+def test_atomic_save_survives_a_crash_before_rename(tmp_path, monkeypatch):
+    path = tmp_path / "ck.pth"
+    atomic_save({"x": torch.ones(3)}, path)
+
+    def boom(*a, **k):
+        raise OSError("simulated crash between write and rename")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_save({"x": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.equal(safe_load(path)["x"], torch.ones(3))  # the old file is intact
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > /dev/null",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        pickle.dump({"state_dict": _Evil()}, f)
+    with pytest.raises(CheckpointError, match="refused to load"):
+        safe_load(path)
+    torch.save({"model": _Evil()}, tmp_path / "evil2.pth")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        safe_load(tmp_path / "evil2.pth")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "x.pth").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        safe_load(tmp_path / "x.pth")
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        safe_load(tmp_path / "missing.pth")
+
+
+def test_foreign_checkpoints_are_recognised():
+    cfg = tiny_config()
+    model = MoCo(cfg)
+    sd = {f"module.encoder_q.{k}": v for k, v in model.encoder_q.backbone.state_dict().items()}
+    sd["module.encoder_q.fc.weight"] = torch.zeros(128, 64)
+    sd["module.queue"] = torch.zeros(16, 10)
+    got, _ = extract_backbone({"state_dict": sd, "epoch": 200, "arch": "resnet50"})
+    assert set(got) == set(model.encoder_q.backbone.state_dict())
+    tv = torchvision_model("resnet18", 8, "cifar")
+    tv.load_state_dict(got, strict=True)
+    with pytest.raises(CheckpointError, match="expected a mocolab checkpoint"):
+        extract_backbone({"weights": torch.zeros(3)})

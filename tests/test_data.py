@@ -1,0 +1,103 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mocolab.data import DataError, decode_to_tensor, load_image, load_splits, scan_folder
+
+
+def _img(path, mode="RGB", size=(12, 10), fmt=None):
+    arr = (np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray((arr[..., 0].astype(np.uint16) * 257))
+    im.save(path, format=fmt)
+
+
+def test_labeled_and_unlabeled_folders(tmp_path):
+    for c in ("cat", "dog"):
+        (tmp_path / "lab" / c).mkdir(parents=True)
+        for i in range(3):
+            _img(tmp_path / "lab" / c / f"{i}.png")
+    (tmp_path / "flat").mkdir()
+    for i in range(4):
+        _img(tmp_path / "flat" / f"{i}.jpg")
+    lab, flat = scan_folder(tmp_path / "lab"), scan_folder(tmp_path / "flat")
+    assert lab.classes == ["cat", "dog"] and lab.labels == [0, 0, 0, 1, 1, 1]
+    assert not flat.labeled and flat.labels == [-1] * 4
+    d = decode_to_tensor(flat, 8, workers=0)
+    assert d.images.shape == (4, 3, 8, 8) and d.images.dtype == torch.uint8
+
+
+def test_limit_is_class_balanced(tmp_path):
+    for c in ("a", "b", "c"):
+        (tmp_path / c).mkdir()
+        for i in range(5):
+            _img(tmp_path / c / f"{i}.png")
+    fl = scan_folder(tmp_path, limit=6)
+    assert sorted(fl.labels) == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "RGBA", "L", "P", "I;16"])
+def test_image_modes_become_rgb(tmp_path, mode):
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    _img(path, mode)
+    im = load_image(path)
+    assert im.mode == "RGB" and im.size == (12, 10)
+    if mode == "I;16":
+        assert np.asarray(im).max() > 128  # scaled to 8 bits, not clipped to white or black
+
+
+def test_corrupt_files_are_skipped_with_a_warning_each_and_a_count(tmp_path):
+    (tmp_path / "c").mkdir()
+    for i in range(3):
+        _img(tmp_path / "c" / f"{i}.jpg", fmt="JPEG")
+    good = (tmp_path / "c" / "0.jpg").read_bytes()
+    (tmp_path / "c" / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "c" / "empty.jpg").write_bytes(b"")
+    (tmp_path / "c" / "text.png").write_text("not an image")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        d = decode_to_tensor(scan_folder(tmp_path), 8, workers=0, cache_dir=tmp_path / "cache")
+    msgs = [str(x.message) for x in w]
+    assert len(d) == 3
+    for name in ("truncated.jpg", "empty.jpg", "text.png"):
+        assert sum(name in m for m in msgs) == 1, msgs
+    assert any("skipped 3 unreadable image(s) out of 6" in m for m in msgs)
+
+
+def test_tiny_and_large_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    _img(tmp_path / "a" / "one.png", size=(1, 1))
+    _img(tmp_path / "a" / "big.png", size=(3000, 2000))
+    d = decode_to_tensor(scan_folder(tmp_path), 16, workers=0, cache_dir=tmp_path / "cache")
+    assert d.images.shape == (2, 3, 16, 16)
+
+
+def test_bad_paths(tmp_path):
+    with pytest.raises(DataError, match="data folder not found"):
+        load_splits(str(tmp_path / "nope"), 32)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no images found"):
+        load_splits(str(tmp_path / "empty"), 32)
+    (tmp_path / "classes" / "a").mkdir(parents=True)
+    (tmp_path / "classes" / "b").mkdir(parents=True)
+    with pytest.raises(DataError, match="no images found"):
+        load_splits(str(tmp_path / "classes"), 32)
+
+
+def test_decoded_cache_is_reused(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    for i in range(3):
+        _img(tmp_path / "d" / "a" / f"{i}.png")
+    fl = scan_folder(tmp_path / "d")
+    first = decode_to_tensor(fl, 8, workers=0, cache_dir=tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    second = decode_to_tensor(fl, 8, workers=0, cache_dir=tmp_path / "cache")
+    assert torch.equal(first.images, second.images)
+
+
+def test_real_cifar_subset(cifar_dir):
+    s = load_splits(str(cifar_dir), 32, limit=100, workers=0)
+    assert s.train.images.shape == (100, 3, 32, 32) and s.test.images.shape == (100, 3, 32, 32)
+    assert s.train.classes[0] == "airplane" and len(set(s.train.labels.tolist())) == 10

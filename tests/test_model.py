@@ -1,0 +1,128 @@
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from mocolab.distributed import batch_shuffle
+from mocolab.models.backbones import build_backbone, infer_arch, torchvision_model
+from mocolab.models.moco import MoCo
+from mocolab.models.splitbn import SplitBatchNorm, reference_split_bn
+from mocolab.step import moco_step
+
+
+def test_shuffle_then_unshuffle_is_identity():
+    x = torch.randn(12, 3, 2, 2)
+    g = torch.Generator().manual_seed(1)
+    xs, idx_un = batch_shuffle(x, g)
+    assert not torch.equal(xs, x)  # it did move samples
+    assert torch.equal(xs[idx_un], x)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_split_bn_equals_bn_per_chunk(channels_last):
+    torch.manual_seed(0)
+    bn = SplitBatchNorm(6, splits=3)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(12, 6, 5, 4) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y = bn(x1)
+    ref = reference_split_bn(x2, bn, 3)
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(y)
+    (gx, gw, gb) = torch.autograd.grad(y, (x1, bn.weight, bn.bias), g)
+    (rx, rw, rb) = torch.autograd.grad(ref, (x2, bn.weight, bn.bias), g)
+    torch.testing.assert_close(gx, rx, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(gw, rw, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gb, rb, rtol=1e-4, atol=1e-4)
+
+
+def test_split_bn_running_stats_and_eval_mode():
+    torch.manual_seed(0)
+    bn, plain = SplitBatchNorm(4, splits=2, momentum=1.0), nn.BatchNorm2d(4, momentum=1.0)
+    x = torch.randn(8, 4, 3, 3)
+    bn(x)
+    chunks = x.chunk(2)
+    mean = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks]).mean(0)
+    var = torch.stack([c.var(dim=(0, 2, 3), unbiased=True) for c in chunks]).mean(0)
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    bn.eval()
+    plain.load_state_dict(bn.state_dict())
+    plain.eval()
+    torch.testing.assert_close(bn(x), plain(x))
+
+
+def test_split_bn_one_split_is_plain_bn():
+    x = torch.randn(8, 4, 3, 3)
+    a, b = SplitBatchNorm(4, splits=1), nn.BatchNorm2d(4)
+    torch.testing.assert_close(a(x), b(x))
+
+
+def test_key_encoder_gets_no_gradient_and_moves_by_momentum():
+    cfg = tiny_config()
+    model = MoCo(cfg)
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1)
+    x_q, x_k = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    k_before = [p.clone() for p in model.encoder_k.parameters()]
+    q_before = [p.clone() for p in model.encoder_q.parameters()]
+    moco_step(model, opt, x_q, x_k, m=0.9, T=0.2)
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert all(not p.requires_grad for p in model.encoder_k.parameters())
+    # f_k = 0.9 f_k + 0.1 f_q(after the SGD step)
+    for kb, pk, pq in zip(k_before, model.encoder_k.parameters(), model.encoder_q.parameters()):
+        torch.testing.assert_close(pk, 0.9 * kb + 0.1 * pq)
+    assert any(not torch.equal(a, b) for a, b in zip(q_before, model.encoder_q.parameters()))
+
+
+def test_step_enqueues_keys_and_uses_earlier_keys_as_negatives():
+    cfg = tiny_config(**{"moco.queue_size": 20})
+    model = MoCo(cfg)
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.0)  # lr 0: f_q and f_k stay equal
+    model.train()
+    x = torch.randn(8, 3, 16, 16)
+    queue_before = model.queue.keys.clone()
+    g = torch.Generator().manual_seed(0)
+    moco_step(model, opt, x, x, m=0.0, T=0.2, generator=g)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        k = model.encode_key(x, g)  # same weights, same shuffle -> the enqueued keys
+    torch.testing.assert_close(model.queue.keys[:8], k, rtol=1e-4, atol=1e-5)
+    assert torch.equal(model.queue.keys[8:], queue_before[8:])
+    assert int(model.queue.ptr) == 8
+
+
+def test_shuffle_bn_changes_keys_only_with_split_bn():
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+    for splits, changes in ((1, False), (2, True)):
+        model = MoCo(tiny_config(**{"model.bn_splits": splits}))
+        model.train()
+        with torch.no_grad():
+            plain = model.encoder_k(x)
+            shuffled = model.encode_key(x, torch.Generator().manual_seed(3))
+        assert (not torch.allclose(plain, shuffled, atol=1e-5)) == changes
+
+
+@pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
+@pytest.mark.parametrize("stem", ["imagenet", "cifar"])
+def test_backbone_exports_to_torchvision_strict(arch, dim, stem):
+    net, feat = build_backbone(arch, 64, stem, bn_splits=4)
+    assert feat == dim
+    tv = torchvision_model(arch, 64, stem)
+    tv.load_state_dict(net.state_dict(), strict=True)
+    net.eval()
+    tv.eval()
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(net(x), tv(x))
+    assert infer_arch(net.state_dict()) == {"arch": arch, "width": 64, "stem": stem}
+
+
+def test_width_option():
+    net, feat = build_backbone("resnet18", 16, "cifar")
+    assert feat == 128
+    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 128)
+    assert infer_arch(net.state_dict())["width"] == 16
