@@ -109,3 +109,15 @@ def test_views_differ_and_generator_makes_them_reproducible():
     b = aug(x, torch.Generator().manual_seed(0))
     c = aug(x, torch.Generator().manual_seed(1))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_masked_and_indexed_selection_agree():
+    """The accelerator path (compute all, torch.where) equals the CPU path (index subsets)."""
+    x = torch.randint(0, 256, (16, 3, 40, 40), dtype=torch.uint8)
+    for name in ("v1", "v2", "cifar"):
+        aug = BatchAugment(preset(name, 32 if name == "cifar" else 64), [0.5] * 3, [0.25] * 3)
+        aug.masked = False
+        a = aug(x, torch.Generator().manual_seed(5))
+        aug.masked = True
+        b = aug(x, torch.Generator().manual_seed(5))
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -101,3 +101,41 @@ def test_real_cifar_subset(cifar_dir):
     s = load_splits(str(cifar_dir), 32, limit=100, workers=0)
     assert s.train.images.shape == (100, 3, 32, 32) and s.test.images.shape == (100, 3, 32, 32)
     assert s.train.classes[0] == "airplane" and len(set(s.train.labels.tolist())) == 10
+
+
+def test_torchvision_cifar_loader_reads_the_python_batches(tmp_path, monkeypatch):
+    """The `--data cifar10` path, on a locally written copy of CIFAR-10's pickle format
+    (no download here: the integrity check that needs the real md5 sums is stubbed)."""
+    import pickle
+
+    from torchvision import datasets
+
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]:
+        batch = {"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}
+        with open(base / name, "wb") as f:
+            pickle.dump(batch, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    monkeypatch.setattr(datasets.CIFAR10, "_check_integrity", lambda self: True)
+    monkeypatch.setattr(datasets.cifar, "check_integrity", lambda *a, **k: True)
+    s = load_splits(f"cifar10:{tmp_path}", 32)
+    assert s.train.images.shape == (20, 3, 32, 32) and s.test.images.shape == (4, 3, 32, 32)
+    assert s.train.labels.tolist()[:4] == [0, 1, 2, 3] and s.train.classes[0] == "c0"
+    # the pixel layout is CIFAR's: 1024 red, then green, then blue values per image
+    with open(base / "test_batch", "rb") as f:
+        raw = pickle.load(f)["data"][0]
+    assert torch.equal(s.test.images[0], torch.from_numpy(raw.reshape(3, 32, 32)))
+
+
+def test_cifar_without_data_or_internet_is_a_clear_error(tmp_path, monkeypatch):
+    from torchvision import datasets
+
+    def no_net(*a, **k):
+        raise RuntimeError("no internet")
+
+    monkeypatch.setattr(datasets.CIFAR10, "download", no_net)
+    with pytest.raises(DataError, match="cifar10 is not in"):
+        load_splits(f"cifar10:{tmp_path}", 32)

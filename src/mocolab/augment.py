@@ -123,10 +123,11 @@ def sample_crop_boxes(B: int, H: int, W: int, scale, ratio, g: torch.Generator, 
     return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Per-image Gaussian blur (sigma: B), separable, reflect padding, one grouped conv per axis."""
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None = None) -> torch.Tensor:
+    """Per-image Gaussian blur (sigma: B), separable, reflect padding, one grouped conv per axis.
+    The kernel spans 3 * max_sigma (default: the batch's largest sigma, which syncs on a GPU)."""
     B, C, H, W = x.shape
-    radius = int(math.ceil(3 * float(sigma.max())))
+    radius = int(math.ceil(3 * (max_sigma if max_sigma is not None else float(sigma.max()))))
     radius = min(radius, (min(H, W) - 1))
     k = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     kern = torch.exp(-0.5 * (k[None, :] / sigma[:, None].to(x)) ** 2)
@@ -146,10 +147,16 @@ class BatchAugment:
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
         self.channels_last = channels_last
+        self.masked = None  # None: torch.where off the CPU, index subsets on it (tests force either)
 
     def _where(self, mask: torch.Tensor, fn, x: torch.Tensor, *args) -> torch.Tensor:
-        """Applies fn to the images selected by mask only (index, not compute-then-discard)."""
-        idx = mask.nonzero().squeeze(1).to(x.device)
+        """Applies fn to the images selected by mask (B, on the CPU). On the CPU only the selected
+        images are computed; on an accelerator every image is, then selected with torch.where,
+        since the index form would need a host-device sync (nonzero) for every op."""
+        if (self.masked if self.masked is not None else x.device.type != "cpu"):
+            dev_args = [a.to(x.device, non_blocking=True) for a in args]
+            return torch.where(mask.to(x.device, non_blocking=True).view(-1, 1, 1, 1), fn(x, *dev_args), x)
+        idx = mask.nonzero().squeeze(1)
         if idx.numel() == 0:
             return x
         sub = fn(x.index_select(0, idx), *[a[mask].to(x.device) for a in args])
@@ -173,7 +180,8 @@ class BatchAugment:
             x = self._where(rand[:, 0] < s.p_gray, lambda y: _gray(y).expand(-1, 3, -1, -1), x)
         if s.p_blur > 0:
             sigma = torch.empty(B).uniform_(s.blur_sigma[0], s.blur_sigma[1], generator=g)
-            x = self._where(rand[:, 2] < s.p_blur, _gaussian_blur, x, sigma)
+            blur = lambda y, sg: _gaussian_blur(y, sg, s.blur_sigma[1])  # noqa: E731
+            x = self._where(rand[:, 2] < s.p_blur, blur, x, sigma)
         if s.p_solarize > 0:
             x = self._where(rand[:, 3] < s.p_solarize, lambda y: torch.where(y >= 0.5, 1.0 - y, y), x)
         if s.p_flip > 0:

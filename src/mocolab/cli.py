@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, extract_backbone, safe_load
-from .config import ConfigError, apply_overrides, build_config, from_dict, preset_names
+from .config import ConfigError, build_config, from_dict, preset_names
 from .data import DataError
 from .engine import NonFiniteLoss
 
@@ -96,10 +96,10 @@ def cmd_knn(args) -> int:
         raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
     dtype = resolve_amp(args.amp or cfg.run.amp, device)  # as in the run, so the figures agree
     kw = dict(device=device, autocast_dtype=dtype, size=cfg.data.image_size, channels_last=cfg.run.channels_last)
-    f_train = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)
-    f_test = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)
-    n_cls = int(max(splits.train.labels.max(), splits.test.labels.max())) + 1
-    acc = knn_accuracy(f_train, splits.train.labels, f_test, splits.test.labels, n_cls, args.k, args.t)
+    f_train, y_train = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)
+    f_test, y_test = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)
+    n_cls = int(max(y_train.max(), y_test.max())) + 1
+    acc = knn_accuracy(f_train, y_train, f_test, y_test, n_cls, args.k, args.t)
     result = {"protocol": "knn", "knn_top1": acc, "k": args.k, "t": args.t, "features": args.features,
               "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": len(splits.train),
               "test_size": len(splits.test)}
@@ -154,7 +154,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _setup_logging()
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)  # key=value overrides may follow --options too
+    if extra:
+        stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+        if stray:
+            p.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = list(args.overrides) + extra
     try:
         return args.fn(args)
     except (ConfigError, DataError, CheckpointError, NonFiniteLoss, FileNotFoundError, OSError, ValueError) as e:

@@ -8,7 +8,6 @@ and inside every checkpoint as a plain dict.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -27,7 +26,7 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
     width: int = 64  # channels of the first stage (64 = torchvision's ResNet)
     stem: str = "auto"  # auto | cifar | imagenet ("auto": cifar below 96 px)
-    head: str = "mlp"  # linear (MoCo v1) | mlp (MoCo v2)
+    head: str = "mlp"  # linear (MoCo v1) | mlp (MoCo v2) | mlp_bn (MLP with BN, as v3's projector)
     dim: int = 128  # feature dimension of the head's output
     hidden_dim: int = 2048  # MLP head's hidden width
     bn_splits: int = 8  # SplitBatchNorm groups on one process (1 = plain BN)
@@ -101,7 +100,7 @@ class Config:
         checks = [
             (self.model.arch in ("resnet18", "resnet34", "resnet50"), "model.arch must be resnet18, resnet34 or resnet50"),
             (self.model.stem in ("auto", "cifar", "imagenet"), "model.stem must be auto, cifar or imagenet"),
-            (self.model.head in ("linear", "mlp"), "model.head must be linear or mlp"),
+            (self.model.head in ("linear", "mlp", "mlp_bn"), "model.head must be linear, mlp or mlp_bn"),
             (self.model.width > 0 and self.model.dim > 0, "model.width and model.dim must be positive"),
             (self.model.bn_splits >= 1, "model.bn_splits must be >= 1"),
             (self.moco.queue_size >= 1, "moco.queue_size must be >= 1"),
@@ -127,7 +126,7 @@ class Config:
         return self
 
 
-GROUPS = {f.name: f.type for f in fields(Config)}
+GROUPS = [f.name for f in fields(Config)]
 
 
 def _group_classes() -> dict[str, type]:
@@ -251,7 +250,3 @@ def build_config(preset: str, overrides: list[str] | None = None) -> Config:
 
 def save_yaml(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def replace(cfg: Config, **groups) -> Config:
-    return dataclasses.replace(cfg, **groups)

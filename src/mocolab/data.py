@@ -210,7 +210,7 @@ def torchvision_cifar(name: str, root: str | Path, train: bool, download: bool =
     cls = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}[name]
     try:
         ds = cls(root=str(root), train=train, download=download)
-    except RuntimeError as e:
+    except (RuntimeError, OSError) as e:  # OSError covers URLError (no network)
         raise DataError(f"{name} is not in {root} and could not be downloaded: {e}") from None
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # N x 3 x 32 x 32
     return TensorData(images, torch.tensor(ds.targets), list(ds.classes))
@@ -282,6 +282,10 @@ class TensorTwoViewDataset(Dataset):
     def __getitem__(self, i):
         img = Image.fromarray(self.data.images[i].permute(1, 2, 0).numpy())
         return self.transform(img), int(self.data.labels[i])
+
+
+class PILEvalDataset(PILTwoViewDataset):
+    """One deterministic view per image (feature extraction from files)."""
 
 
 def collate_skip_none(batch):

@@ -16,10 +16,10 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as du
-from .augment import BatchAugment
+from .augment import BatchAugment, TwoViews, pil_transform, preset
 from .checkpoint import atomic_save, rng_state, set_rng_state
 from .config import Config
-from .data import TensorData
+from .data import FileList, PILTwoViewDataset, TensorData, TensorTwoViewDataset, collate_skip_none
 from .models.moco import MoCo
 from .schedules import lr_at, scaled_lr
 from .step import moco_step
@@ -80,7 +80,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model: MoCo, train: TensorData, device: torch.device,
+    def __init__(self, cfg: Config, model: MoCo, train: TensorData | FileList, device: torch.device,
                  out: Path | None, autocast_dtype: torch.dtype | None, monitor=None):
         self.cfg, self.model, self.train, self.device, self.out = cfg, model, train, device, out
         self.monitor = monitor  # callable(model) -> dict, run every knn_every epochs
@@ -89,6 +89,10 @@ class Trainer:
         self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=self.base_lr,
                                          momentum=o.momentum, weight_decay=o.weight_decay)
         self.batch = o.batch_size
+        if isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
+            # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
+            train = TensorData(train.images.to(device), train.labels, train.classes)
+            self.train = train
         self.steps_per_epoch = len(train) // self.batch
         if self.steps_per_epoch == 0:
             raise ValueError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
@@ -96,14 +100,12 @@ class Trainer:
         self.budget_s = cfg.run.budget_minutes * 60.0
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
         self.gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # augmentation + shuffle BN
-        self.aug = BatchAugment(self._aug_spec(), cfg.data.mean, cfg.data.std, cfg.run.channels_last)
+        spec = preset(cfg.data.augment, cfg.data.image_size)
+        self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last)
+        self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
         self.history: list[dict] = []
-
-    def _aug_spec(self):
-        from .augment import preset
-        return preset(self.cfg.data.augment, self.cfg.data.image_size)
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -179,6 +181,33 @@ class Trainer:
             bar.close()
         return p
 
+    def views(self, order: torch.Tensor, start: int):
+        """Yields (x_q, x_k) for the epoch's batches from batch `start` on.
+        tensor backend: uint8 batches from the cache, augmented on the device, per image.
+        pil backend: torchvision transforms in DataLoader workers (files or the cache)."""
+        B, dev = self.batch, self.device
+        if self.cfg.data.backend == "tensor":
+            for it in range(start, self.steps_per_epoch):
+                idx = order[it * B:(it + 1) * B].to(self.train.images.device, non_blocking=True)
+                x = self.train.images[idx].to(dev, non_blocking=True)  # B x 3 x H x W uint8
+                yield self.aug(x, self.gen), self.aug(x, self.gen)
+            return
+        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILTwoViewDataset)(self.train, self.pil_views)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=B, sampler=order[start * B:self.steps_per_epoch * B].tolist(), drop_last=True,
+            num_workers=self.cfg.data.workers, collate_fn=collate_skip_none, pin_memory=dev.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None)
+        fmt = torch.channels_last if self.cfg.run.channels_last else torch.contiguous_format
+        for batch in loader:
+            if batch is None:  # every image of the batch was unreadable
+                continue
+            (x_q, x_k), _ = batch
+            keep = x_q.shape[0] // self.cfg.model.bn_splits * self.cfg.model.bn_splits  # after skipped images
+            if keep == 0:
+                continue
+            x_q, x_k = x_q[:keep], x_k[:keep]
+            yield (x_q.to(dev, non_blocking=True, memory_format=fmt), x_k.to(dev, non_blocking=True, memory_format=fmt))
+
     def train_one_epoch(self, bar) -> None:
         cfg, p, model = self.cfg, self.progress, self.model
         order = epoch_order(len(self.train), cfg.run.seed, p.epoch)
@@ -187,11 +216,14 @@ class Trainer:
         n_log, t_log = 0, time.perf_counter()
         calib_at = p.step + 5  # skip the first steps (allocator and kernel warm-up) when timing
         t_calib = None
+        views = self.views(order, p.it)
+        t0 = time.perf_counter()
         while p.it < self.steps_per_epoch and not self._done():
-            t0 = time.perf_counter()
-            idx = order[p.it * B:(p.it + 1) * B]
-            x = self.train.images[idx].to(dev, non_blocking=True)  # B x 3 x H x W uint8
-            x_q, x_k = self.aug(x, self.gen), self.aug(x, self.gen)  # two views
+            batch = next(views, None)  # two augmented views, B x 3 x S x S each
+            if batch is None:  # the loader ran short (unreadable images were skipped)
+                p.it = self.steps_per_epoch
+                break
+            x_q, x_k = batch
             lr = lr_at(p.step, p.total_steps, self.base_lr, cfg.optim.schedule, cfg.optim.milestones, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
@@ -200,9 +232,10 @@ class Trainer:
             loss_sum += loss
             n_log += 1
             p.it, p.step, p.images = p.it + 1, p.step + 1, p.images + B
-            dt = time.perf_counter() - t0
-            p.elapsed += dt
-            p.train_seconds += dt
+            t1 = time.perf_counter()
+            p.elapsed += t1 - t0
+            p.train_seconds += t1 - t0
+            t0 = t1
             if p.step == calib_at:
                 t_calib = (time.perf_counter(), p.step)
             if self.budget_s > 0 and t_calib and p.step > t_calib[1] and (p.step - t_calib[1]) % 10 == 0:

@@ -19,7 +19,7 @@ import torch
 from . import distributed as du
 from .checkpoint import CheckpointError, export_backbone, safe_load
 from .config import Config, apply_overrides, from_dict, save_yaml
-from .data import TensorData, cache_size_for, load_splits
+from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .eval.features import extract_features
 from .eval.knn import knn_accuracy
@@ -73,17 +73,18 @@ def check_out_dir(out: Path) -> None:
         raise OSError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")
 
 
-def knn_monitor(cfg: Config, train: TensorData, test: TensorData, device, autocast_dtype):
-    """A callable(model) -> {'knn_top1': %, 'knn_features': ...} on the full splits."""
-    num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+def knn_monitor(cfg: Config, train, test, device, autocast_dtype):
+    """A callable(model) -> {'knn_top1': %, ...}: train split as the bank, test split as queries
+    (decoded tensors or file lists)."""
 
     def run(model: MoCo) -> dict:
         net = model.encoder_q.backbone if cfg.run.knn_features == "backbone" else model.encoder_q
         kw = dict(device=device, channels_last=cfg.run.channels_last, autocast_dtype=autocast_dtype,
-                  size=cfg.data.image_size)
-        f_train = extract_features(net, train, cfg.data.mean, cfg.data.std, **kw)
-        f_test = extract_features(net, test, cfg.data.mean, cfg.data.std, **kw)
-        acc = knn_accuracy(f_train, train.labels, f_test, test.labels, num_classes, cfg.run.knn_k, cfg.run.knn_t)
+                  size=cfg.data.image_size, workers=cfg.data.workers)
+        f_train, y_train = extract_features(net, train, cfg.data.mean, cfg.data.std, **kw)
+        f_test, y_test = extract_features(net, test, cfg.data.mean, cfg.data.std, **kw)
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+        acc = knn_accuracy(f_train, y_train, f_test, y_test, num_classes, cfg.run.knn_k, cfg.run.knn_t)
         return {"knn_top1": acc, "knn_features": cfg.run.knn_features, "knn_k": cfg.run.knn_k, "knn_t": cfg.run.knn_t}
 
     return run
@@ -123,16 +124,17 @@ def pretrain(cfg: Config, data: str, out: str | Path, resume: str | Path | None 
 
     t_load = time.perf_counter()
     splits = load_splits(data, cache_size_for(cfg.data.image_size), limit=cfg.data.limit,
-                         workers=cfg.data.workers, cache_dir=cfg.data.cache_dir)
-    log.info("data: %d train images%s (%.1fs)", len(splits.train),
-             f", {len(splits.test)} test images" if splits.test is not None else "", time.perf_counter() - t_load)
+                         workers=cfg.data.workers, cache_dir=cfg.data.cache_dir, decode=cfg.data.cache)
+    train, test = (splits.train, splits.test) if cfg.data.cache else (splits.train_files, splits.test_files)
+    log.info("data: %d train images%s (%.1fs)", len(train),
+             f", {len(test)} test images" if test is not None else "", time.perf_counter() - t_load)
     if du.is_main():
         save_yaml(cfg, out / "config.yaml")
 
     model = build_model(cfg, device)
-    labeled = splits.test is not None and bool((splits.train.labels >= 0).all())
-    monitor = knn_monitor(cfg, splits.train, splits.test, device, autocast_dtype) if labeled else None
-    trainer = Trainer(cfg, model, splits.train, device, out, autocast_dtype, monitor)
+    labeled = test is not None and int(torch.as_tensor(train.labels).min()) >= 0
+    monitor = knn_monitor(cfg, train, test, device, autocast_dtype) if labeled else None
+    trainer = Trainer(cfg, model, train, device, out, autocast_dtype, monitor)
     if state is not None:
         trainer.load_state_dict(state)
         log.info("resumed from %s at step %d", resume, trainer.progress.step)

@@ -6,30 +6,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import TensorData
+from ..augment import eval_transform
+from ..data import FileList, PILEvalDataset, TensorData, collate_skip_none
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, data: TensorData, mean, std, *, batch_size: int = 512,
+def extract_features(model: nn.Module, data: TensorData | FileList, mean, std, *, batch_size: int = 512,
                      device: torch.device | str = "cpu", channels_last: bool = False,
-                     autocast_dtype: torch.dtype | None = None, size: int | None = None) -> torch.Tensor:
-    """Returns L2-normalised features N x D (float32, on `device`) of `model(images)`.
-    Images are the cached uint8 tensors; larger than `size`, they are center-cropped to it."""
+                     autocast_dtype: torch.dtype | None = None, size: int | None = None,
+                     workers: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (features N x D, L2-normalised, float32 on `device`; labels N) of `model(images)`.
+    Cached uint8 images larger than `size` are center-cropped to it; files (FileList) are
+    resized and center-cropped by torchvision, and unreadable ones are left out."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
-    H, W = data.images.shape[-2:]
-    size = size or min(H, W)
-    top, left = (H - size) // 2, (W - size) // 2
-    feats = []
-    for i in range(0, len(data), batch_size):
-        x = data.images[i:i + batch_size, :, top:top + size, left:left + size].to(device, non_blocking=True).float().div_(255).sub_(m).div_(s)
+    if isinstance(data, FileList):
+        tf = eval_transform(size or 224, mean, std)
+        loader = torch.utils.data.DataLoader(PILEvalDataset(data, tf), batch_size=batch_size, num_workers=workers,
+                                             collate_fn=collate_skip_none)
+        batches = ((x.to(device, non_blocking=True), y) for x, y in (b for b in loader if b is not None))
+    else:
+        H, W = data.images.shape[-2:]
+        size = size or min(H, W)
+        top, left = (H - size) // 2, (W - size) // 2
+        m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        batches = ((data.images[i:i + batch_size, :, top:top + size, left:left + size].to(device, non_blocking=True)
+                    .float().div_(255).sub_(m).div_(s), data.labels[i:i + batch_size])
+                   for i in range(0, len(data), batch_size))
+    feats, labels = [], []
+    for x, y in batches:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
             f = model(x)
         feats.append(F.normalize(f.float().flatten(1), dim=1))
+        labels.append(torch.as_tensor(y))
     model.train(was_training)
-    return torch.cat(feats)
+    return torch.cat(feats), torch.cat(labels)

@@ -37,7 +37,7 @@ class MoCo(nn.Module):
         self.stem = resolve_stem(mc.stem, cfg.data.image_size)
         backbone, feat_dim = build_backbone(mc.arch, mc.width, self.stem, mc.bn_splits)
         self.feature_dim = feat_dim
-        self.encoder_q = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim))
+        self.encoder_q = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim, mc.bn_splits))
         self.encoder_k = copy.deepcopy(self.encoder_q)  # f_k starts as a copy of f_q
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)  # f_k is updated by momentum only

@@ -55,3 +55,11 @@ def reference_split_bn(x: torch.Tensor, bn: nn.BatchNorm2d, splits: int) -> torc
     """BN in training mode applied to each contiguous chunk separately (for tests)."""
     chunks = x.chunk(splits)
     return torch.cat([F.batch_norm(c, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) for c in chunks])
+
+
+class SplitBatchNorm1d(SplitBatchNorm):
+    """SplitBatchNorm for N x C features (projection heads)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() != 2:
+            raise ValueError(f"expected N x C features, got {x.dim()}-D input")

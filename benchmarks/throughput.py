@@ -1,0 +1,213 @@
+"""Throughput of a MoCo training step, rows measured side by side in one process, alternating.
+
+Rows:
+  (a) limit    compute only: query fwd+bwd, key fwd, SGD, momentum, enqueue on ready-made views
+  (b) mocolab  end to end: cached uint8 batches -> batched tensor augmentation -> step
+  (c) pil      mocolab with the PIL backend (torchvision transforms in DataLoader workers)
+  (d) peer     lightly's MoCo building blocks with the same backbone, batch, K and augmentations
+               (only when `lightly` is installed: pip install -e '.[bench]')
+
+Each round times every row for --steps steps, in turn; the figure per row is the median over
+rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d)
+and peak RSS; --json PATH writes limit_img_s, mocolab_img_s, pil_img_s, peer_img_s, peak_rss_mb.
+
+  python benchmarks/throughput.py --data ../shared/data/cifar10 --width 16 --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from mocolab.config import build_config  # noqa: E402
+from mocolab.data import TensorData, load_splits  # noqa: E402
+from mocolab.engine import Trainer, epoch_order  # noqa: E402
+from mocolab.pretrain import build_model, resolve_amp, resolve_device  # noqa: E402
+from mocolab.step import moco_step  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_trainer(cfg, data, device, dtype):
+    torch.manual_seed(0)
+    return Trainer(cfg, build_model(cfg, device), data, device, None, dtype)
+
+
+def step_fn(tr: Trainer):
+    cfg = tr.cfg
+
+    def step(x_q, x_k):
+        return moco_step(tr.model, tr.optimizer, x_q, x_k, m=cfg.moco.m, T=cfg.moco.T,
+                         symmetric=cfg.moco.symmetric, autocast=tr._autocast(), generator=tr.gen)
+    return step
+
+
+def endless_views(tr: Trainer):
+    epoch = 0
+    while True:
+        yield from tr.views(epoch_order(len(tr.train), 0, epoch), 0)
+        epoch += 1
+
+
+def peer_row(cfg, data: TensorData, device, dtype):
+    """lightly's MoCo blocks (projection head, NTXent with memory bank, momentum update,
+    batch shuffle) and its MoCoV2 PIL transform in DataLoader workers."""
+    try:
+        import copy
+
+        from lightly.loss import NTXentLoss
+        from lightly.models.modules import MoCoProjectionHead
+        from lightly.models.utils import batch_shuffle, batch_unshuffle, update_momentum
+        from lightly.transforms import MoCoV2Transform
+    except ImportError:
+        return None
+    from torch import nn
+
+    from mocolab.data import TensorTwoViewDataset
+    from mocolab.models.backbones import build_backbone
+
+    backbone, dim = build_backbone(cfg.model.arch, cfg.model.width, "cifar", cfg.model.bn_splits)
+
+    class Peer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = backbone, MoCoProjectionHead(dim, cfg.model.hidden_dim, cfg.model.dim)
+            self.backbone_k, self.head_k = copy.deepcopy(self.backbone), copy.deepcopy(self.head)
+            for p in list(self.backbone_k.parameters()) + list(self.head_k.parameters()):
+                p.requires_grad = False
+
+    model = Peer().to(device)
+    if cfg.run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    crit = NTXentLoss(temperature=cfg.moco.T, memory_bank_size=(cfg.moco.queue_size, cfg.model.dim))
+    opt = torch.optim.SGD(list(model.backbone.parameters()) + list(model.head.parameters()), lr=0.06, momentum=0.9)
+    tf = MoCoV2Transform(input_size=cfg.data.image_size, gaussian_blur=0.0, normalize={"mean": cfg.data.mean, "std": cfg.data.std})
+    loader = torch.utils.data.DataLoader(TensorTwoViewDataset(data, tf), batch_size=cfg.optim.batch_size, shuffle=True,
+                                         drop_last=True, num_workers=cfg.data.workers, persistent_workers=True)
+    it = iter(loader)
+
+    def step():
+        nonlocal it
+        try:
+            (x_q, x_k), _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            (x_q, x_k), _ = next(it)
+        x_q, x_k = x_q.to(device), x_k.to(device)
+        update_momentum(model.backbone, model.backbone_k, m=cfg.moco.m)
+        update_momentum(model.head, model.head_k, m=cfg.moco.m)
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            q = model.head(model.backbone(x_q))
+            with torch.no_grad():
+                xk, shuffle = batch_shuffle(x_k)
+                k = batch_unshuffle(model.head_k(model.backbone_k(xk)), shuffle)
+            loss = crit(q.float(), k.float())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
+    ap.add_argument("--preset", default="cifar10_cpu")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--amp", default="auto")
+    ap.add_argument("--steps", type=int, default=5, help="steps per row per round")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--limit", type=int, default=10000, help="training images to cache (0 = all)")
+    ap.add_argument("--rows", default="limit,mocolab,pil,peer")
+    ap.add_argument("--json")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+
+    over = [f"model.arch={args.arch}", f"model.width={args.width}", f"optim.batch_size={args.batch_size}",
+            f"run.device={args.device}", f"run.amp={args.amp}", *args.overrides]
+    cfg = build_config(args.preset, over)
+    device = resolve_device(cfg.run.device)
+    dtype = resolve_amp(cfg.run.amp, device)
+    data = load_splits(args.data, cfg.data.image_size, limit=args.limit, workers=cfg.data.workers).train
+    B = cfg.optim.batch_size
+    rows = {}
+    wanted = args.rows.split(",")
+
+    if "limit" in wanted:
+        tr_a = make_trainer(cfg, data, device, dtype)
+        fixed = next(endless_views(tr_a))  # ready-made views: no data work in this row
+        step_a = step_fn(tr_a)
+        rows["limit"] = lambda: step_a(*fixed)
+    if "mocolab" in wanted:
+        tr_b = make_trainer(cfg, data, device, dtype)
+        views_b, step_b = endless_views(tr_b), step_fn(tr_b)
+        rows["mocolab"] = lambda: step_b(*next(views_b))
+    if "pil" in wanted:
+        cfg_c = build_config(args.preset, over + ["data.backend=pil"])
+        tr_c = make_trainer(cfg_c, data, device, dtype)
+        views_c, step_c = endless_views(tr_c), step_fn(tr_c)
+        rows["pil"] = lambda: step_c(*next(views_c))
+    if "peer" in wanted:
+        peer = peer_row(cfg, data, device, dtype)
+        if peer is not None:
+            rows["peer"] = peer
+        else:
+            print("peer row skipped: lightly is not installed (pip install -e '.[bench]')")
+
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    for name, fn in rows.items():  # warm-up (allocator, kernels, workers)
+        for _ in range(2):
+            fn()
+        sync(device)
+    for _ in range(args.rounds):
+        for name, fn in rows.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                loss = fn()
+            loss.item()  # wait for the last step
+            sync(device)
+            times[name].append(args.steps * B / (time.perf_counter() - t0))
+
+    ips = {k: statistics.median(v) for k, v in times.items()}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20
+    print(f"\n{cfg.model.arch} width {cfg.model.width}, batch {B}, {cfg.data.image_size} px, device {device}, "
+          f"amp {dtype}, bn_splits {cfg.model.bn_splits}, K {cfg.moco.queue_size}, torch {torch.__version__}")
+    print(f"{'row':10s} {'img/s':>9s}   rounds")
+    for k, v in ips.items():
+        print(f"{k:10s} {v:9.0f}   " + " ".join(f"{x:.0f}" for x in times[k]))
+    result = {"limit_img_s": ips.get("limit"), "mocolab_img_s": ips.get("mocolab"), "pil_img_s": ips.get("pil"),
+              "peer_img_s": ips.get("peer"), "peak_rss_mb": peak, "device": str(device), "arch": cfg.model.arch,
+              "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
+    if "limit" in ips and "mocolab" in ips:
+        result["mocolab_over_limit"] = ips["mocolab"] / ips["limit"]
+        print(f"(b)/(a) mocolab / limit = {result['mocolab_over_limit']:.3f}")
+    if "peer" in ips and "mocolab" in ips:
+        result["mocolab_over_peer"] = ips["mocolab"] / ips["peer"]
+        print(f"(b)/(d) mocolab / peer  = {result['mocolab_over_peer']:.2f}")
+    print(f"peak RSS {peak:.0f} MB" + (f", peak GPU memory {peak_gpu:.0f} MB" if device.type == "cuda" else ""))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
