@@ -34,12 +34,12 @@ def cmd_pretrain(args) -> int:
         overrides.append(f"run.budget_minutes={args.budget_minutes}")
     if args.batch_size is not None:
         overrides.append(f"optim.batch_size={args.batch_size}")
-    cfg, ckpt = resume_config(args.resume, args.out, overrides) if args.resume else (None, None)
-    if args.resume and ckpt is None:
+    cfg, state = resume_config(args.resume, args.out, overrides) if args.resume else (None, None)
+    if args.resume and state is None:
         log.info("no checkpoint in %s yet: starting a new run", args.out)
     if cfg is None:
         cfg = build_config(args.preset, overrides)
-    summary = pretrain(cfg, args.data, args.out, resume=ckpt)
+    summary = pretrain(cfg, args.data, args.out, state=state)
     msg = f"done: {summary['epochs']:.2f} epochs, {summary['images_per_second']:.0f} img/s"
     if "knn_top1" in summary:
         msg += f", kNN top-1 {summary['knn_top1']:.2f}% ({summary['knn_features']} features)"

@@ -97,9 +97,9 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
     return model
 
 
-def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[Config, Path | None]:
+def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[Config | None, dict | None]:
     """The config of the run being resumed, with the command line's overrides on top, and the
-    checkpoint to load ('auto': the newest valid one in RUN_DIR; None when there is none)."""
+    loaded checkpoint ('auto': the newest valid one in RUN_DIR; (None, None) when there is none)."""
     path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
     if path is None:
         return None, None
@@ -107,14 +107,14 @@ def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[C
     if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
         raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys model, "
                               "optimizer, progress, config); `mocolab knn` evaluates plain weights")
-    return apply_overrides(from_dict(state["config"]), overrides).validate(), path
+    log.info("resuming from %s", path)
+    return apply_overrides(from_dict(state["config"]), overrides).validate(), state
 
 
-def pretrain(cfg: Config, data: str, out: str | Path, resume: str | Path | None = None) -> dict:
-    """Runs a pretraining into `out`; `resume` is a training checkpoint whose state is loaded
+def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None) -> dict:
+    """Runs a pretraining into `out`; `state` is a loaded training checkpoint to continue from
     (its config is the caller's business: see resume_config)."""
     out = Path(out)
-    state = safe_load(resume) if resume else None
     check_out_dir(out)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -137,7 +137,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, resume: str | Path | None 
     trainer = Trainer(cfg, model, train, device, out, autocast_dtype, monitor)
     if state is not None:
         trainer.load_state_dict(state)
-        log.info("resumed from %s at step %d", resume, trainer.progress.step)
+        log.info("continuing at step %d", trainer.progress.step)
         if cfg.run.budget_minutes <= 0:  # --epochs may have changed on the command line
             trainer.progress.total_steps = trainer.steps_per_epoch * cfg.run.epochs
 
@@ -154,7 +154,6 @@ def pretrain(cfg: Config, data: str, out: str | Path, resume: str | Path | None 
         "epochs": progress.step / trainer.steps_per_epoch,
         "steps": progress.step,
         "images_per_second": progress.images / max(progress.train_seconds, 1e-9),
-        "wall_seconds": time.perf_counter() - t0,
         "train_seconds": progress.elapsed,
         "amp": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "off",
         "device": str(device),
