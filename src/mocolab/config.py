@@ -74,7 +74,6 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA only)
     channels_last: bool = True
-    compile: bool = False
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines
     knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)
