@@ -48,7 +48,7 @@ def cmd_pretrain(args) -> int:
 
 
 def load_for_eval(path: str, features: str, image_size: int | None):
-    """Any checkpoint or weights file -> (network, image_size, mean, std, description)."""
+    """Any checkpoint or weights file -> (network to evaluate, config giving its preprocessing)."""
     from .config import Config
     from .models.backbones import build_backbone, infer_arch
     from .models.moco import MoCo
