@@ -82,8 +82,7 @@ def load_for_eval(path: str, features: str, image_size: int | None):
 
 def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
-    from .eval.features import extract_features
-    from .eval.knn import knn_accuracy
+    from .eval.knn import knn_evaluate
     from .pretrain import resolve_amp, resolve_device
 
     net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
@@ -96,10 +95,7 @@ def cmd_knn(args) -> int:
         raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
     dtype = resolve_amp(args.amp or cfg.run.amp, device)  # as in the run, so the figures agree
     kw = dict(device=device, autocast_dtype=dtype, size=cfg.data.image_size, channels_last=cfg.run.channels_last)
-    f_train, y_train = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)
-    f_test, y_test = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)
-    n_cls = int(max(y_train.max(), y_test.max())) + 1
-    acc = knn_accuracy(f_train, y_train, f_test, y_test, n_cls, args.k, args.t)
+    acc = knn_evaluate(net, splits.train, splits.test, cfg.data.mean, cfg.data.std, args.k, args.t, **kw)
     result = {"protocol": "knn", "knn_top1": acc, "k": args.k, "t": args.t, "features": args.features,
               "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": len(splits.train),
               "test_size": len(splits.test)}

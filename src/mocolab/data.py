@@ -252,8 +252,9 @@ def cache_size_for(image_size: int) -> int:
     return image_size if image_size <= 64 else int(round(image_size / 0.875))
 
 
-class PILTwoViewDataset(Dataset):
-    """Per-image PIL pipeline (the `pil` backend). Unreadable files yield None (dropped in collate)."""
+class PILFileDataset(Dataset):
+    """Image files through a per-image transform (the `pil` backend's two views, or one evaluation
+    view). Unreadable files yield None (dropped in collate)."""
 
     def __init__(self, fl: FileList, transform):
         self.fl, self.transform = fl, transform
@@ -282,10 +283,6 @@ class TensorTwoViewDataset(Dataset):
     def __getitem__(self, i):
         img = Image.fromarray(self.data.images[i].permute(1, 2, 0).numpy())
         return self.transform(img), int(self.data.labels[i])
-
-
-class PILEvalDataset(PILTwoViewDataset):
-    """One deterministic view per image (feature extraction from files)."""
 
 
 def collate_skip_none(batch):

@@ -19,7 +19,7 @@ from . import distributed as du
 from .augment import BatchAugment, TwoViews, pil_transform, preset
 from .checkpoint import atomic_save, rng_state, set_rng_state
 from .config import Config
-from .data import FileList, PILTwoViewDataset, TensorData, TensorTwoViewDataset, collate_skip_none
+from .data import FileList, PILFileDataset, TensorData, TensorTwoViewDataset, collate_skip_none
 from .models.moco import MoCo
 from .schedules import lr_at, scaled_lr
 from .step import moco_step
@@ -82,6 +82,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 class Trainer:
     def __init__(self, cfg: Config, model: MoCo, train: TensorData | FileList, device: torch.device,
                  out: Path | None, autocast_dtype: torch.dtype | None, monitor=None):
+        if isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
+            # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
+            train = TensorData(train.images.to(device), train.labels, train.classes)
         self.cfg, self.model, self.train, self.device, self.out = cfg, model, train, device, out
         self.monitor = monitor  # callable(model) -> dict, run every knn_every epochs
         o = cfg.optim
@@ -89,10 +92,6 @@ class Trainer:
         self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=self.base_lr,
                                          momentum=o.momentum, weight_decay=o.weight_decay)
         self.batch = o.batch_size
-        if isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
-            # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
-            train = TensorData(train.images.to(device), train.labels, train.classes)
-            self.train = train
         self.steps_per_epoch = len(train) // self.batch
         if self.steps_per_epoch == 0:
             raise ValueError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
@@ -192,7 +191,7 @@ class Trainer:
                 x = self.train.images[idx].to(dev, non_blocking=True)  # B x 3 x H x W uint8
                 yield self.aug(x, self.gen), self.aug(x, self.gen)
             return
-        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILTwoViewDataset)(self.train, self.pil_views)
+        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILFileDataset)(self.train, self.pil_views)
         loader = torch.utils.data.DataLoader(
             ds, batch_size=B, sampler=order[start * B:self.steps_per_epoch * B].tolist(), drop_last=True,
             num_workers=self.cfg.data.workers, collate_fn=collate_skip_none, pin_memory=dev.type == "cuda",

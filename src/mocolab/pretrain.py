@@ -21,8 +21,7 @@ from .checkpoint import CheckpointError, export_backbone, safe_load
 from .config import Config, apply_overrides, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
-from .eval.features import extract_features
-from .eval.knn import knn_accuracy
+from .eval.knn import knn_evaluate
 from .models.moco import MoCo
 
 log = logging.getLogger("mocolab")
@@ -81,10 +80,7 @@ def knn_monitor(cfg: Config, train, test, device, autocast_dtype):
         net = model.encoder_q.backbone if cfg.run.knn_features == "backbone" else model.encoder_q
         kw = dict(device=device, channels_last=cfg.run.channels_last, autocast_dtype=autocast_dtype,
                   size=cfg.data.image_size, workers=cfg.data.workers)
-        f_train, y_train = extract_features(net, train, cfg.data.mean, cfg.data.std, **kw)
-        f_test, y_test = extract_features(net, test, cfg.data.mean, cfg.data.std, **kw)
-        num_classes = int(max(y_train.max(), y_test.max())) + 1
-        acc = knn_accuracy(f_train, y_train, f_test, y_test, num_classes, cfg.run.knn_k, cfg.run.knn_t)
+        acc = knn_evaluate(net, train, test, cfg.data.mean, cfg.data.std, cfg.run.knn_k, cfg.run.knn_t, **kw)
         return {"knn_top1": acc, "knn_features": cfg.run.knn_features, "knn_k": cfg.run.knn_k, "knn_t": cfg.run.knn_t}
 
     return run

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import eval_transform
-from ..data import FileList, PILEvalDataset, TensorData, collate_skip_none
+from ..data import FileList, PILFileDataset, TensorData, collate_skip_none
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def extract_features(model: nn.Module, data: TensorData | FileList, mean, std, *
     device = torch.device(device)
     if isinstance(data, FileList):
         tf = eval_transform(size or 224, mean, std)
-        loader = torch.utils.data.DataLoader(PILEvalDataset(data, tf), batch_size=batch_size, num_workers=workers,
+        loader = torch.utils.data.DataLoader(PILFileDataset(data, tf), batch_size=batch_size, num_workers=workers,
                                              collate_fn=collate_skip_none)
         batches = ((x.to(device, non_blocking=True), y) for x, y in (b for b in loader if b is not None))
     else:

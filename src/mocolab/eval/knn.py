@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .features import extract_features
+
 
 @torch.no_grad()
 def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
@@ -21,6 +23,15 @@ def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tens
         votes.scatter_add_(1, bank_labels[sim_idx], weights)  # m x C
         preds.append(votes.argmax(dim=1))
     return torch.cat(preds)
+
+
+def knn_evaluate(net, train, test, mean, std, k: int = 200, t: float = 0.1, **extract_kw) -> float:
+    """Top-1 (%) of the weighted kNN with `train` as the bank and `test` as the queries, on the
+    features of `net` (see eval.features.extract_features for the keyword arguments)."""
+    f_train, y_train = extract_features(net, train, mean, std, **extract_kw)
+    f_test, y_test = extract_features(net, test, mean, std, **extract_kw)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    return knn_accuracy(f_train, y_train, f_test, y_test, num_classes, k, t)
 
 
 def knn_accuracy(train_f, train_y, test_f, test_y, num_classes: int, k: int = 200, t: float = 0.1) -> float:
