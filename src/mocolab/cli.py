@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, extract_backbone, safe_load
-from .config import ConfigError, build_config, from_dict, preset_names
+from .checkpoint import CheckpointError
+from .config import ConfigError, build_config, preset_names
 from .data import DataError
 from .engine import NonFiniteLoss
 
@@ -47,42 +47,10 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
-def load_for_eval(path: str, features: str, image_size: int | None):
-    """Any checkpoint or weights file -> (network to evaluate, config giving its preprocessing)."""
-    from .config import Config
-    from .models.backbones import build_backbone, infer_arch
-    from .models.moco import MoCo
-
-    obj = safe_load(path)
-    sd, meta = extract_backbone(obj)
-    side = Path(path).with_suffix(".json")
-    if not meta and side.is_file():
-        meta = json.loads(side.read_text())
-    cfg = from_dict(meta["config"]) if "config" in meta else Config()
-    if "config" not in meta:  # an export (its .json tells the preprocessing) or foreign weights
-        cfg.data.mean, cfg.data.std = meta.get("mean", cfg.data.mean), meta.get("std", cfg.data.std)
-        image_size = image_size or meta.get("image_size") or (32 if infer_arch(sd)["stem"] == "cifar" else 224)
-    if image_size:
-        cfg.data.image_size = image_size
-    if features == "head":
-        if "config" not in meta:
-            raise CheckpointError("--features head needs a mocolab training checkpoint (it holds the head)")
-        cfg.model.bn_splits = 1
-        model = MoCo(cfg)
-        model.load_state_dict(obj["model"])
-        return model.encoder_q, cfg
-    spec = infer_arch(sd)
-    net, _ = build_backbone(spec["arch"], spec["width"], spec["stem"])
-    try:
-        net.load_state_dict(sd, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"the weights in {path} do not fit a {spec['arch']}: {str(e).splitlines()[0]}") from None
-    return net, cfg
-
-
 def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
     from .eval.knn import knn_evaluate
+    from .eval.load import load_for_eval
     from .pretrain import resolve_amp, resolve_device
 
     net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
@@ -142,6 +110,10 @@ def parser() -> argparse.ArgumentParser:
     kn.add_argument("--amp", choices=["auto", "bf16", "off"], help="default: the run's setting")
     kn.add_argument("--limit", type=int, default=0, help="first N images per split (class-balanced)")
     kn.set_defaults(fn=cmd_knn)
+
+    from .eval.cli import add_commands as add_eval_commands
+
+    add_eval_commands(sub)  # linear | finetune | supervised | compare
 
     pr = sub.add_parser("presets", help="list the presets")
     pr.set_defaults(fn=cmd_presets)
