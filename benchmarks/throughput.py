@@ -57,7 +57,7 @@ def step_fn(tr: Trainer):
 def endless_views(tr: Trainer):
     epoch = 0
     while True:
-        yield from tr.views(epoch_order(len(tr.train), 0, epoch), 0)
+        yield from tr.views(epoch_order(len(tr.train), 0, epoch), 0, epoch)
         epoch += 1
 
 

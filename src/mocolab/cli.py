@@ -14,7 +14,7 @@ import torch
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, preset_names
 from .data import DataError
-from .engine import NonFiniteLoss
+from .engine import NonFiniteLoss, Preempted
 
 log = logging.getLogger("mocolab")
 
@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     try:
         return args.fn(args)
+    except Preempted as e:
+        print(f"mocolab: {e}", file=sys.stderr)
+        return Preempted.exit_code
     except (ConfigError, DataError, CheckpointError, NonFiniteLoss, FileNotFoundError, OSError, ValueError) as e:
         print(f"mocolab: error: {e}", file=sys.stderr)
         return 2

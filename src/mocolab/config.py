@@ -80,7 +80,9 @@ class RunConfig:
     knn_k: int = 200
     knn_t: float = 0.1
     knn_features: str = "backbone"  # backbone (pooled, before the head) | head
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # periodic checkpoints kept (the newest N), besides final.pth
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at epoch ends only)
+    skip_nonfinite: int = 0  # steps with a NaN/Inf loss to skip before stopping (0 = stop at the first)
 
 
 @dataclass
@@ -111,6 +113,12 @@ class Config:
             (self.data.image_size >= 8, "data.image_size must be >= 8"),
             (len(self.data.mean) == 3 and len(self.data.std) == 3, "data.mean and data.std need 3 values"),
             (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
+            (self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),
+             f"moco.queue_size (K={self.moco.queue_size}) is smaller than the keys enqueued per step "
+             f"({self.optim.batch_size * (2 if self.moco.symmetric else 1)}): the queue would not hold one batch"),
+            (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (self.run.checkpoint_every >= 0 and self.run.skip_nonfinite >= 0,
+             "run.checkpoint_every and run.skip_nonfinite must be >= 0"),
             (self.optim.batch_size % self.model.bn_splits == 0,
              f"optim.batch_size ({self.optim.batch_size}) must be divisible by model.bn_splits ({self.model.bn_splits})"),
             (self.optim.lr > 0, "optim.lr must be positive"),

@@ -252,12 +252,27 @@ def cache_size_for(image_size: int) -> int:
     return image_size if image_size <= 64 else int(round(image_size / 0.875))
 
 
+def seeded(transform, img, seed: int | None):
+    """transform(img) with torch's global RNG (torchvision's source) seeded by `seed` and then
+    restored: a sample's augmentation depends on the seed only, not on which DataLoader worker
+    draws it or when, so a resumed run replays the very same views."""
+    if seed is None:
+        return transform(img)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(img)
+
+
 class PILFileDataset(Dataset):
     """Image files through a per-image transform (the `pil` backend's two views, or one evaluation
-    view). Unreadable files yield None (dropped in collate)."""
+    view). Unreadable files yield None (dropped in collate). With `seed`, image i is transformed
+    under the seed (seed * 1_000_003 + i): see `seeded`."""
 
-    def __init__(self, fl: FileList, transform):
-        self.fl, self.transform = fl, transform
+    def __init__(self, fl: FileList, transform, seed: int | None = None):
+        self.fl, self.transform, self.seed = fl, transform, seed
+
+    def _seed(self, i: int) -> int | None:
+        return None if self.seed is None else (self.seed * 1_000_003 + i) % 2**63
 
     def __len__(self):
         return len(self.fl)
@@ -268,21 +283,21 @@ class PILFileDataset(Dataset):
         except Exception as e:
             warnings.warn(f"skipped unreadable image {self.fl.files[i]} ({type(e).__name__}: {e})", stacklevel=2)
             return None
-        return self.transform(img), self.fl.labels[i]
+        return seeded(self.transform, img, self._seed(i)), self.fl.labels[i]
 
 
-class TensorTwoViewDataset(Dataset):
+class TensorTwoViewDataset(PILFileDataset):
     """PIL pipeline over an already-decoded uint8 tensor (the pil backend with the cache)."""
 
-    def __init__(self, data: TensorData, transform):
-        self.data, self.transform = data, transform
+    def __init__(self, data: TensorData, transform, seed: int | None = None):
+        self.data, self.transform, self.seed = data, transform, seed
 
     def __len__(self):
         return len(self.data)
 
     def __getitem__(self, i):
         img = Image.fromarray(self.data.images[i].permute(1, 2, 0).numpy())
-        return self.transform(img), int(self.data.labels[i])
+        return seeded(self.transform, img, self._seed(i)), int(self.data.labels[i])
 
 
 def collate_skip_none(batch):

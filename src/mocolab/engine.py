@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +33,12 @@ log = logging.getLogger("mocolab")
 
 class NonFiniteLoss(RuntimeError):
     pass
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT: the current step was finished and a checkpoint written."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again" (a scheduler may requeue with --resume auto)
 
 
 @dataclass
@@ -105,6 +115,8 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
         self.history: list[dict] = []
+        self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: finish the step, save, exit
+        self.skipped = 0  # non-finite steps skipped (run.skip_nonfinite)
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -115,6 +127,7 @@ class Trainer:
             "rng": rng_state({"aug": self.gen}),
             "config": self.cfg.to_dict(),
             "history": self.history,
+            "skipped": self.skipped,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -123,6 +136,7 @@ class Trainer:
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"], {"aug": self.gen})
         self.history = list(state.get("history", []))
+        self.skipped = int(state.get("skipped", 0))
 
     def save(self, name: str) -> Path | None:
         if self.out is None or not du.is_main():
@@ -131,11 +145,32 @@ class Trainer:
         ckdir.mkdir(exist_ok=True)
         path = ckdir / name
         atomic_save(self.state_dict(), path)
-        keep = self.cfg.run.keep_checkpoints
-        epochs = sorted(ckdir.glob("epoch_*.pth"))
-        for old in epochs[:-keep] if keep > 0 else []:
+        # keep the newest N periodic checkpoints (epoch ends and mid-epoch saves, by step)
+        spe = self.steps_per_epoch
+        periodic = sorted(list(ckdir.glob("epoch_*.pth")) + list(ckdir.glob("step_*.pth")),
+                          key=lambda f: int(f.stem.split("_")[1]) * (spe if f.stem.startswith("epoch") else 1))
+        for old in periodic[:-self.cfg.run.keep_checkpoints]:
             old.unlink(missing_ok=True)
         return path
+
+    @contextmanager
+    def _graceful_signals(self):
+        """SIGTERM and SIGINT ask the loop to stop after the current step; a second SIGINT
+        interrupts at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self.stop_signal = signum
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
 
     # -- schedule and budget -------------------------------------------------------------
     def _reestimate(self, step_seconds: float) -> None:
@@ -147,6 +182,8 @@ class Trainer:
 
     def _done(self) -> bool:
         p = self.progress
+        if self.stop_signal is not None:
+            return True
         if self.budget_s > 0 and p.elapsed >= self.budget_s:
             return True
         return p.step >= p.total_steps
@@ -164,23 +201,28 @@ class Trainer:
                    initial=p.step, mininterval=2.0)
         self.model.train()
         try:
-            while not self._done():
-                self.train_one_epoch(bar)
-                if p.it == self.steps_per_epoch:  # a full epoch: next epoch, checkpoint, monitor
-                    p.epoch, p.it = p.epoch + 1, 0
-                    if cfg.run.knn_every and p.epoch % cfg.run.knn_every == 0 and self.monitor and not self._done():
-                        t0 = time.perf_counter()
-                        result = self.monitor(self.model)
-                        p.elapsed += time.perf_counter() - t0
-                        self.history.append({"epoch": p.epoch, "step": p.step, **result})
-                        self.logger.write({"epoch": p.epoch, "step": p.step, **result}, p.step)
-                        bar.write(f"epoch {p.epoch}: {result}")
-                    self.save(f"epoch_{p.epoch:04d}.pth")
+            with self._graceful_signals():
+                while not self._done():
+                    self.train_one_epoch(bar)
+                    if p.it == self.steps_per_epoch:  # a full epoch: next epoch, checkpoint, monitor
+                        p.epoch, p.it = p.epoch + 1, 0
+                        if cfg.run.knn_every and p.epoch % cfg.run.knn_every == 0 and self.monitor and not self._done():
+                            t0 = time.perf_counter()
+                            result = self.monitor(self.model)
+                            p.elapsed += time.perf_counter() - t0
+                            self.history.append({"epoch": p.epoch, "step": p.step, **result})
+                            self.logger.write({"epoch": p.epoch, "step": p.step, **result}, p.step)
+                            bar.write(f"epoch {p.epoch}: {result}")
+                        self.save(f"epoch_{p.epoch:04d}.pth")
         finally:
             bar.close()
+        if self.stop_signal is not None:
+            path = self.save(f"step_{p.step:08d}.pth")
+            raise Preempted(f"stopped by {signal.Signals(self.stop_signal).name} after step {p.step}; "
+                            f"checkpoint {path}; continue with --resume auto")
         return p
 
-    def views(self, order: torch.Tensor, start: int):
+    def views(self, order: torch.Tensor, start: int, epoch: int):
         """Yields (x_q, x_k) for the epoch's batches from batch `start` on.
         tensor backend: uint8 batches from the cache, augmented on the device, per image.
         pil backend: torchvision transforms in DataLoader workers (files or the cache)."""
@@ -191,11 +233,14 @@ class Trainer:
                 x = self.train.images[idx].to(dev, non_blocking=True)  # B x 3 x H x W uint8
                 yield self.aug(x, self.gen), self.aug(x, self.gen)
             return
-        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILFileDataset)(self.train, self.pil_views)
+        # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
+        seed = self.cfg.run.seed * 1_000_003 + epoch
+        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILFileDataset)(self.train, self.pil_views, seed)
         loader = torch.utils.data.DataLoader(
             ds, batch_size=B, sampler=order[start * B:self.steps_per_epoch * B].tolist(), drop_last=True,
             num_workers=self.cfg.data.workers, collate_fn=collate_skip_none, pin_memory=dev.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None)
+            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None,
+            generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
         fmt = torch.channels_last if self.cfg.run.channels_last else torch.contiguous_format
         for batch in loader:
             if batch is None:  # every image of the batch was unreadable
@@ -211,11 +256,11 @@ class Trainer:
         cfg, p, model = self.cfg, self.progress, self.model
         order = epoch_order(len(self.train), cfg.run.seed, p.epoch)
         B, dev = self.batch, self.device
-        loss_sum = torch.zeros((), device=dev)  # summed on the device; read at log time only
+        losses: list[torch.Tensor] = []  # this log window's losses, on the device; read at log time only
         n_log, t_log = 0, time.perf_counter()
         calib_at = p.step + 5  # skip the first steps (allocator and kernel warm-up) when timing
         t_calib = None
-        views = self.views(order, p.it)
+        views = self.views(order, p.it, p.epoch)
         t0 = time.perf_counter()
         while p.it < self.steps_per_epoch and not self._done():
             batch = next(views, None)  # two augmented views, B x 3 x S x S each
@@ -226,9 +271,17 @@ class Trainer:
             lr = lr_at(p.step, p.total_steps, self.base_lr, cfg.optim.schedule, cfg.optim.milestones, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = moco_step(model, self.optimizer, x_q, x_k, m=cfg.moco.m, T=cfg.moco.T,
-                             symmetric=cfg.moco.symmetric, autocast=self._autocast(), generator=self.gen)
-            loss_sum += loss
+            loss = moco_step(model, self.optimizer, x_q, x_k, m=cfg.moco.m, T=cfg.moco.T, symmetric=cfg.moco.symmetric,
+                             autocast=self._autocast(), generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0)
+            if cfg.run.skip_nonfinite and not math.isfinite(loss.item()):  # moco_step changed nothing
+                self.skipped += 1
+                warnings.warn(f"skipped step {p.step + 1} (epoch {p.epoch}): loss {loss.item()} "
+                              f"({self.skipped} of at most {cfg.run.skip_nonfinite})", stacklevel=2)
+                if self.skipped > cfg.run.skip_nonfinite:
+                    raise NonFiniteLoss(f"more than run.skip_nonfinite={cfg.run.skip_nonfinite} steps had a "
+                                        f"non-finite loss (the last at step {p.step + 1}); the last checkpoint is kept")
+            else:
+                losses.append(loss)
             n_log += 1
             p.it, p.step, p.images = p.it + 1, p.step + 1, p.images + B
             t1 = time.perf_counter()
@@ -239,16 +292,24 @@ class Trainer:
                 t_calib = (time.perf_counter(), p.step)
             if self.budget_s > 0 and t_calib and p.step > t_calib[1] and (p.step - t_calib[1]) % 10 == 0:
                 self._reestimate((time.perf_counter() - t_calib[0]) / (p.step - t_calib[1]))
-            if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done():
-                mean_loss = (loss_sum / n_log).item()  # the only host sync, at log intervals
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLoss(f"loss became {mean_loss} at step {p.step} (epoch {p.epoch}); "
-                                        "the last checkpoint is kept; try a lower optim.lr")
+            save_now = cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 and p.it < self.steps_per_epoch
+            if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done() or save_now:
+                # checked before every save, so that no checkpoint ever holds a diverged model
+                window = torch.stack(losses) if losses else torch.full((0,), 0.0)
+                finite = torch.isfinite(window).tolist()  # the only host sync, at log intervals
+                if not all(finite):
+                    bad = p.step - len(finite) + finite.index(False) + 1  # the window's first bad step
+                    raise NonFiniteLoss(f"loss became {window[finite.index(False)].item()} at step {bad} "
+                                        f"(epoch {p.epoch}); nothing was saved after it and the last checkpoint "
+                                        "is kept; try a lower optim.lr, or run.skip_nonfinite=N")
+                mean_loss = window.mean().item() if losses else float("nan")
                 ips = n_log * B / (time.perf_counter() - t_log)
                 rec = {"epoch": p.epoch, "step": p.step, "loss": mean_loss, "lr": lr, "img_per_s": ips,
                        "epoch_float": p.step / self.steps_per_epoch}
                 self.logger.write(rec, p.step)
                 bar.set_postfix(ep=f"{rec['epoch_float']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
                 bar.update(n_log)
-                loss_sum.zero_()
+                losses.clear()
                 n_log, t_log = 0, time.perf_counter()
+            if save_now:
+                self.save(f"step_{p.step:08d}.pth")  # epoch ends are saved by fit()

@@ -114,7 +114,6 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     check_out_dir(out)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     autocast_dtype = resolve_amp(cfg.run.amp, device)
 
@@ -127,6 +126,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     if du.is_main():
         save_yaml(cfg, out / "config.yaml")
 
+    seed_everything(cfg.run.seed)  # here: decoding (a DataLoader) draws from the RNG only without a cache
     model = build_model(cfg, device)
     labeled = test is not None and int(torch.as_tensor(train.labels).min()) >= 0
     monitor = knn_monitor(cfg, train, test, device, autocast_dtype) if labeled else None
@@ -138,7 +138,11 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
             trainer.progress.total_steps = trainer.steps_per_epoch * cfg.run.epochs
 
     t0 = time.perf_counter()
-    progress = trainer.fit()
+    try:
+        progress = trainer.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
+    except BaseException:
+        trainer.logger.close()
+        raise
     trainer.save("final.pth")
     meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
             "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,

@@ -24,11 +24,18 @@ def moco_loss(model: MoCo, x_q, x_k, T: float, symmetric: bool, generator=None):
 
 
 def moco_step(model: MoCo, optimizer, x_q, x_k, *, m: float, T: float, symmetric: bool = False,
-              autocast=None, generator=None) -> torch.Tensor:
+              autocast=None, generator=None, skip_nonfinite: bool = False) -> torch.Tensor:
     """Algorithm 1: loss on (q, k, queue); SGD on f_q; f_k <- m f_k + (1-m) f_q; enqueue k.
-    Returns the loss (a 0-dim tensor, left on the device: no host sync here)."""
+    Returns the loss (a 0-dim tensor, left on the device: no host sync here).
+    skip_nonfinite: a NaN/Inf loss changes nothing (costs one host sync a step)."""
+    if skip_nonfinite:  # BN running statistics, restored if the step is skipped
+        bn = [b for enc in (model.encoder_q, model.encoder_k) for b in enc.buffers()]
+        saved = [b.clone() for b in bn]
     with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
         loss, k = moco_loss(model, x_q, x_k, T, symmetric, generator)
+    if skip_nonfinite and not torch.isfinite(loss):
+        torch._foreach_copy_(bn, saved)
+        return loss.detach()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()  # update(f_q)
