@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import tiny_config
 
-import mocolab.step
 from mocolab.checkpoint import safe_load
 from mocolab.config import ConfigError, build_config
 from mocolab.data import TensorData
@@ -69,15 +68,15 @@ def test_pil_views_do_not_depend_on_the_workers():
 
 
 def _nan_at(monkeypatch, steps):
-    """Makes the loss NaN at the given 1-based steps (counted over moco_loss calls)."""
-    real, calls = mocolab.step.moco_loss, {"n": 0}
+    """Makes the loss NaN at the given 1-based steps (counted over MoCo.forward calls)."""
+    real, calls = MoCo.forward, {"n": 0}
 
     def fake(*a, **k):
         loss, keys = real(*a, **k)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] in steps else loss), keys
 
-    monkeypatch.setattr(mocolab.step, "moco_loss", fake)
+    monkeypatch.setattr(MoCo, "forward", fake)
 
 
 def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +15,7 @@ import torch
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, preset_names
 from .data import DataError
+from . import distributed as du
 from .engine import NonFiniteLoss, Preempted
 
 log = logging.getLogger("mocolab")
@@ -39,7 +41,12 @@ def cmd_pretrain(args) -> int:
         log.info("no checkpoint in %s yet: starting a new run", args.out)
     if cfg is None:
         cfg = build_config(args.preset, overrides)
-    summary = pretrain(cfg, args.data, args.out, state=state)
+    try:
+        summary = pretrain(cfg, args.data, args.out, state=state)
+    finally:
+        du.cleanup()  # leaves the process group (torchrun)
+    if int(os.environ.get("RANK", "0")) > 0:  # rank 0 reports
+        return 0
     msg = f"done: {summary['epochs']:.2f} epochs, {summary['images_per_second']:.0f} img/s"
     if "knn_top1" in summary:
         msg += f", kNN top-1 {summary['knn_top1']:.2f}% ({summary['knn_features']} features)"
@@ -74,6 +81,14 @@ def cmd_knn(args) -> int:
         pass
     print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
           f"{len(splits.train)} train / {len(splits.test)} test images)")
+    return 0
+
+
+def cmd_shards(args) -> int:
+    from .shards import write_shards
+
+    for pattern in write_shards(args.data, args.out, args.shard_size, args.seed):
+        print(f"wrote {pattern}")
     return 0
 
 
@@ -114,6 +129,13 @@ def parser() -> argparse.ArgumentParser:
     from .eval.cli import add_commands as add_eval_commands
 
     add_eval_commands(sub)  # linear | finetune | supervised | compare
+
+    sh = sub.add_parser("shards", help="write an image folder into webdataset tar shards (for --data 'PREFIX-{000000..000099}.tar')")
+    sh.add_argument("--data", required=True, help="ImageFolder (labels optional); train/ and test/ give PREFIX-train-*, PREFIX-test-*")
+    sh.add_argument("--out", required=True, help="PREFIX of the shards (folder and name start)")
+    sh.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
+    sh.add_argument("--seed", type=int, default=0, help="the order in which images are written (shuffled)")
+    sh.set_defaults(fn=cmd_shards)
 
     pr = sub.add_parser("presets", help="list the presets")
     pr.set_defaults(fn=cmd_presets)

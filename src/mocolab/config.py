@@ -29,7 +29,8 @@ class ModelConfig:
     head: str = "mlp"  # linear (MoCo v1) | mlp (MoCo v2) | mlp_bn (MLP with BN, as v3's projector)
     dim: int = 128  # feature dimension of the head's output
     hidden_dim: int = 2048  # MLP head's hidden width
-    bn_splits: int = 8  # SplitBatchNorm groups on one process (1 = plain BN)
+    bn_splits: int = 8  # SplitBatchNorm groups per process (1 = plain BN); under torchrun each rank is a group too
+    sync_bn: bool = False  # SyncBatchNorm over all ranks (GPUs; MoCo v3 style, instead of shuffle BN)
 
 
 @dataclass
@@ -43,7 +44,8 @@ class MocoConfig:
 
 @dataclass
 class DataConfig:
-    image_size: int = 224
+    image_size: int = 224  # evaluation (center crop) and, unless crop_size is set, training views
+    crop_size: int = 0  # side of the training views if smaller than image_size (0 = image_size)
     augment: str = "v2"  # v1 | v2 (aug+) | cifar (the official CIFAR demo's) | none
     backend: str = "tensor"  # tensor (batched, on the model's device) | pil (torchvision per image)
     cache: bool = True  # decode once into an in-memory uint8 tensor (needed by the tensor backend)
@@ -52,6 +54,8 @@ class DataConfig:
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     limit: int = 0  # use only the first N images of each split (0 = all); for smoke tests
+    shuffle_buffer: int = 5000  # tar shards: samples in the shuffle buffer (per loader worker)
+    knn_data: str = ""  # tar shards: labeled data (train/ + test/) for the kNN monitor ("" = none)
 
 
 @dataclass
@@ -104,6 +108,7 @@ class Config:
             (self.model.head in ("linear", "mlp", "mlp_bn"), "model.head must be linear, mlp or mlp_bn"),
             (self.model.width > 0 and self.model.dim > 0, "model.width and model.dim must be positive"),
             (self.model.bn_splits >= 1, "model.bn_splits must be >= 1"),
+            (not self.model.sync_bn or self.model.bn_splits == 1, "model.sync_bn=true needs model.bn_splits=1"),
             (self.moco.queue_size >= 1, "moco.queue_size must be >= 1"),
             (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
             (self.moco.T > 0, "moco.T must be positive"),
@@ -111,6 +116,7 @@ class Config:
             (self.data.backend in ("tensor", "pil"), "data.backend must be tensor or pil"),
             (self.data.backend == "pil" or self.data.cache, "data.backend=tensor needs data.cache=true"),
             (self.data.image_size >= 8, "data.image_size must be >= 8"),
+            (self.data.crop_size == 0 or 8 <= self.data.crop_size, "data.crop_size must be 0 or >= 8"),
             (len(self.data.mean) == 3 and len(self.data.std) == 3, "data.mean and data.std need 3 values"),
             (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
             (self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),

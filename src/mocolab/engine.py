@@ -23,9 +23,10 @@ from . import distributed as du
 from .augment import BatchAugment, TwoViews, pil_transform, preset
 from .checkpoint import atomic_save, rng_state, set_rng_state
 from .config import Config
-from .data import FileList, PILFileDataset, TensorData, TensorTwoViewDataset, collate_skip_none
+from .data import DataError, FileList, PILFileDataset, TensorData, TensorTwoViewDataset, collate_skip_none
 from .models.moco import MoCo
 from .schedules import lr_at, scaled_lr
+from .shards import ShardStream
 from .step import moco_step
 
 log = logging.getLogger("mocolab")
@@ -90,7 +91,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, model: MoCo, train: TensorData | FileList, device: torch.device,
+    def __init__(self, cfg: Config, model: MoCo, train: TensorData | FileList | ShardStream, device: torch.device,
                  out: Path | None, autocast_dtype: torch.dtype | None, monitor=None):
         if isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
             # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
@@ -101,21 +102,28 @@ class Trainer:
         self.base_lr = scaled_lr(o.lr, o.batch_size, o.base_batch_size)
         self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=self.base_lr,
                                          momentum=o.momentum, weight_decay=o.weight_decay)
-        self.batch = o.batch_size
+        self.batch = o.batch_size  # global: each of the W ranks takes its slice of every batch
+        self.world, self.rank = du.world_size(), du.rank()
+        if self.batch % (self.world * cfg.model.bn_splits):
+            raise ValueError(f"optim.batch_size={self.batch} must be divisible by the number of processes ({self.world}) "
+                             f"times model.bn_splits ({cfg.model.bn_splits})")
+        self.local_batch = self.batch // self.world
         self.steps_per_epoch = len(train) // self.batch
         if self.steps_per_epoch == 0:
             raise ValueError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.budget_s = cfg.run.budget_minutes * 60.0
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
-        self.gen = torch.Generator().manual_seed(cfg.run.seed + 1)  # augmentation + shuffle BN
-        spec = preset(cfg.data.augment, cfg.data.image_size)
+        self.gen = torch.Generator()  # augmentation + shuffle BN; seeded by (seed, step, rank) each step
+        self.net = model  # what the step calls: DistributedDataParallel(model) under torchrun (see fit)
+        spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size)
         self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last)
         self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
         self.history: list[dict] = []
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: finish the step, save, exit
+        self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
         self.skipped = 0  # non-finite steps skipped (run.skip_nonfinite)
 
     # -- state ---------------------------------------------------------------------------
@@ -175,18 +183,27 @@ class Trainer:
     # -- schedule and budget -------------------------------------------------------------
     def _reestimate(self, step_seconds: float) -> None:
         """Under a time budget, the schedule's length is the number of steps that fit in
-        what is left, so the run anneals fully within the budget."""
+        what is left, so the run anneals fully within the budget (rank 0 decides)."""
         p = self.progress
         left = self.budget_s - p.elapsed
-        p.total_steps = max(p.step + 1, p.step + int(left / max(step_seconds, 1e-6)))
+        total = max(p.step + 1, p.step + int(left / max(step_seconds, 1e-6)))
+        if self.world > 1:
+            total = int(du.broadcast(torch.tensor([total], device=self.device), 0).item())
+        p.total_steps = total
 
     def _done(self) -> bool:
+        """Every rank answers the same: under torchrun only agreed values are used."""
         p = self.progress
-        if self.stop_signal is not None:
+        if self.stop_agreed or (self.world == 1 and self.stop_signal is not None):
             return True
-        if self.budget_s > 0 and p.elapsed >= self.budget_s:
+        if self.world == 1 and self.budget_s > 0 and p.elapsed >= self.budget_s:
             return True
         return p.step >= p.total_steps
+
+    def _step_seed(self, step: int) -> int:
+        """The augmentation/shuffle seed of a step on this rank: a resumed run, on any number
+        of ranks, draws what an uninterrupted one would."""
+        return (self.cfg.run.seed << 40) ^ (step << 12) ^ self.rank
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
@@ -200,12 +217,16 @@ class Trainer:
         bar = tqdm(total=None, disable=not du.is_main(), dynamic_ncols=True, unit="step",
                    initial=p.step, mininterval=2.0)
         self.model.train()
+        if du.is_dist() and self.net is self.model:  # gradients averaged over ranks
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
         try:
             with self._graceful_signals():
                 while not self._done():
                     self.train_one_epoch(bar)
                     if p.it == self.steps_per_epoch:  # a full epoch: next epoch, checkpoint, monitor
                         p.epoch, p.it = p.epoch + 1, 0
+                        du.broadcast_buffers(self.model)  # rank 0's BN statistics, for the monitor and the save
                         if cfg.run.knn_every and p.epoch % cfg.run.knn_every == 0 and self.monitor and not self._done():
                             t0 = time.perf_counter()
                             result = self.monitor(self.model)
@@ -216,40 +237,51 @@ class Trainer:
                         self.save(f"epoch_{p.epoch:04d}.pth")
         finally:
             bar.close()
-        if self.stop_signal is not None:
+        if self.stop_agreed or self.stop_signal is not None:
+            du.broadcast_buffers(self.model)
             path = self.save(f"step_{p.step:08d}.pth")
-            raise Preempted(f"stopped by {signal.Signals(self.stop_signal).name} after step {p.step}; "
+            raise Preempted(f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} after step {p.step}; "
                             f"checkpoint {path}; continue with --resume auto")
         return p
 
     def views(self, order: torch.Tensor, start: int, epoch: int):
-        """Yields (x_q, x_k) for the epoch's batches from batch `start` on.
+        """Yields (x_q, x_k) for the epoch's batches from batch `start` on: this rank's slice of
+        each global batch (the whole batch on one process).
         tensor backend: uint8 batches from the cache, augmented on the device, per image.
         pil backend: torchvision transforms in DataLoader workers (files or the cache)."""
-        B, dev = self.batch, self.device
+        B, b, r, dev = self.batch, self.local_batch, self.rank, self.device
+        if isinstance(self.train, ShardStream):  # this rank's stream; a resumed epoch replays it
+            stream = self.train.batches(epoch, b, self.cfg.data.workers, self.cfg.run.seed)
+            for it in range(self.steps_per_epoch):
+                x, _ = next(stream)
+                if it >= start:
+                    x = x.to(dev, non_blocking=True)
+                    yield self.aug(x, self.gen), self.aug(x, self.gen)
+            return
+        mine = [order[it * B + r * b:it * B + (r + 1) * b] for it in range(start, self.steps_per_epoch)]
         if self.cfg.data.backend == "tensor":
-            for it in range(start, self.steps_per_epoch):
-                idx = order[it * B:(it + 1) * B].to(self.train.images.device, non_blocking=True)
-                x = self.train.images[idx].to(dev, non_blocking=True)  # B x 3 x H x W uint8
+            for idx in mine:
+                x = self.train.images[idx.to(self.train.images.device)].to(dev, non_blocking=True)  # b x 3 x H x W uint8
                 yield self.aug(x, self.gen), self.aug(x, self.gen)
             return
         # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
         seed = self.cfg.run.seed * 1_000_003 + epoch
         ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILFileDataset)(self.train, self.pil_views, seed)
         loader = torch.utils.data.DataLoader(
-            ds, batch_size=B, sampler=order[start * B:self.steps_per_epoch * B].tolist(), drop_last=True,
+            ds, batch_size=b, sampler=torch.cat(mine).tolist() if mine else [], drop_last=True,
             num_workers=self.cfg.data.workers, collate_fn=collate_skip_none, pin_memory=dev.type == "cuda",
             persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None,
             generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
         fmt = torch.channels_last if self.cfg.run.channels_last else torch.contiguous_format
         for batch in loader:
             if batch is None:  # every image of the batch was unreadable
+                if self.world > 1:
+                    raise DataError(f"a whole batch of {b} images was unreadable on rank {r}")
                 continue
             (x_q, x_k), _ = batch
-            keep = x_q.shape[0] // self.cfg.model.bn_splits * self.cfg.model.bn_splits  # after skipped images
-            if keep == 0:
-                continue
-            x_q, x_k = x_q[:keep], x_k[:keep]
+            if x_q.shape[0] < b:  # unreadable images were skipped: repeat others (same shape on every rank)
+                fill = torch.arange(b) % x_q.shape[0]
+                x_q, x_k = x_q[fill], x_k[fill]
             yield (x_q.to(dev, non_blocking=True, memory_format=fmt), x_k.to(dev, non_blocking=True, memory_format=fmt))
 
     def train_one_epoch(self, bar) -> None:
@@ -263,7 +295,8 @@ class Trainer:
         views = self.views(order, p.it, p.epoch)
         t0 = time.perf_counter()
         while p.it < self.steps_per_epoch and not self._done():
-            batch = next(views, None)  # two augmented views, B x 3 x S x S each
+            self.gen.manual_seed(self._step_seed(p.step))
+            batch = next(views, None)  # two augmented views, b x 3 x S x S each (b = B / ranks)
             if batch is None:  # the loader ran short (unreadable images were skipped)
                 p.it = self.steps_per_epoch
                 break
@@ -272,7 +305,8 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             loss = moco_step(model, self.optimizer, x_q, x_k, m=cfg.moco.m, T=cfg.moco.T, symmetric=cfg.moco.symmetric,
-                             autocast=self._autocast(), generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0)
+                             autocast=self._autocast(), generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0,
+                             net=self.net)
             if cfg.run.skip_nonfinite and not math.isfinite(loss.item()):  # moco_step changed nothing
                 self.skipped += 1
                 warnings.warn(f"skipped step {p.step + 1} (epoch {p.epoch}): loss {loss.item()} "
@@ -295,7 +329,11 @@ class Trainer:
             save_now = cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 and p.it < self.steps_per_epoch
             if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done() or save_now:
                 # checked before every save, so that no checkpoint ever holds a diverged model
-                window = torch.stack(losses) if losses else torch.full((0,), 0.0)
+                window = torch.stack(losses) if losses else torch.full((0,), 0.0, device=dev)
+                if self.world > 1:  # every rank sees the global mean loss and any rank's signal
+                    du.all_reduce(window, "mean")
+                    flag = torch.tensor([float(self.stop_signal is not None)], device=dev)
+                    self.stop_agreed = bool(du.all_reduce(flag, "max").item())
                 finite = torch.isfinite(window).tolist()  # the only host sync, at log intervals
                 if not all(finite):
                     bad = p.step - len(finite) + finite.index(False) + 1  # the window's first bad step

@@ -18,11 +18,12 @@ import torch
 
 from . import distributed as du
 from .checkpoint import CheckpointError, export_backbone, safe_load
-from .config import Config, apply_overrides, from_dict, save_yaml
+from .config import Config, ConfigError, apply_overrides, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .eval.knn import knn_evaluate
 from .models.moco import MoCo
+from .shards import ShardStream, is_shard_pattern
 
 log = logging.getLogger("mocolab")
 
@@ -111,16 +112,31 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     """Runs a pretraining into `out`; `state` is a loaded training checkpoint to continue from
     (its config is the caller's business: see resume_config)."""
     out = Path(out)
-    check_out_dir(out)
+    device = du.setup(resolve_device(cfg.run.device))  # joins the process group under torchrun
+    if not du.is_main():
+        log.setLevel(logging.WARNING)  # rank 0 reports
+    else:
+        check_out_dir(out)
+    if cfg.model.sync_bn and du.is_dist() and device.type != "cuda":
+        raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm); on CPUs shuffle BN across ranks is used")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    device = resolve_device(cfg.run.device)
     autocast_dtype = resolve_amp(cfg.run.amp, device)
 
     t_load = time.perf_counter()
-    splits = load_splits(data, cache_size_for(cfg.data.image_size), limit=cfg.data.limit,
-                         workers=cfg.data.workers, cache_dir=cfg.data.cache_dir, decode=cfg.data.cache)
-    train, test = (splits.train, splits.test) if cfg.data.cache else (splits.train_files, splits.test_files)
+    size = cache_size_for(cfg.data.image_size)
+    with du.main_first():  # rank 0 decodes into the shared cache; the others then read it
+        if is_shard_pattern(data):  # streamed; the kNN monitor reads data.knn_data if given
+            train, bank, test = ShardStream(data, size, cfg.data.shuffle_buffer), None, None
+            if cfg.data.knn_data:
+                ks = load_splits(cfg.data.knn_data, size, limit=cfg.data.limit, workers=cfg.data.workers,
+                                 cache_dir=cfg.data.cache_dir)
+                bank, test = ks.train, ks.test
+        else:
+            splits = load_splits(data, size, limit=cfg.data.limit, workers=cfg.data.workers,
+                                 cache_dir=cfg.data.cache_dir, decode=cfg.data.cache)
+            train, test = (splits.train, splits.test) if cfg.data.cache else (splits.train_files, splits.test_files)
+            bank = train
     log.info("data: %d train images%s (%.1fs)", len(train),
              f", {len(test)} test images" if test is not None else "", time.perf_counter() - t_load)
     if du.is_main():
@@ -128,8 +144,8 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
 
     seed_everything(cfg.run.seed)  # here: decoding (a DataLoader) draws from the RNG only without a cache
     model = build_model(cfg, device)
-    labeled = test is not None and int(torch.as_tensor(train.labels).min()) >= 0
-    monitor = knn_monitor(cfg, train, test, device, autocast_dtype) if labeled else None
+    labeled = test is not None and int(torch.as_tensor(bank.labels).min()) >= 0
+    monitor = knn_monitor(cfg, bank, test, device, autocast_dtype) if labeled else None
     trainer = Trainer(cfg, model, train, device, out, autocast_dtype, monitor)
     if state is not None:
         trainer.load_state_dict(state)
@@ -143,6 +159,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     except BaseException:
         trainer.logger.close()
         raise
+    du.broadcast_buffers(model)  # rank 0's BN statistics on every rank, for the save and the kNN
     trainer.save("final.pth")
     meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
             "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,
@@ -157,13 +174,14 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         "train_seconds": progress.elapsed,
         "amp": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "off",
         "device": str(device),
+        "processes": du.world_size(),
     }
     if monitor is not None:
         t_eval = time.perf_counter()
         summary.update(monitor(model))
         summary["knn_seconds"] = time.perf_counter() - t_eval
     else:
-        log.warning("no labeled test split next to the training data: kNN skipped")
+        log.warning("no labeled test split next to the training data (for shards: data.knn_data=DIR): kNN skipped")
     summary["wall_seconds"] = time.perf_counter() - t0
     if du.is_main():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -2,6 +2,205 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo or supervised), a run folder, "
+               "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "
+               "architecture, initialised with --seed (the random-init baseline)")
+
+
+def _check(args) -> None:
+    """Values argparse cannot check, as one-line errors (cli.main prints ValueError that way)."""
+    for name in ("epochs", "batch_size", "lr", "budget_minutes", "budget_minutes_finetune", "epochs_finetune",
+                 "paper_epochs", "paper_budget_minutes"):
+        v = getattr(args, name, None)
+        if v is not None and v <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    for f in [getattr(args, "label_fraction", None), *(getattr(args, "fractions", None) or [])]:
+        if f is not None and not 0.0 < f <= 1.0:
+            raise ValueError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")
+    if getattr(args, "limit", 0) < 0:
+        raise ValueError(f"--limit must be >= 0, got {args.limit}")
+
+
+def _target(args):
+    from .protocols import Context, Target
+
+    entry = args.checkpoint if args.checkpoint else f"random:{args.random_init}"
+    tg = Target.from_entry(entry, args.results_dir or ".", args.seed, args.image_size)
+    if args.results_dir and tg.path is not None:
+        tg.base = Path(args.results_dir) / tg.path.name
+    return tg, Context(args.data, args.limit, args.seed, args.device, args.amp)
+
+
+def _common(p, target: bool = True) -> None:
+    if target:
+        p.epilog = TARGET_HELP
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--checkpoint", help="weights to evaluate, or a run folder (its backbone.pth)")
+        g.add_argument("--random-init", metavar="PRESET", help="evaluate an untrained backbone of PRESET's architecture")
+        p.add_argument("--image-size", type=int, help="default: the checkpoint's (or preset's) image size")
+        p.add_argument("--results-dir", help="where the result JSON goes (default: beside the checkpoint; "
+                                             "random init: the current folder)")
+    p.add_argument("--data", required=True, help="folder with labeled train/ and test/ (or val/) ImageFolders")
+    p.add_argument("--seed", type=int, default=0, help="label subsets, classifier init, augmentation, random init")
+    p.add_argument("--limit", type=int, default=0, help="first N images per split (class-balanced; for smoke tests)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=["auto", "bf16", "off"], help="default: the checkpoint's run setting")
+
+
+def cmd_linear(args) -> int:
+    _check(args)
+    from .classify import FitConfig
+    from .protocols import knn_and_linear_cached, run_linear_paper
+
+    tg, ctx = _target(args)
+    if args.mode == "cached":
+        rec = knn_and_linear_cached(tg, ctx, knn=False, weight_decay=args.weight_decay, reuse=False)["linear_cached"]
+        detail = f"L-BFGS, weight decay {rec['weight_decay']:g}"
+    else:
+        fc = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                       weight_decay=args.weight_decay or 0.0, schedule=args.schedule,
+                       milestones=[m / args.epochs for m in args.milestones] if args.milestones else [0.6, 0.8], warmup_epochs=args.warmup_epochs,
+                       budget_minutes=args.budget_minutes or 0.0, seed=args.seed)
+        rec = run_linear_paper(tg, ctx, fc, tuple(args.crop_scale))
+        detail = f"{rec['epochs']:.1f} epochs, lr {args.lr:g}, batch {rec['batch_size']}"
+    print(f"{rec['protocol']}: top-1 {rec['top1']:.2f}%, top-5 {rec['top5']:.2f}% ({detail}; "
+          f"{rec['train_size']} train / {rec['test_size']} test images)")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    _check(args)
+    from .protocols import run_finetune
+
+    tg, ctx = _target(args)
+    rec = run_finetune(tg, ctx, args.label_fraction, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                       weight_decay=args.weight_decay, budget_minutes=args.budget_minutes or 0.0,
+                       backbone_lr_scale=args.backbone_lr_scale, crop_scale=tuple(args.crop_scale))
+    print(f"{rec['protocol']}: top-1 {rec['top1']:.2f}%, top-5 {rec['top5']:.2f}% on the full test split "
+          f"({rec['test_size']} images; {rec['labeled_images']} labeled train images, {rec['epochs']:.1f} epochs)")
+    return 0
+
+
+def cmd_supervised(args) -> int:
+    _check(args)
+    from ..supervised import supervised_config, train_supervised
+
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"run.epochs={args.epochs}")
+    if args.budget_minutes is not None:
+        overrides.append(f"run.budget_minutes={args.budget_minutes}")
+    if args.batch_size is not None:
+        overrides.append(f"optim.batch_size={args.batch_size}")
+    cfg = supervised_config(args.preset, overrides, args.lr)
+    cfg.model.bn_splits = 1  # plain BN: no shuffle BN to emulate
+    s = train_supervised(cfg, args.data, args.out)
+    test = f", test top-1 {s['test_top1']:.2f}%" if "test_top1" in s else ""
+    print(f"done: {s['epochs']:.2f} epochs, {s['images_per_second']:.0f} img/s, train top-1 {s['train_top1']:.2f}%"
+          f"{test}; backbone in {args.out}/backbone.pth")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    _check(args)
+    from .compare import compare
+    from .linear import paper_defaults
+    from .protocols import Context
+
+    paper = None
+    if "linear_paper" in args.protocols:
+        paper = paper_defaults()
+        paper.epochs = args.paper_epochs
+        paper.budget_minutes = args.paper_budget_minutes or 0.0
+    ctx = Context(args.data, args.limit, args.seed, args.device, args.amp)
+    table = compare(args.entries, ctx, args.out, protocols=args.protocols, fractions=args.fractions,
+                    finetune_budget_minutes=args.budget_minutes_finetune or 0.0, finetune_epochs=args.epochs_finetune,
+                    paper_fit=paper, k=args.k, t=args.t, reuse=not args.force)
+    from .compare import markdown
+
+    print(markdown(table), end="")
+    print(f"written: {args.out}/compare.md, compare.json, compare.png")
+    return 0
+
 
 def add_commands(sub) -> None:
     """Adds the evaluation sub-commands to the `mocolab` parser's subparsers `sub`."""
+    li = sub.add_parser("linear", help="linear classification on frozen features (cached or the paper protocol)",
+                        description="Linear classifier on the frozen backbone's global-pooled features. "
+                        "--mode cached (default): features extracted once (center crop, no augmentation), "
+                        "standardised, multinomial logistic regression by L-BFGS (weight decay picked on a "
+                        "held-out 10%% of train unless --weight-decay); reported as 'linear (cached features)'. "
+                        "--mode paper: the MoCo protocol (frozen backbone, BN in eval mode; SGD lr 30, "
+                        "momentum 0.9, wd 0, 100 epochs, lr x0.1 at 60 and 80, batch 256; random-resized-crop "
+                        "+ flip, center-crop test). Writes <checkpoint>.linear_{cached,paper}.json.")
+    _common(li)
+    li.add_argument("--mode", choices=["cached", "paper"], default="cached")
+    li.add_argument("--epochs", type=int, default=100, help="paper mode")
+    li.add_argument("--lr", type=float, default=30.0, help="paper mode")
+    li.add_argument("--batch-size", type=int, default=256, help="paper mode")
+    li.add_argument("--momentum", type=float, default=0.9, help="paper mode")
+    li.add_argument("--weight-decay", type=float, help="paper mode: default 0; cached: default picked on held-out data")
+    li.add_argument("--schedule", choices=["step", "cosine"], default="step", help="paper mode")
+    li.add_argument("--milestones", type=float, nargs="+",
+                    help="paper mode: epochs of lr x0.1 (default: 60%% and 80%% of --epochs, i.e. 60 80)")
+    li.add_argument("--warmup-epochs", type=float, default=0.0, help="paper mode")
+    li.add_argument("--budget-minutes", type=float, help="paper mode: fit the schedule to M minutes")
+    li.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], help="paper mode: random-resized-crop scale")
+    li.set_defaults(fn=cmd_linear)
+
+    ft = sub.add_parser("finetune", help="semi-supervised fine-tuning of the whole network on a fraction of the labels",
+                        description="Fine-tunes the whole network (backbone + new linear layer) on a class-balanced, "
+                        "seeded subset of the train labels (each class keeps round(fraction x its count); same "
+                        "seed, same subset), then reports top-1 on the full test split. Defaults: SGD momentum "
+                        "0.9, lr 0.05 x batch/256, cosine, wd 5e-4, random-resized-crop (0.2-1) + flip, batch "
+                        "64/128/256 by subset size, epochs for ~1000 steps (at most 100). "
+                        "Writes <checkpoint>.finetune_<fraction>.json.")
+    _common(ft)
+    ft.add_argument("--label-fraction", type=float, required=True, help="in (0, 1], e.g. 0.01, 0.1 or 1.0")
+    ft.add_argument("--epochs", type=int)
+    ft.add_argument("--batch-size", type=int)
+    ft.add_argument("--lr", type=float, help="for the batch as given")
+    ft.add_argument("--weight-decay", type=float)
+    ft.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone lr = scale x the head's")
+    ft.add_argument("--budget-minutes", type=float, help="fit the schedule to M minutes")
+    ft.add_argument("--crop-scale", type=float, nargs=2, default=[0.2, 1.0])
+    ft.set_defaults(fn=cmd_finetune)
+
+    from ..config import preset_names
+
+    su = sub.add_parser("supervised", help="the supervised baseline: the preset's backbone trained with labels",
+                        description="Trains the preset's backbone (plain BN) with cross-entropy on the labeled "
+                        "train split, with the preset's augmentation and optimiser settings; lr 0.1 x batch/256 "
+                        "unless --lr or optim.lr=. RUN_DIR gets config.yaml, metrics.jsonl, checkpoints/final.pth, "
+                        "backbone.pth + backbone.json (the same export format as pretraining) and summary.json.")
+    su.add_argument("--preset", default="cifar10_cpu", help=f"one of: {', '.join(preset_names())}, or a YAML file")
+    su.add_argument("--data", required=True, help="labeled image folder (train/ test/ splits or one ImageFolder)")
+    su.add_argument("--out", required=True, help="run folder")
+    su.add_argument("--budget-minutes", type=float, help="a complete run (schedule included) within M minutes")
+    su.add_argument("--epochs", type=int)
+    su.add_argument("--batch-size", type=int)
+    su.add_argument("--lr", type=float, help="at optim.base_batch_size (default 0.1)")
+    su.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.limit=1000")
+    su.set_defaults(fn=cmd_supervised)
+
+    co = sub.add_parser("compare", help="one table and bar chart: several checkpoints under the same protocols",
+                        description="ENTRY: random:PRESET (an untrained backbone), a run folder (its backbone.pth) "
+                        "or a checkpoint file. Each result is written beside its checkpoint (random init: in --out) "
+                        "and reused when its settings match (--force recomputes). Writes OUT/compare.md, "
+                        "compare.json and compare.png.")
+    co.add_argument("entries", nargs="+", metavar="ENTRY")
+    _common(co, target=False)
+    co.add_argument("--out", required=True, help="folder for compare.md, compare.json, compare.png")
+    co.add_argument("--protocols", nargs="+", default=["knn", "linear_cached", "finetune"],
+                    choices=["knn", "linear_cached", "linear_paper", "finetune"])
+    co.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1], help="fine-tune label fractions")
+    co.add_argument("--budget-minutes-finetune", type=float, help="per fine-tuning run")
+    co.add_argument("--epochs-finetune", type=int, help="default: ~1000 steps (see finetune --help)")
+    co.add_argument("--paper-epochs", type=int, default=100, help="linear_paper")
+    co.add_argument("--paper-budget-minutes", type=float, help="linear_paper, per entry")
+    co.add_argument("--k", type=int, default=200)
+    co.add_argument("--t", type=float, default=0.1)
+    co.add_argument("--force", action="store_true", help="recompute even when a matching result exists")
+    co.set_defaults(fn=cmd_compare)

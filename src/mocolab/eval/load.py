@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import CheckpointError, extract_backbone, safe_load
 from ..config import Config, from_dict
 from ..models.backbones import build_backbone, infer_arch
@@ -39,3 +41,37 @@ def load_for_eval(path: str, features: str, image_size: int | None):
     except RuntimeError as e:
         raise CheckpointError(f"the weights in {path} do not fit a {spec['arch']}: {str(e).splitlines()[0]}") from None
     return net, cfg
+
+
+def random_backbone(preset: str, seed: int = 0, image_size: int | None = None):
+    """An untrained backbone of `preset`'s architecture (seeded init) -> (network, config)."""
+    from ..config import build_config
+    from ..models.backbones import resolve_stem
+
+    cfg = build_config(preset)
+    if image_size:
+        cfg.data.image_size = image_size
+    mc = cfg.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net, _ = build_backbone(mc.arch, mc.width, resolve_stem(mc.stem, cfg.data.image_size), bn_splits=1)
+    return net, cfg
+
+
+def resolve_entry(entry: str, results_dir: Path | str = ".", seed: int = 0):
+    """`random:PRESET`, a run folder (its backbone.pth) or a checkpoint file ->
+    (name, path of the weights or None, base path for result files)."""
+    if entry.startswith("random:"):
+        preset = entry[len("random:"):]
+        if not preset:
+            raise ValueError("random: needs a preset name, for example random:cifar10_cpu")
+        return f"random init ({preset})", None, Path(results_dir) / f"random_{Path(preset).stem}_seed{seed}.pth"
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        if not (path / "backbone.pth").is_file():
+            raise CheckpointError(f"{path} is a folder without backbone.pth (not a finished run)")
+        path = path / "backbone.pth"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    name = path.parent.name if path.name == "backbone.pth" else path.stem
+    return name, path, path

@@ -1,7 +1,8 @@
 """The MoCo module: query encoder f_q, key encoder f_k (its EMA copy) and the queue.
 
-It holds the state; the step that changes it lives in `mocolab.step.moco_step` and reads
-like the paper's Algorithm 1.
+It holds the state and computes the loss (`forward`, so that DistributedDataParallel can wrap
+it); the step that changes the state lives in `mocolab.step.moco_step` and reads like the
+paper's Algorithm 1.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import Config
-from ..distributed import batch_shuffle
+from ..distributed import batch_shuffle, batch_unshuffle
+from ..losses import info_nce
 from ..queue import KeyQueue
 from .backbones import build_backbone, resolve_stem
 from .heads import build_head
@@ -38,6 +40,8 @@ class MoCo(nn.Module):
         backbone, feat_dim = build_backbone(mc.arch, mc.width, self.stem, mc.bn_splits)
         self.feature_dim = feat_dim
         self.encoder_q = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim, mc.bn_splits))
+        if mc.sync_bn:  # BN statistics over the global batch (torch's SyncBatchNorm, GPUs only)
+            self.encoder_q = nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder_q)
         self.encoder_k = copy.deepcopy(self.encoder_q)  # f_k starts as a copy of f_q
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)  # f_k is updated by momentum only
@@ -49,8 +53,23 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def encode_key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Keys N x C, computed on a shuffled batch (Shuffle BN) and put back in order."""
+        """Keys N x C, computed on a shuffled batch (Shuffle BN, across ranks under torchrun)
+        and put back in order."""
         if not self.shuffle_bn:
             return self.encoder_k(x)
         x_shuffled, idx_unshuffle = batch_shuffle(x, generator)
-        return self.encoder_k(x_shuffled)[idx_unshuffle]
+        return batch_unshuffle(self.encoder_k(x_shuffled), idx_unshuffle)
+
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, T: float, symmetric: bool = False,
+                generator: torch.Generator | None = None):
+        """Returns (loss, keys to enqueue). x_q, x_k: two augmented views, N x 3 x H x W."""
+        negatives = self.queue.keys.detach()  # K x C, the keys of earlier batches
+        if not symmetric:
+            q = self.encode_query(x_q)  # N x C
+            k = self.encode_key(x_k, generator)  # N x C, no gradient
+            return info_nce(q, k, negatives, T), k
+        # symmetric (official CIFAR demo): each view is a query for the other's key
+        q1, q2 = self.encode_query(x_q), self.encode_query(x_k)
+        k1, k2 = self.encode_key(x_q, generator), self.encode_key(x_k, generator)
+        loss = info_nce(q1, k2, negatives, T) + info_nce(q2, k1, negatives, T)
+        return loss, torch.cat([k2, k1])

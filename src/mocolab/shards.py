@@ -1,0 +1,140 @@
+"""Streaming tar shards (webdataset) for datasets too big for a folder or for memory.
+
+`write_shards` turns an ImageFolder (labels optional) into `PREFIX-000000.tar`, ... plus
+`PREFIX.json` (counts, classes); a folder with train/ and test/ gives `PREFIX-train-*` and
+`PREFIX-test-*`. `--data 'PREFIX-{000000..000099}.tar'` then streams them: shards shuffled per
+epoch, split across ranks and loader workers, samples shuffled in a buffer, decoded to uint8
+and batched. A corrupt sample is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import re
+import tarfile
+import warnings
+from itertools import count
+from pathlib import Path
+
+import torch
+
+from .data import DataError, _resize_square, find_splits, load_image, scan_folder
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
+
+
+def is_shard_pattern(data: str) -> bool:
+    return ".tar" in str(data)
+
+
+def write_shards(data: str | Path, prefix: str | Path, shard_size: int, seed: int = 0) -> list[str]:
+    """Writes the folder's images (original bytes, shuffled so that every shard mixes the classes)
+    into tar shards of `shard_size` samples; returns the brace patterns to pass as --data."""
+    import webdataset as wds
+
+    if shard_size < 1:
+        raise DataError("--shard-size must be >= 1")
+    train_dir, test_dir = find_splits(data)
+    splits = [("train", train_dir), ("test", test_dir)] if test_dir else [("", train_dir)]
+    patterns = []
+    for name, folder in splits:
+        fl = scan_folder(folder)
+        order = list(range(len(fl)))
+        random.Random(seed).shuffle(order)
+        base = f"{prefix}-{name}" if name else str(prefix)
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        counts: list[int] = []
+        with wds.ShardWriter(f"{base}-%06d.tar", maxcount=shard_size, verbose=0) as sink:
+            for n, i in enumerate(order):
+                path = fl.files[i]
+                sample = {"__key__": f"{n:09d}", path.suffix.lower().lstrip(".").replace("jpeg", "jpg"): path.read_bytes()}
+                if fl.labeled:
+                    sample["cls"] = int(fl.labels[i])
+                sink.write(sample)
+                if n % shard_size == 0:
+                    counts.append(0)
+                counts[-1] += 1
+        pattern = f"{base}-{{000000..{len(counts) - 1:06d}}}.tar"
+        meta = {"pattern": Path(pattern).name, "count": len(fl), "counts": counts, "classes": fl.classes}
+        Path(f"{base}.json").write_text(json.dumps(meta, indent=2))
+        patterns.append(pattern)
+    return patterns
+
+
+def expand(pattern: str) -> list[str]:
+    """'a-{000..002}.tar' -> ['a-000.tar', 'a-001.tar', 'a-002.tar'] (also lists with ::)."""
+    from braceexpand import braceexpand  # a dependency of webdataset
+
+    return [u for part in str(pattern).split("::") for u in braceexpand(part)]
+
+
+class ShardStream:
+    """The training split as a stream of tar shards. len() is the number of samples (from the
+    writer's PREFIX.json, or counted once)."""
+
+    def __init__(self, pattern: str, size: int, shuffle_buffer: int = 5000):
+        self.urls = expand(pattern)
+        missing = [u for u in self.urls if "://" not in u and not Path(u).is_file()]
+        if missing:
+            raise DataError(f"shard not found: {missing[0]} ({len(missing)} of {len(self.urls)} missing)")
+        self.size, self.buffer = size, shuffle_buffer
+        meta = Path(re.sub(r"-\{[^}]*\}\.tar$", "", str(pattern)) + ".json")
+        if meta.is_file():
+            info = json.loads(meta.read_text())
+            self.n, self.classes = int(info["count"]), list(info["classes"])
+        else:  # count the samples (distinct keys) once
+            self.n, self.classes = sum(_count(u) for u in self.urls), []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _decode(self, sample: dict):
+        """-> (uint8 3 x S x S, label) or None (with a warning) for a corrupt sample."""
+        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        try:
+            if key is None:
+                raise ValueError("no image in the sample")
+            img = _resize_square(load_image(io.BytesIO(sample[key])), self.size)
+        except Exception as e:  # any decode failure: reported, then skipped
+            warnings.warn(f"skipped corrupt sample {sample.get('__key__')} in {sample.get('__url__')} "
+                          f"({type(e).__name__}: {e})", stacklevel=2)
+            return None
+        label = int(sample["cls"]) if "cls" in sample else -1
+        return torch.from_numpy(img.copy()).permute(2, 0, 1), label
+
+    def dataset(self, epoch: int, seed: int = 0, cycle: int = 0):
+        """One pass over the shards (this rank's and this worker's share), as an IterableDataset
+        of (uint8 image, label); the shard order and the buffer shuffle depend on (seed, epoch)."""
+        import webdataset as wds
+
+        urls = list(self.urls)
+        random.Random(seed * 1_000_003 + epoch * 1009 + cycle).shuffle(urls)  # the same on every rank
+        return wds.DataPipeline(
+            wds.SimpleShardList(urls),
+            wds.split_by_node,
+            wds.split_by_worker,
+            wds.tarfile_to_samples(handler=wds.warn_and_continue),
+            wds.shuffle(self.buffer, initial=min(self.buffer, 1000), rng=random.Random(seed + epoch + cycle)),
+            wds.map(self._decode),
+            wds.select(lambda s: s is not None),
+        )
+
+    def batches(self, epoch: int, batch: int, workers: int, seed: int = 0):
+        """Endless uint8 batches (b x 3 x S x S, labels b) for this rank: the epoch's pass, then
+        further passes if this rank's share runs out before the others'."""
+        for cycle in count():
+            loader = torch.utils.data.DataLoader(self.dataset(epoch, seed, cycle), batch_size=batch, drop_last=True,
+                                                 num_workers=workers, prefetch_factor=4 if workers else None)
+            got = 0
+            for x, y in loader:
+                got += 1
+                yield x, y
+            if got == 0 and cycle > 0:
+                raise DataError(f"the shards give fewer than {batch} readable samples to this rank")
+
+
+def _count(url: str) -> int:
+    with tarfile.open(url) as tar:
+        return len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})

@@ -1,0 +1,157 @@
+"""torch.distributed (gloo, 2 CPU processes): cross-rank Shuffle BN, gathered keys, sharded
+features, and torchrun end to end."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import tiny_config
+
+from mocolab import distributed as du
+from mocolab.checkpoint import safe_load
+from mocolab.data import TensorData
+from mocolab.eval.features import extract_features
+from mocolab.models.moco import MoCo
+from mocolab.step import moco_step
+
+pytestmark = pytest.mark.dist
+
+B, STEPS = 8, 4  # per-rank batch; steps compared
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
+def _inputs(step):
+    g = torch.Generator().manual_seed(100 + step)
+    return torch.randn(2 * B, 3, 16, 16, generator=g), torch.randn(2 * B, 3, 16, 16, generator=g)
+
+
+def _train(cfg, rank=0, world=1):
+    """STEPS MoCo steps on fixed views; rank r takes rows [r*n, (r+1)*n) of each global batch."""
+    torch.manual_seed(0)
+    model = MoCo(cfg)
+    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
+    g, n, losses = torch.Generator().manual_seed(7), 2 * B // world, []
+    for step in range(STEPS):
+        x_q, x_k = (x[rank * n:(rank + 1) * n] for x in _inputs(step))
+        loss = moco_step(model, opt, x_q, x_k, m=0.9, T=0.2, generator=g, net=net)
+        losses.append(du.all_reduce(loss.clone(), "mean").item())  # the global batch's loss
+    return model, losses
+
+
+def _equivalence_worker(rank, world, port, out):
+    _init(rank, world, port)
+    model, losses = _train(tiny_config(**{"model.bn_splits": 1, "moco.queue_size": 40}), rank, world)
+    torch.save({"queue": model.queue.keys.clone(), "ptr": model.queue.ptr.clone(), "losses": losses,
+                "q": {k: v.clone() for k, v in model.encoder_q.state_dict().items()},
+                "k": {k: v.clone() for k, v in model.encoder_k.state_dict().items()}}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_process_with_two_bn_splits(tmp_path):
+    """2 ranks x batch B with cross-rank Shuffle BN == 1 process x batch 2B with 2 BN splits:
+    same losses, same queue (keys gathered in rank order), same weights. Without the cross-rank
+    shuffle the keys' BN groups would differ; without the gather the queue would."""
+    mp.start_processes(_equivalence_worker, args=(2, _port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["ptr"], r1["ptr"])  # identical on both ranks
+    assert all(torch.equal(r0["k"][n], r1["k"][n]) for n in r0["k"] if "running" not in n)
+
+    model, losses = _train(tiny_config(**{"model.bn_splits": 2, "moco.queue_size": 40}))
+    assert losses == pytest.approx(r0["losses"], rel=1e-5, abs=1e-6)
+    assert int(model.queue.ptr) == int(r0["ptr"]) == (STEPS * 2 * B) % 40
+    torch.testing.assert_close(model.queue.keys, r0["queue"], rtol=1e-4, atol=1e-5)
+    for name, v in model.encoder_q.state_dict().items():
+        if "running" not in name and "num_batches" not in name:  # BN statistics are per rank
+            torch.testing.assert_close(v, r0["q"][name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _shuffle_worker(rank, world, port, out):
+    _init(rank, world, port)
+    x = (100 * rank + torch.arange(B, dtype=torch.float32)).view(B, 1)  # this rank's samples
+    g = torch.Generator().manual_seed(rank)  # only rank 0's permutation counts (broadcast)
+    x_shuffled, idx_unshuffle = du.batch_shuffle(x, g)
+    restored = du.batch_unshuffle(x_shuffled * 1.0, idx_unshuffle)
+    torch.save({"x": x, "shuffled": x_shuffled, "restored": restored, "perm": idx_unshuffle}, f"{out}/rank{rank}.pt")
+
+    # features of a dataset whose size is not a multiple of the world size: all, once, in order
+    n = 7
+    data = TensorData(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 2, 2).contiguous(),
+                      torch.arange(n), ["c"])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    torch.manual_seed(0)
+    net[1].reset_parameters()
+    f, y = extract_features(net, data, [0.0] * 3, [1.0] * 3, batch_size=2)
+    torch.save({"f": f, "y": y}, f"{out}/feat{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_cross_rank_shuffle_and_feature_gathering(tmp_path):
+    mp.start_processes(_shuffle_worker, args=(2, _port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1)]
+    for i in (0, 1):
+        assert torch.equal(r[i]["restored"], r[i]["x"])  # unshuffle restores this rank's order
+        came_from = (r[i]["shuffled"] // 100).long().flatten()
+        assert (came_from != i).any(), "no sample moved across ranks"
+    both = torch.cat([r[0]["shuffled"], r[1]["shuffled"]]).flatten().sort().values
+    assert torch.equal(both, torch.cat([r[0]["x"], r[1]["x"]]).flatten().sort().values)  # a permutation
+    assert torch.equal(r[0]["perm"], r[1]["perm"])  # one permutation, from rank 0
+
+    feats = [torch.load(tmp_path / f"feat{i}.pt", weights_only=True) for i in (0, 1)]
+    assert feats[0]["y"].tolist() == list(range(7)) and torch.equal(feats[0]["f"], feats[1]["f"])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+    torch.manual_seed(0)
+    net[1].reset_parameters()
+    data = TensorData(torch.arange(7, dtype=torch.uint8).view(7, 1, 1, 1).expand(7, 3, 2, 2).contiguous(),
+                      torch.arange(7), ["c"])
+    f, _ = extract_features(net, data, [0.0] * 3, [1.0] * 3)
+    torch.testing.assert_close(feats[0]["f"], f)
+
+
+def test_sync_bn_option_converts_and_needs_one_split():
+    from mocolab.config import ConfigError
+
+    model = MoCo(tiny_config(**{"model.sync_bn": True, "model.bn_splits": 1}))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.encoder_q.modules())
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.encoder_k.modules())
+    with pytest.raises(ConfigError, match="sync_bn=true needs model.bn_splits=1"):
+        tiny_config(**{"model.sync_bn": True})
+
+
+@pytest.mark.slow
+def test_torchrun_pretrains_then_resumes_on_one_process(cifar_dir, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", str(cifar_dir), "--out", str(out), "model.width=8", "model.hidden_dim=32", "data.limit=256",
+              "optim.batch_size=32", "model.bn_splits=4", "moco.queue_size=128", "run.log_every=2", "data.workers=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                          str(_port()), "-m", "mocolab", "pretrain", "--epochs", "1", *common],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 8 and 0 <= summary["knn_top1"] <= 100
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # rank 0 alone writes
+    assert safe_load(out / "checkpoints" / "epoch_0001.pth")["progress"]["images"] == 256
+
+    res = subprocess.run([sys.executable, "-m", "mocolab", "pretrain", "--epochs", "2", "--resume", "auto", *common],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 1 and summary["steps"] == 16
