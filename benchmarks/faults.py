@@ -30,9 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-import torch  # noqa: E402
+import torch
 
-from mocolab.checkpoint import CheckpointError, safe_load  # noqa: E402
+from mocolab.checkpoint import CheckpointError, safe_load
 
 RUN = ["model.width=8", "model.hidden_dim=32", "model.dim=16", "model.bn_splits=4", "data.limit=512",
        "optim.batch_size=32", "moco.queue_size=256", "run.checkpoint_every=3", "run.keep_checkpoints=2",

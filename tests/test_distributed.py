@@ -46,7 +46,7 @@ def _train(cfg, rank=0, world=1):
     """STEPS MoCo steps on fixed views; rank r takes rows [r*n, (r+1)*n) of each global batch."""
     torch.manual_seed(0)
     model = MoCo(cfg)
-    net = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False) if world > 1 else model
+    net = du.ddp(model) if world > 1 else model
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
     g, n, losses = torch.Generator().manual_seed(7), 2 * B // world, []
     for step in range(STEPS):
@@ -149,6 +149,15 @@ def test_torchrun_pretrains_then_resumes_on_one_process(cifar_dir, tmp_path):
     assert summary["processes"] == 2 and summary["steps"] == 8 and 0 <= summary["knn_top1"] <= 100
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # rank 0 alone writes
     assert safe_load(out / "checkpoints" / "epoch_0001.pth")["progress"]["images"] == 256
+
+    # kNN of the final checkpoint: one process, and sharded over 2 ranks, agree with the monitor
+    knn = ["-m", "mocolab", "knn", "--checkpoint", str(out / "checkpoints" / "final.pth"), "--data", str(cifar_dir),
+           "--limit", "256"]
+    for launcher in ([], ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_port())]):
+        res = subprocess.run([sys.executable, *launcher, *knn], capture_output=True, text=True, timeout=600, env=env)
+        assert res.returncode == 0 and res.stdout.count("kNN top-1") == 1, res.stderr[-3000:]  # rank 0 reports
+        got = json.loads((out / "checkpoints" / "final.knn.json").read_text())
+        assert got["test_size"] == 256 and abs(got["knn_top1"] - summary["knn_top1"]) <= 100 / 256 + 1e-9  # one image
 
     res = subprocess.run([sys.executable, "-m", "mocolab", "pretrain", "--epochs", "2", "--resume", "auto", *common],
                          capture_output=True, text=True, timeout=600)

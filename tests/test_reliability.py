@@ -208,3 +208,24 @@ def test_a_run_does_not_depend_on_the_decoded_cache(tmp_path, monkeypatch):
         pretrain(tiny_config(**{"run.epochs": 1, "data.workers": 0}), str(tmp_path / "data"), tmp_path / run)
         finals.append(safe_load(tmp_path / run / "checkpoints" / "final.pth")["model"])
     assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])
+
+
+def test_unwritable_output_folder_or_a_full_disk_fail_before_training(tmp_path, monkeypatch):
+    import shutil
+
+    from mocolab.pretrain import check_out_dir
+
+    (tmp_path / "taken").write_text("a file where the run folder should be")
+    with pytest.raises(OSError, match="cannot write to the output folder"):
+        check_out_dir(tmp_path / "taken")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 2**20, 2**20))
+    with pytest.raises(OSError, match="only 1 MiB free"):
+        check_out_dir(tmp_path / "ok")
+
+
+def test_unwritable_output_folder_is_one_clear_line(tmp_path):
+    (tmp_path / "taken").write_text("x")
+    p = _cli("pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "taken"))
+    res = p.communicate(timeout=300)
+    assert p.returncode == 2
+    _one_line_error(res, "cannot write to the output folder")

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError
-from .config import ConfigError, build_config, preset_names
+from .config import ConfigError, build_config, command_line_overrides, preset_names
 from .data import DataError
 from . import distributed as du
 from .engine import NonFiniteLoss, Preempted
@@ -29,13 +29,7 @@ def _setup_logging() -> None:
 def cmd_pretrain(args) -> int:
     from .pretrain import pretrain, resume_config
 
-    overrides = list(args.overrides)
-    if args.epochs is not None:
-        overrides.append(f"run.epochs={args.epochs}")
-    if args.budget_minutes is not None:
-        overrides.append(f"run.budget_minutes={args.budget_minutes}")
-    if args.batch_size is not None:
-        overrides.append(f"optim.batch_size={args.batch_size}")
+    overrides = command_line_overrides(args)
     cfg, state = resume_config(args.resume, args.out, overrides) if args.resume else (None, None)
     if args.resume and state is None:
         log.info("no checkpoint in %s yet: starting a new run", args.out)
@@ -61,11 +55,12 @@ def cmd_knn(args) -> int:
     from .pretrain import resolve_amp, resolve_device
 
     net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
-    device = resolve_device(args.device)
+    device = du.setup(resolve_device(args.device))  # under torchrun the features are sharded over ranks
     net = net.to(device)
     if cfg.run.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    splits = load_splits(args.data, cache_size_for(cfg.data.image_size), limit=args.limit, workers=cfg.data.workers)
+    with du.main_first():  # rank 0 decodes into the shared cache first
+        splits = load_splits(args.data, cache_size_for(cfg.data.image_size), limit=args.limit, workers=cfg.data.workers)
     if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
         raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
     dtype = resolve_amp(args.amp or cfg.run.amp, device)  # as in the run, so the figures agree
@@ -74,6 +69,8 @@ def cmd_knn(args) -> int:
     result = {"protocol": "knn", "knn_top1": acc, "k": args.k, "t": args.t, "features": args.features,
               "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": len(splits.train),
               "test_size": len(splits.test)}
+    if not du.is_main():
+        return 0
     out = Path(args.checkpoint).with_suffix(".knn.json")
     try:
         out.write_text(json.dumps(result, indent=2))
@@ -162,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mocolab: interrupted", file=sys.stderr)
         return 130
+    finally:
+        du.cleanup()  # leaves the process group (torchrun)
 
 
 if __name__ == "__main__":

@@ -263,3 +263,13 @@ def build_config(preset: str, overrides: list[str] | None = None) -> Config:
 
 def save_yaml(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def command_line_overrides(args) -> list[str]:
+    """The `key=value` overrides of a command, with --epochs, --budget-minutes and --batch-size
+    turned into their keys."""
+    overrides = list(args.overrides)
+    for flag, key in (("epochs", "run.epochs"), ("budget_minutes", "run.budget_minutes"), ("batch_size", "optim.batch_size")):
+        if getattr(args, flag, None) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    return overrides

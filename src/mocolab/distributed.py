@@ -7,6 +7,7 @@ CUDA, gloo on CPU. Everything else here is a no-op or the identity on one proces
 
 from __future__ import annotations
 
+import inspect
 import os
 from contextlib import contextmanager
 
@@ -102,6 +103,15 @@ def broadcast(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_dist():
         dist.broadcast(x, src)
     return x
+
+
+def ddp(model: torch.nn.Module, device_ids=None) -> torch.nn.Module:
+    """DistributedDataParallel without a per-step broadcast of the buffers (the queue is
+    identical on every rank already; BN statistics are broadcast before evaluations and saves)."""
+    DDP = torch.nn.parallel.DistributedDataParallel
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+               else {"broadcast_buffers": False})  # the name changed in torch 2.14
+    return DDP(model, device_ids=device_ids, **no_sync)
 
 
 @torch.no_grad()

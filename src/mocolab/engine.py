@@ -23,7 +23,14 @@ from . import distributed as du
 from .augment import BatchAugment, TwoViews, pil_transform, preset
 from .checkpoint import atomic_save, rng_state, set_rng_state
 from .config import Config
-from .data import DataError, FileList, PILFileDataset, TensorData, TensorTwoViewDataset, collate_skip_none
+from .data import (
+    DataError,
+    FileList,
+    PILFileDataset,
+    TensorData,
+    TensorTwoViewDataset,
+    collate_skip_none,
+)
 from .models.moco import MoCo
 from .schedules import lr_at, scaled_lr
 from .shards import ShardStream
@@ -219,7 +226,7 @@ class Trainer:
         self.model.train()
         if du.is_dist() and self.net is self.model:  # gradients averaged over ranks
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids, broadcast_buffers=False)
+            self.net = du.ddp(self.model, ids)
         try:
             with self._graceful_signals():
                 while not self._done():

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..augment import AugSpec, BatchAugment
 from ..data import TensorData
-from ..engine import NonFiniteLoss
+from ..engine import NonFiniteLoss, epoch_order
 from ..schedules import lr_at
 from .features import extract_features
 
@@ -23,11 +23,6 @@ from .features import extract_features
 def crop_flip(size: int, scale=(0.08, 1.0)) -> AugSpec:
     """Random-resized-crop + horizontal flip only (the linear protocol's training view)."""
     return AugSpec(size, scale=tuple(scale), p_jitter=0.0, p_gray=0.0, p_blur=0.0, p_flip=0.5)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The data order of an epoch: a permutation that depends on (seed, epoch) only."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
 
 
 @torch.no_grad()

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .. import distributed as du
+from ..config import command_line_overrides
+from ..pretrain import resolve_device
+
 TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo or supervised), a run folder, "
                "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "
                "architecture, initialised with --seed (the random-init baseline)")
@@ -21,6 +25,11 @@ def _check(args) -> None:
             raise ValueError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")
     if getattr(args, "limit", 0) < 0:
         raise ValueError(f"--limit must be >= 0, got {args.limit}")
+    if du.launched_by_torchrun():  # feature extraction is sharded over the ranks; training loops are not
+        if args.fn is not cmd_linear or args.mode != "cached":
+            raise ValueError("under torchrun, evaluation runs `mocolab knn` and `mocolab linear --mode cached` "
+                             "(features sharded over the ranks); run the other protocols as one process")
+        du.setup(resolve_device(args.device))
 
 
 def _target(args):
@@ -65,6 +74,8 @@ def cmd_linear(args) -> int:
                        budget_minutes=args.budget_minutes or 0.0, seed=args.seed)
         rec = run_linear_paper(tg, ctx, fc, tuple(args.crop_scale))
         detail = f"{rec['epochs']:.1f} epochs, lr {args.lr:g}, batch {rec['batch_size']}"
+    if not du.is_main():
+        return 0
     print(f"{rec['protocol']}: top-1 {rec['top1']:.2f}%, top-5 {rec['top5']:.2f}% ({detail}; "
           f"{rec['train_size']} train / {rec['test_size']} test images)")
     return 0
@@ -87,13 +98,7 @@ def cmd_supervised(args) -> int:
     _check(args)
     from ..supervised import supervised_config, train_supervised
 
-    overrides = list(args.overrides)
-    if args.epochs is not None:
-        overrides.append(f"run.epochs={args.epochs}")
-    if args.budget_minutes is not None:
-        overrides.append(f"run.budget_minutes={args.budget_minutes}")
-    if args.batch_size is not None:
-        overrides.append(f"optim.batch_size={args.batch_size}")
+    overrides = command_line_overrides(args)
     cfg = supervised_config(args.preset, overrides, args.lr)
     cfg.model.bn_splits = 1  # plain BN: no shuffle BN to emulate
     s = train_supervised(cfg, args.data, args.out)

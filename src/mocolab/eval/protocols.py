@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .. import distributed as du
 from ..data import DataError, Splits, cache_size_for, load_splits
 from ..pretrain import resolve_amp, resolve_device
 from .classify import FitConfig
@@ -80,7 +81,8 @@ class Context:
     def splits(self, image_size: int) -> Splits:
         size = cache_size_for(image_size)
         if size not in self._splits:
-            s = load_splits(self.data, size, limit=self.limit)
+            with du.main_first():  # under torchrun rank 0 decodes into the shared cache first
+                s = load_splits(self.data, size, limit=self.limit)
             if s.test is None or not s.train.classes or int(s.train.labels.min()) < 0:
                 raise DataError(f"evaluation needs labeled train/ and test/ (or val/) folders under {self.data}")
             self._splits[size] = s

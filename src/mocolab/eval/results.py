@@ -12,6 +12,8 @@ import logging
 import time
 from pathlib import Path
 
+from .. import distributed as du
+
 log = logging.getLogger("mocolab")
 
 
@@ -28,6 +30,8 @@ def file_identity(path: Path) -> dict:
 
 
 def write_result(path: Path, result: dict) -> Path | None:
+    if not du.is_main():  # under torchrun every rank holds the result; rank 0 writes it
+        return None
     result = {**result, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
