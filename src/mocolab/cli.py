@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
+from . import distributed as du
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, command_line_overrides, preset_names
 from .data import DataError
-from . import distributed as du
 from .engine import NonFiniteLoss, Preempted
 
 log = logging.getLogger("mocolab")
