@@ -47,6 +47,7 @@ def test_shards_round_trip_every_image_once_per_epoch_with_labels(small_folder, 
         orders.append([_key(x) for x, _ in got])
     assert orders[0] != orders[1]  # reshuffled every epoch
     assert len(ShardStream(pattern, 32)) == 27
+    assert len(ShardStream(pattern.replace("000005}", "000001}"), 32)) == 10  # the listed shards only
 
 
 def test_shards_split_across_ranks(small_folder, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ import hashlib
 import itertools
 import logging
 import os
+import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,6 +251,13 @@ def load_splits(data: str, size: int, *, limit: int = 0, workers: int = 2, cache
 def cache_size_for(image_size: int) -> int:
     """Side of the decoded cache: native for small images, room for crops for large ones."""
     return image_size if image_size <= 64 else int(round(image_size / 0.875))
+
+
+def ignore_signals(_worker_id: int) -> None:
+    """DataLoader worker_init_fn: SIGINT/SIGTERM (sent to the whole process group by Ctrl-C or a
+    scheduler) are for the main process, which finishes its step and saves; workers exit with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def seeded(transform, img, seed: int | None):

@@ -30,6 +30,7 @@ from .data import (
     TensorData,
     TensorTwoViewDataset,
     collate_skip_none,
+    ignore_signals,
 )
 from .models.moco import MoCo
 from .schedules import lr_at, scaled_lr
@@ -131,6 +132,7 @@ class Trainer:
         self.history: list[dict] = []
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: finish the step, save, exit
         self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
+        self.budget_over = False  # under torchrun: rank 0's time budget is spent (agreed at log steps)
         self.skipped = 0  # non-finite steps skipped (run.skip_nonfinite)
 
     # -- state ---------------------------------------------------------------------------
@@ -203,14 +205,14 @@ class Trainer:
         p = self.progress
         if self.stop_agreed or (self.world == 1 and self.stop_signal is not None):
             return True
-        if self.world == 1 and self.budget_s > 0 and p.elapsed >= self.budget_s:
+        if self.budget_s > 0 and (p.elapsed >= self.budget_s if self.world == 1 else self.budget_over):
             return True
         return p.step >= p.total_steps
 
     def _step_seed(self, step: int) -> int:
         """The augmentation/shuffle seed of a step on this rank: a resumed run, on any number
         of ranks, draws what an uninterrupted one would."""
-        return (self.cfg.run.seed << 40) ^ (step << 12) ^ self.rank
+        return ((self.cfg.run.seed % 2**19) << 44) | ((step % 2**32) << 12) | (self.rank % 2**12)  # < 2**63
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
@@ -224,6 +226,7 @@ class Trainer:
         bar = tqdm(total=None, disable=not du.is_main(), dynamic_ncols=True, unit="step",
                    initial=p.step, mininterval=2.0)
         self.model.train()
+        self.fit_start, self.calib = p.step, None  # step time is measured from fit_start + 5 on
         if du.is_dist() and self.net is self.model:  # gradients averaged over ranks
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = du.ddp(self.model, ids)
@@ -244,7 +247,7 @@ class Trainer:
                         self.save(f"epoch_{p.epoch:04d}.pth")
         finally:
             bar.close()
-        if self.stop_agreed or self.stop_signal is not None:
+        if self.stop_agreed or (self.world == 1 and self.stop_signal is not None):
             du.broadcast_buffers(self.model)
             path = self.save(f"step_{p.step:08d}.pth")
             raise Preempted(f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} after step {p.step}; "
@@ -277,14 +280,12 @@ class Trainer:
         loader = torch.utils.data.DataLoader(
             ds, batch_size=b, sampler=torch.cat(mine).tolist() if mine else [], drop_last=True,
             num_workers=self.cfg.data.workers, collate_fn=collate_skip_none, pin_memory=dev.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None,
+            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None, worker_init_fn=ignore_signals,
             generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
         fmt = torch.channels_last if self.cfg.run.channels_last else torch.contiguous_format
         for batch in loader:
-            if batch is None:  # every image of the batch was unreadable
-                if self.world > 1:
-                    raise DataError(f"a whole batch of {b} images was unreadable on rank {r}")
-                continue
+            if batch is None:  # every image of the batch was unreadable: the data is broken, not a few files
+                raise DataError(f"a whole batch of {b} images was unreadable (rank {r}); see the warnings above")
             (x_q, x_k), _ = batch
             if x_q.shape[0] < b:  # unreadable images were skipped: repeat others (same shape on every rank)
                 fill = torch.arange(b) % x_q.shape[0]
@@ -297,8 +298,6 @@ class Trainer:
         B, dev = self.batch, self.device
         losses: list[torch.Tensor] = []  # this log window's losses, on the device; read at log time only
         n_log, t_log = 0, time.perf_counter()
-        calib_at = p.step + 5  # skip the first steps (allocator and kernel warm-up) when timing
-        t_calib = None
         views = self.views(order, p.it, p.epoch)
         t0 = time.perf_counter()
         while p.it < self.steps_per_epoch and not self._done():
@@ -329,24 +328,21 @@ class Trainer:
             p.elapsed += t1 - t0
             p.train_seconds += t1 - t0
             t0 = t1
-            if p.step == calib_at:
-                t_calib = (time.perf_counter(), p.step)
-            if self.budget_s > 0 and t_calib and p.step > t_calib[1] and (p.step - t_calib[1]) % 10 == 0:
-                self._reestimate((time.perf_counter() - t_calib[0]) / (p.step - t_calib[1]))
+            if p.step == self.fit_start + 5:  # after the warm-up steps (allocator, kernels)
+                self.calib = (p.train_seconds, p.step)
+            c = self.calib
+            if self.budget_s > 0 and c and p.step > c[1] and (p.step - c[1]) % 10 == 0:
+                self._reestimate((p.train_seconds - c[0]) / (p.step - c[1]))
             save_now = cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 and p.it < self.steps_per_epoch
             if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done() or save_now:
                 # checked before every save, so that no checkpoint ever holds a diverged model
                 window = torch.stack(losses) if losses else torch.full((0,), 0.0, device=dev)
                 if self.world > 1:  # every rank sees the global mean loss and any rank's signal
                     du.all_reduce(window, "mean")
-                    flag = torch.tensor([float(self.stop_signal is not None)], device=dev)
-                    self.stop_agreed = bool(du.all_reduce(flag, "max").item())
-                finite = torch.isfinite(window).tolist()  # the only host sync, at log intervals
-                if not all(finite):
-                    bad = p.step - len(finite) + finite.index(False) + 1  # the window's first bad step
-                    raise NonFiniteLoss(f"loss became {window[finite.index(False)].item()} at step {bad} "
-                                        f"(epoch {p.epoch}); nothing was saved after it and the last checkpoint "
-                                        "is kept; try a lower optim.lr, or run.skip_nonfinite=N")
+                    over = self.budget_s > 0 and p.elapsed >= self.budget_s
+                    flags = du.all_reduce(torch.tensor([float(self.stop_signal is not None), float(over)], device=dev), "max")
+                    self.stop_agreed, self.budget_over = (bool(f) for f in flags.tolist())
+                self._check_finite(window)  # the only host sync, at log intervals
                 mean_loss = window.mean().item() if losses else float("nan")
                 ips = n_log * B / (time.perf_counter() - t_log)
                 rec = {"epoch": p.epoch, "step": p.step, "loss": mean_loss, "lr": lr, "img_per_s": ips,
@@ -358,3 +354,16 @@ class Trainer:
                 n_log, t_log = 0, time.perf_counter()
             if save_now:
                 self.save(f"step_{p.step:08d}.pth")  # epoch ends are saved by fit()
+        if losses:  # steps since the last log (the loop ended early): checked before fit() saves
+            self._check_finite(torch.stack(losses))
+
+    def _check_finite(self, window: torch.Tensor) -> None:
+        """window: the losses of the steps that end at the current step. Stops at a NaN/Inf,
+        naming its step; called before every save, so no checkpoint holds a diverged model."""
+        finite = torch.isfinite(window).tolist()
+        if not all(finite):
+            p, i = self.progress, finite.index(False)
+            bad = p.step - len(finite) + i + 1  # the window's first bad step
+            raise NonFiniteLoss(f"loss became {window[i].item()} at step {bad} (epoch {p.epoch}); nothing was "
+                                "saved after it and the last checkpoint is kept; try a lower optim.lr, or "
+                                "run.skip_nonfinite=N")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from .data import DataError, _resize_square, find_splits, load_image, scan_folder
+from . import distributed as du
+from .data import DataError, _resize_square, find_splits, ignore_signals, load_image, scan_folder
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
 
@@ -79,13 +80,18 @@ class ShardStream:
         missing = [u for u in self.urls if "://" not in u and not Path(u).is_file()]
         if missing:
             raise DataError(f"shard not found: {missing[0]} ({len(missing)} of {len(self.urls)} missing)")
+        if len(self.urls) < du.world_size():
+            raise DataError(f"{len(self.urls)} shard(s) for {du.world_size()} processes: every rank needs one")
         self.size, self.buffer = size, shuffle_buffer
         meta = Path(re.sub(r"-\{[^}]*\}\.tar$", "", str(pattern)) + ".json")
-        if meta.is_file():
-            info = json.loads(meta.read_text())
-            self.n, self.classes = int(info["count"]), list(info["classes"])
+        info = json.loads(meta.read_text()) if meta.is_file() else {}
+        numbers = [re.search(r"-(\d+)\.tar$", u) for u in self.urls]
+        counts = info.get("counts", [])
+        if counts and all(m and int(m.group(1)) < len(counts) for m in numbers):  # the listed shards only
+            self.n = sum(counts[int(m.group(1))] for m in numbers)
         else:  # count the samples (distinct keys) once
-            self.n, self.classes = sum(_count(u) for u in self.urls), []
+            self.n = sum(_count(u) for u in self.urls)
+        self.classes = list(info.get("classes", []))
 
     def __len__(self) -> int:
         return self.n
@@ -126,7 +132,8 @@ class ShardStream:
         further passes if this rank's share runs out before the others'."""
         for cycle in count():
             loader = torch.utils.data.DataLoader(self.dataset(epoch, seed, cycle), batch_size=batch, drop_last=True,
-                                                 num_workers=workers, prefetch_factor=4 if workers else None)
+                                                 num_workers=workers, prefetch_factor=4 if workers else None,
+                                                 worker_init_fn=ignore_signals)
             got = 0
             for x, y in loader:
                 got += 1

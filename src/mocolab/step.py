@@ -22,7 +22,7 @@ def moco_step(model: MoCo, optimizer, x_q, x_k, *, m: float, T: float, symmetric
         loss, k = (net or model)(x_q, x_k, T=T, symmetric=symmetric, generator=generator)  # k: N x C
     if skip_nonfinite and du.all_reduce((~torch.isfinite(loss)).float(), "max"):
         torch._foreach_copy_(bn, saved)
-        return loss.detach()
+        return torch.full_like(loss.detach(), float("nan"))  # skipped, on every rank alike
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()  # update(f_q)
