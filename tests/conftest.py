@@ -35,3 +35,13 @@ def tiny_config(**over):
             "optim.batch_size=8", "optim.lr=0.05", "optim.base_batch_size=8", "run.channels_last=false",
             "run.amp=off", "run.log_every=2"]
     return apply_overrides(cfg, base + [f"{k}={v}" for k, v in over.items()]).validate()
+
+
+def cifar_subset(cifar_dir: Path, dest: Path, n: int, classes=("airplane", "cat")) -> Path:
+    """dest/{train,test}/<class>/: the first n real CIFAR-10 JPEGs of each class and split."""
+    for split in ("train", "test"):
+        for cls in classes:
+            (dest / split / cls).mkdir(parents=True)
+            for src in sorted((cifar_dir / split / cls).glob("*.jpg"))[:n]:
+                (dest / split / cls / src.name).write_bytes(src.read_bytes())
+    return dest

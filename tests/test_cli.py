@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from conftest import cifar_subset
 from PIL import Image
 
 from mocolab.cli import main
@@ -75,12 +76,7 @@ def test_bad_preset_and_key_are_one_clear_line(tmp_path):
 
 @pytest.mark.slow
 def test_folder_with_a_corrupt_jpeg_warns_and_trains(cifar_dir, tmp_path):
-    data = tmp_path / "data"
-    for split in ("train", "test"):
-        for cls in ("airplane", "cat"):
-            (data / split / cls).mkdir(parents=True)
-            for i, src in enumerate(sorted((cifar_dir / split / cls).iterdir())[:40]):
-                (data / split / cls / src.name).write_bytes(src.read_bytes())
+    data = cifar_subset(cifar_dir, tmp_path / "data", 40)
     (data / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     res = _run_cli("pretrain", "--data", str(data), "--out", str(tmp_path / "o"), "--epochs", "1",
                    "optim.batch_size=16", "model.width=8", "moco.queue_size=64", "model.hidden_dim=32")

@@ -8,6 +8,7 @@ import warnings
 
 import pytest
 import torch
+from conftest import cifar_subset
 
 from mocolab.data import decode_to_tensor, scan_folder
 from mocolab.shards import ShardStream, write_shards
@@ -79,12 +80,7 @@ def test_missing_shard_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_pretrain_streams_shards_from_the_cli(cifar_dir, tmp_path):
-    data = tmp_path / "data"
-    for split in ("train", "test"):
-        for cls in ("airplane", "cat"):
-            (data / split / cls).mkdir(parents=True)
-            for f in sorted((cifar_dir / split / cls).glob("*.jpg"))[:48]:
-                shutil.copy(f, data / split / cls / f.name)
+    data = cifar_subset(cifar_dir, tmp_path / "data", 48)
     res = subprocess.run([sys.executable, "-m", "mocolab", "shards", "--data", str(data), "--out",
                           str(tmp_path / "sh" / "c"), "--shard-size", "20"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
