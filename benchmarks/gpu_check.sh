@@ -8,16 +8,19 @@
 # since the GPU machine does not see ../shared:
 #   python benchmarks/pack_data.py pack ../shared/data/cifar10 .devdata/cifar10.pack
 # --dry-run does the same on the CPU with tiny sizes (checks the script, not the GPU).
+# --compile adds a throughput row with run.compile=true and pretrains with it (torch.compile:
+# compiling takes a minute or more, counted in the pretraining's time).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-OUT="" ; DATA="$ROOT/.devdata/cifar10.pack" ; MINUTES=5 ; DRY=0
+OUT="" ; DATA="$ROOT/.devdata/cifar10.pack" ; MINUTES=5 ; DRY=0 ; ROWS=() ; COMPILE=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
     --minutes) MINUTES="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    *) echo "usage: $0 --out DIR [--data PACK|DIR] [--minutes M] [--dry-run]" >&2; exit 2 ;;
+    --compile) ROWS=(--rows limit,compiled,mocolab,pil); COMPILE=true; shift ;;
+    *) echo "usage: $0 --out DIR [--data PACK|DIR] [--minutes M] [--dry-run] [--compile]" >&2; exit 2 ;;
   esac
 done
 [ -n "$OUT" ] || { echo "gpu_check: --out DIR is required" >&2; exit 2; }
@@ -49,11 +52,11 @@ fi
 
 echo "== 2. throughput" | tee -a "$OUT/env.txt"
 "$PY" "$ROOT/benchmarks/throughput.py" --data "$DIR" --preset cifar10_r18 --device "$DEV" \
-  --json "$OUT/throughput.json" "${TP[@]}" 2>&1 | grep -v "it/s\]" | tee "$OUT/throughput.txt"
+  --json "$OUT/throughput.json" "${ROWS[@]}" "${TP[@]}" 2>&1 | grep -v "it/s\]" | tee "$OUT/throughput.txt"
 
 echo "== 3. cifar10_r18 pretraining"
 "$PY" -m mocolab pretrain --preset cifar10_r18 --data "$DIR" --out "$WORK/r18" run.device="$DEV" \
-  run.knn_every=0 run.log_every=50 "${PT[@]}" > "$OUT/pretrain.log" 2>&1
+  run.knn_every=0 run.log_every=50 run.compile="$COMPILE" "${PT[@]}" > "$OUT/pretrain.log" 2>&1
 rc=$?
 tail -3 "$OUT/pretrain.log"
 cp "$WORK/r18/summary.json" "$WORK/r18/metrics.jsonl" "$WORK/r18/config.yaml" "$OUT/" 2>/dev/null

@@ -6,6 +6,8 @@ Rows:
   (c) pil      mocolab with the PIL backend (torchvision transforms in DataLoader workers)
   (d) peer     lightly's MoCo building blocks with the same backbone, batch, K and augmentations
                (only when `lightly` is installed: pip install -e '.[bench]')
+  compiled     (a) with run.compile=true (torch.compile of both encoders; only when asked for in
+               --rows: compiling takes minutes, done in the warm-up)
 
 Each round times every row for --steps steps, in turn; the figure per row is the median over
 rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d)
@@ -154,6 +156,11 @@ def main(argv=None) -> dict:
         fixed = next(endless_views(tr_a))  # ready-made views: no data work in this row
         step_a = step_fn(tr_a)
         rows["limit"] = lambda: step_a(*fixed)
+    if "compiled" in wanted:
+        tr_e = make_trainer(build_config(args.preset, over + ["run.compile=true"]), data, device, dtype)
+        fixed_e = next(endless_views(tr_e))
+        step_e = step_fn(tr_e)
+        rows["compiled"] = lambda: step_e(*fixed_e)
     if "mocolab" in wanted:
         tr_b = make_trainer(cfg, data, device, dtype)
         views_b, step_b = endless_views(tr_b), step_fn(tr_b)
@@ -195,11 +202,15 @@ def main(argv=None) -> dict:
     for k, v in ips.items():
         print(f"{k:10s} {v:9.0f}   " + " ".join(f"{x:.0f}" for x in times[k]))
     result = {"limit_img_s": ips.get("limit"), "mocolab_img_s": ips.get("mocolab"), "pil_img_s": ips.get("pil"),
-              "peer_img_s": ips.get("peer"), "peak_rss_mb": peak, "device": str(device), "arch": cfg.model.arch,
+              "peer_img_s": ips.get("peer"), "compiled_img_s": ips.get("compiled"), "peak_rss_mb": peak,
+              "device": str(device), "arch": cfg.model.arch,
               "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
     if "limit" in ips and "mocolab" in ips:
         result["mocolab_over_limit"] = ips["mocolab"] / ips["limit"]
         print(f"(b)/(a) mocolab / limit = {result['mocolab_over_limit']:.3f}")
+    if "compiled" in ips and "limit" in ips:
+        result["compiled_over_limit"] = ips["compiled"] / ips["limit"]
+        print(f"compiled / limit        = {result['compiled_over_limit']:.3f}")
     if "peer" in ips and "mocolab" in ips:
         result["mocolab_over_peer"] = ips["mocolab"] / ips["peer"]
         print(f"(b)/(d) mocolab / peer  = {result['mocolab_over_peer']:.2f}")

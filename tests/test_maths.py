@@ -7,7 +7,7 @@ from torch import nn
 
 from mocolab.losses import info_nce
 from mocolab.momentum import cosine_momentum, momentum_update
-from mocolab.schedules import lr_at, scaled_lr
+from mocolab.schedules import StepBudget, lr_at, scaled_lr
 
 
 def _pair():
@@ -75,3 +75,22 @@ def test_lr_schedules():
     assert lr_at(0, 100, 1.0, "cosine", warmup_steps=10) == pytest.approx(0.1)
     assert lr_at(9, 100, 1.0, "cosine", warmup_steps=10) == pytest.approx(1.0)
     assert scaled_lr(0.03, 512, 256) == pytest.approx(0.06)
+
+
+def test_step_budget_fits_the_schedule_to_the_time_left():
+    # warm-up steps of 1 s, then 0.1 s per step, 2 s of evaluation counted against a 12 s budget:
+    # after the warm-up (5 steps, 5 s) 12 - 5 - 2 = 5 s are left for 50 more steps
+    b = StepBudget(12.0, start_step=0)
+    clock, totals = 0.0, {}
+    for step in range(1, 31):
+        clock += 1.0 if step <= 5 else 0.1
+        t = b.total_steps(step, clock, clock + 2.0)
+        if t is not None:
+            totals[step] = t
+    assert list(totals) == [15, 25]  # every 10 steps after the warm-up, never during it
+    assert totals[15] == pytest.approx(15 + (12.0 - 8.0) / 0.1, abs=1)  # 55
+    assert totals[25] == pytest.approx(25 + (12.0 - 9.0) / 0.1, abs=1)  # 55
+    assert StepBudget(0.0, 0).total_steps(15, 1.0, 1.0) is None  # no budget: the schedule stands
+    # a resumed run measures from its own first steps; an exhausted budget still gives step + 1
+    late = StepBudget(1.0, start_step=100)
+    assert late.total_steps(105, 50.0, 50.0) is None and late.total_steps(115, 51.0, 60.0) == 116

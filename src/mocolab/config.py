@@ -76,8 +76,9 @@ class RunConfig:
     budget_minutes: float = 0.0  # > 0: a complete run (schedule included) that fits this budget
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA only)
+    amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA and on CPUs with fast bf16, AMX / AVX-512-BF16)
     channels_last: bool = True
+    compile: bool = False  # torch.compile both encoders (~5 min cold here; benchmarks/RESULTS.md)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines
     knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)

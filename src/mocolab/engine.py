@@ -33,7 +33,7 @@ from .data import (
     ignore_signals,
 )
 from .models.moco import MoCo
-from .schedules import lr_at, scaled_lr
+from .schedules import StepBudget, lr_at, scaled_lr
 from .shards import ShardStream
 from .step import moco_step
 
@@ -190,15 +190,12 @@ class Trainer:
                 signal.signal(s, h)
 
     # -- schedule and budget -------------------------------------------------------------
-    def _reestimate(self, step_seconds: float) -> None:
-        """Under a time budget, the schedule's length is the number of steps that fit in
-        what is left, so the run anneals fully within the budget (rank 0 decides)."""
-        p = self.progress
-        left = self.budget_s - p.elapsed
-        total = max(p.step + 1, p.step + int(left / max(step_seconds, 1e-6)))
+    def _reestimate(self, total: int) -> None:
+        """Under a time budget the schedule's length follows the measured speed (StepBudget);
+        under torchrun rank 0's estimate is everyone's."""
         if self.world > 1:
             total = int(du.broadcast(torch.tensor([total], device=self.device), 0).item())
-        p.total_steps = total
+        self.progress.total_steps = total
 
     def _done(self) -> bool:
         """Every rank answers the same: under torchrun only agreed values are used."""
@@ -226,7 +223,7 @@ class Trainer:
         bar = tqdm(total=None, disable=not du.is_main(), dynamic_ncols=True, unit="step",
                    initial=p.step, mininterval=2.0)
         self.model.train()
-        self.fit_start, self.calib = p.step, None  # step time is measured from fit_start + 5 on
+        self.budget = StepBudget(self.budget_s, start_step=p.step)  # step time measured from here + 5 on
         if du.is_dist() and self.net is self.model:  # gradients averaged over ranks
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = du.ddp(self.model, ids)
@@ -328,11 +325,9 @@ class Trainer:
             p.elapsed += t1 - t0
             p.train_seconds += t1 - t0
             t0 = t1
-            if p.step == self.fit_start + 5:  # after the warm-up steps (allocator, kernels)
-                self.calib = (p.train_seconds, p.step)
-            c = self.calib
-            if self.budget_s > 0 and c and p.step > c[1] and (p.step - c[1]) % 10 == 0:
-                self._reestimate((p.train_seconds - c[0]) / (p.step - c[1]))
+            total = self.budget.total_steps(p.step, p.train_seconds, p.elapsed)
+            if total is not None:
+                self._reestimate(total)
             save_now = cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 and p.it < self.steps_per_epoch
             if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done() or save_now:
                 # checked before every save, so that no checkpoint ever holds a diverged model

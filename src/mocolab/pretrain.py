@@ -91,6 +91,9 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
     model = MoCo(cfg).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.run.compile:  # in place: parameters, state_dict keys and checkpoints stay as they are
+        model.encoder_q.compile()
+        model.encoder_k.compile()
     return model
 
 

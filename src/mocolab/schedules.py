@@ -23,3 +23,26 @@ def lr_at(step: int, total_steps: int, base_lr: float, schedule: str = "cosine",
 def scaled_lr(lr: float, batch_size: int, base_batch_size: int) -> float:
     """Linear scaling rule (Goyal et al. 2017)."""
     return lr * batch_size / base_batch_size
+
+
+class StepBudget:
+    """Fits a schedule to a wall-clock budget: the run's length is the number of steps that fit
+    in the time left, re-estimated every `every` steps from the time per step measured after
+    `warmup` steps (allocator and kernel warm-up), so a short run anneals fully within it."""
+
+    def __init__(self, budget_s: float, start_step: int, warmup: int = 5, every: int = 10):
+        self.budget_s, self.start, self.every = budget_s, start_step + warmup, every
+        self.calib: tuple[float, int] | None = None  # (step clock, step) at the end of warm-up
+
+    def total_steps(self, step: int, step_clock: float, elapsed: float) -> int | None:
+        """The schedule's new length after `step` steps, or None when not re-estimated now.
+        `step_clock`: seconds spent in steps only; `elapsed`: seconds counted against the budget."""
+        if self.budget_s <= 0:
+            return None
+        if step == self.start:
+            self.calib = (step_clock, step)
+        c = self.calib
+        if c is None or step <= c[1] or (step - c[1]) % self.every:
+            return None
+        per_step = (step_clock - c[0]) / (step - c[1])
+        return max(step + 1, step + int((self.budget_s - elapsed) / max(per_step, 1e-6)))

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from ..augment import AugSpec, BatchAugment
 from ..data import TensorData
 from ..engine import NonFiniteLoss, epoch_order
-from ..schedules import lr_at
+from ..schedules import StepBudget, lr_at
 from .features import extract_features
 
 
@@ -105,7 +105,7 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
     history: list[dict] = []
     loss_sum, n_log = torch.zeros((), device=device), 0
     t_log = time.perf_counter()
-    calib = None  # (time, step) after warm-up steps, to time steps under a budget
+    budget = StepBudget(budget_s, start_step=0)
     model.train()
     bar = tqdm(total=None if budget_s > 0 else total, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
 
@@ -134,11 +134,7 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
             n_log += 1
             step += 1
             elapsed += time.perf_counter() - t0
-            if step == 5:
-                calib = (elapsed, step)
-            if budget_s > 0 and calib and (step - calib[1]) % 10 == 0 and step > calib[1]:
-                per_step = (elapsed - calib[0]) / (step - calib[1])
-                total = max(step + 1, step + int((budget_s - elapsed) / max(per_step, 1e-6)))
+            total = budget.total_steps(step, elapsed, elapsed) or total
             if n_log == fc.log_every or it == steps_per_epoch - 1 or done():
                 mean_loss = (loss_sum / n_log).item()  # the only host sync, at log intervals
                 if not math.isfinite(mean_loss):
