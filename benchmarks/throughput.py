@@ -7,7 +7,8 @@ Rows:
   (d) peer     lightly's MoCo building blocks with the same backbone, batch, K and augmentations
                (only when `lightly` is installed: pip install -e '.[bench]')
   compiled     (a) with run.compile=true (torch.compile of both encoders; only when asked for in
-               --rows: compiling takes minutes, done in the warm-up)
+               --rows: compiling takes minutes, done in the warm-up, whose time is printed)
+  mocolab_compiled  (b) with run.compile=true (likewise only when asked for)
 
 Each round times every row for --steps steps, in turn; the figure per row is the median over
 rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d)
@@ -165,6 +166,10 @@ def main(argv=None) -> dict:
         tr_b = make_trainer(cfg, data, device, dtype)
         views_b, step_b = endless_views(tr_b), step_fn(tr_b)
         rows["mocolab"] = lambda: step_b(*next(views_b))
+    if "mocolab_compiled" in wanted:
+        tr_f = make_trainer(build_config(args.preset, over + ["run.compile=true"]), data, device, dtype)
+        views_f, step_f = endless_views(tr_f), step_fn(tr_f)
+        rows["mocolab_compiled"] = lambda: step_f(*next(views_f))
     if "pil" in wanted:
         cfg_c = build_config(args.preset, over + ["data.backend=pil"])
         tr_c = make_trainer(cfg_c, data, device, dtype)
@@ -178,10 +183,14 @@ def main(argv=None) -> dict:
             print("peer row skipped: lightly is not installed (pip install -e '.[bench]')")
 
     times: dict[str, list[float]] = {k: [] for k in rows}
-    for name, fn in rows.items():  # warm-up (allocator, kernels, workers)
+    warmup_s = {}
+    for name, fn in rows.items():  # warm-up (allocator, kernels, workers; the compiled row compiles here)
+        t0 = time.perf_counter()
         for _ in range(2):
             fn()
         sync(device)
+        warmup_s[name] = time.perf_counter() - t0
+        print(f"warm-up {name}: {warmup_s[name]:.1f} s", flush=True)
     for _ in range(args.rounds):
         for name, fn in rows.items():
             sync(device)
@@ -203,17 +212,16 @@ def main(argv=None) -> dict:
         print(f"{k:10s} {v:9.0f}   " + " ".join(f"{x:.0f}" for x in times[k]))
     result = {"limit_img_s": ips.get("limit"), "mocolab_img_s": ips.get("mocolab"), "pil_img_s": ips.get("pil"),
               "peer_img_s": ips.get("peer"), "compiled_img_s": ips.get("compiled"), "peak_rss_mb": peak,
+              "mocolab_compiled_img_s": ips.get("mocolab_compiled"), "warmup_s": warmup_s,
               "device": str(device), "arch": cfg.model.arch,
               "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
-    if "limit" in ips and "mocolab" in ips:
-        result["mocolab_over_limit"] = ips["mocolab"] / ips["limit"]
-        print(f"(b)/(a) mocolab / limit = {result['mocolab_over_limit']:.3f}")
-    if "compiled" in ips and "limit" in ips:
-        result["compiled_over_limit"] = ips["compiled"] / ips["limit"]
-        print(f"compiled / limit        = {result['compiled_over_limit']:.3f}")
-    if "peer" in ips and "mocolab" in ips:
-        result["mocolab_over_peer"] = ips["mocolab"] / ips["peer"]
-        print(f"(b)/(d) mocolab / peer  = {result['mocolab_over_peer']:.2f}")
+    for key, num, den, label in [("mocolab_over_limit", "mocolab", "limit", "(b)/(a) mocolab / limit"),
+                                 ("compiled_over_limit", "compiled", "limit", "compiled / limit"),
+                                 ("mocolab_over_peer", "mocolab", "peer", "(b)/(d) mocolab / peer"),
+                                 ("compiled_over_peer", "mocolab_compiled", "peer", "mocolab_compiled / peer")]:
+        if num in ips and den in ips:
+            result[key] = ips[num] / ips[den]
+            print(f"{label:23s} = {result[key]:.3f}")
     print(f"peak RSS {peak:.0f} MB" + (f", peak GPU memory {peak_gpu:.0f} MB" if device.type == "cuda" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

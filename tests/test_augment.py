@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from mocolab.augment import BatchAugment, _adjust_hue, _gaussian_blur, preset, sample_crop_boxes
+from mocolab.augment import BatchAugment, _adjust_hue, _gaussian_blur, crop_resize, preset, sample_crop_boxes
 
 
 def test_crop_area_and_ratio_match_torchvision():
@@ -36,6 +36,9 @@ def test_crop_area_and_ratio_match_torchvision():
 def test_hue_matches_torchvision():
     torch.manual_seed(0)
     x = torch.rand(6, 3, 8, 8)
+    x[:, :, 0] = x[:, :1, 0]  # gray pixels (no saturation)
+    x[:, :, 1, :3] = torch.eye(3)  # pure red, green, blue
+    x[:, :, 2, 0] = 0.0  # black
     h = torch.tensor([-0.5, -0.3, -0.1, 0.0, 0.2, 0.45])
     ours = _adjust_hue(x, h)
     ref = torch.stack([TF.adjust_hue(x[i], float(h[i])) for i in range(6)])
@@ -69,7 +72,7 @@ def test_jitter_gray_flip_effects_match_pil_pipeline():
     img = Image.fromarray((base * 255).astype(np.uint8))
     spec = preset("cifar", 32)
     n = 1500
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].repeat(n, 1, 1, 1)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].repeat(n, 1, 1, 1)
     aug = BatchAugment(spec, [0, 0, 0], [1, 1, 1])
     ours = aug(x, torch.Generator().manual_seed(1))
     no_crop = T.Compose([T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(0.2), T.ToTensor()])
@@ -121,3 +124,25 @@ def test_masked_and_indexed_selection_agree():
         aug.masked = True
         b = aug(x, torch.Generator().manual_seed(5))
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 24, 40])
+def test_crop_resize_equals_roi_align(size):
+    # grid_sample when every box fits in the output (one bilinear sample per pixel), roi_align's
+    # averaging of several samples otherwise: the same values as roi_align either way
+    from torchvision.ops import roi_align
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 32, 32)
+    boxes = sample_crop_boxes(64, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3), torch.Generator().manual_seed(1))
+    rois = torch.cat([torch.arange(64, dtype=torch.float32)[:, None], boxes], 1)
+    ref = roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    torch.testing.assert_close(crop_resize(x, boxes, size), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_crop_scale_overrides_the_presets_and_bounds_the_crop_area():
+    assert preset("v2", 32).scale == (0.2, 1.0) and preset("cifar", 32).scale == (0.08, 1.0)
+    spec = preset("cifar", 32, [0.5, 0.9])
+    assert spec.scale == (0.5, 0.9) and spec.jitter == preset("cifar", 32).jitter
+    boxes = sample_crop_boxes(4000, 32, 32, spec.scale, spec.ratio, torch.Generator().manual_seed(0))
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / 32**2
+    assert area.min() > 0.5 - 0.05 and area.max() < 0.9 + 0.05  # rounding to whole pixels

@@ -94,3 +94,4 @@ def test_step_budget_fits_the_schedule_to_the_time_left():
     # a resumed run measures from its own first steps; an exhausted budget still gives step + 1
     late = StepBudget(1.0, start_step=100)
     assert late.total_steps(105, 50.0, 50.0) is None and late.total_steps(115, 51.0, 60.0) == 116
+    assert not b.spent(11.9) and b.spent(12.0) and not StepBudget(0.0, 0).spent(1e9)

@@ -18,8 +18,9 @@ def test_shuffle_then_unshuffle_is_identity():
     assert torch.equal(xs[idx_un], x)
 
 
+@pytest.mark.parametrize("grouped", [False, True], ids=["chunks", "grouped"])  # eager / torch.compile path
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_split_bn_equals_bn_per_chunk(channels_last):
+def test_split_bn_equals_bn_per_chunk(channels_last, grouped):
     torch.manual_seed(0)
     bn = SplitBatchNorm(6, splits=3)
     with torch.no_grad():
@@ -29,7 +30,7 @@ def test_split_bn_equals_bn_per_chunk(channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y = bn(x1)
+    y = bn._grouped(x1) if grouped else bn(x1)
     ref = reference_split_bn(x2, bn, 3)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(y)
@@ -40,11 +41,12 @@ def test_split_bn_equals_bn_per_chunk(channels_last):
     torch.testing.assert_close(gb, rb, rtol=1e-4, atol=1e-4)
 
 
-def test_split_bn_running_stats_and_eval_mode():
+@pytest.mark.parametrize("grouped", [False, True], ids=["chunks", "grouped"])
+def test_split_bn_running_stats_and_eval_mode(grouped):
     torch.manual_seed(0)
     bn, plain = SplitBatchNorm(4, splits=2, momentum=1.0), nn.BatchNorm2d(4, momentum=1.0)
     x = torch.randn(8, 4, 3, 3)
-    bn(x)
+    bn._grouped(x) if grouped else bn(x)
     chunks = x.chunk(2)
     mean = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks]).mean(0)
     var = torch.stack([c.var(dim=(0, 2, 3), unbiased=True) for c in chunks]).mean(0)

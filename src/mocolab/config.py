@@ -47,6 +47,7 @@ class DataConfig:
     image_size: int = 224  # evaluation (center crop) and, unless crop_size is set, training views
     crop_size: int = 0  # side of the training views if smaller than image_size (0 = image_size)
     augment: str = "v2"  # v1 | v2 (aug+) | cifar (the official CIFAR demo's) | none
+    crop_scale: list[float] = field(default_factory=list)  # [min, max] crop area, instead of the preset's ([] = preset)
     backend: str = "tensor"  # tensor (batched, on the model's device) | pil (torchvision per image)
     cache: bool = True  # decode once into an in-memory uint8 tensor (needed by the tensor backend)
     cache_dir: str = ""  # where decoded caches are kept ("" = ~/.cache/mocolab)
@@ -78,7 +79,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA and on CPUs with fast bf16, AMX / AVX-512-BF16)
     channels_last: bool = True
-    compile: bool = False  # torch.compile both encoders (~5 min cold here; benchmarks/RESULTS.md)
+    compile: bool = False  # torch.compile both encoders (~1.5-2 min cold on this CPU; benchmarks/RESULTS.md)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines
     knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)
@@ -118,6 +119,9 @@ class Config:
             (self.data.backend == "pil" or self.data.cache, "data.backend=tensor needs data.cache=true"),
             (self.data.image_size >= 8, "data.image_size must be >= 8"),
             (self.data.crop_size == 0 or 8 <= self.data.crop_size, "data.crop_size must be 0 or >= 8"),
+            (not self.data.crop_scale or (len(self.data.crop_scale) == 2 and 0 < self.data.crop_scale[0]
+                                          <= self.data.crop_scale[1] <= 1),
+             "data.crop_scale must be [] or [min, max] with 0 < min <= max <= 1"),
             (len(self.data.mean) == 3 and len(self.data.std) == 3, "data.mean and data.std need 3 values"),
             (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
             (self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),

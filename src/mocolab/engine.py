@@ -121,10 +121,11 @@ class Trainer:
             raise ValueError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.budget_s = cfg.run.budget_minutes * 60.0
+        self.budget = StepBudget(self.budget_s, start_step=0)  # restarted by fit() from the resumed step
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
         self.gen = torch.Generator()  # augmentation + shuffle BN; seeded by (seed, step, rank) each step
         self.net = model  # what the step calls: DistributedDataParallel(model) under torchrun (see fit)
-        spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size)
+        spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size, cfg.data.crop_scale)
         self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last)
         self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
         self.autocast_dtype = autocast_dtype
@@ -202,7 +203,7 @@ class Trainer:
         p = self.progress
         if self.stop_agreed or (self.world == 1 and self.stop_signal is not None):
             return True
-        if self.budget_s > 0 and (p.elapsed >= self.budget_s if self.world == 1 else self.budget_over):
+        if self.budget_over if self.world > 1 else self.budget.spent(p.elapsed):
             return True
         return p.step >= p.total_steps
 
@@ -334,7 +335,7 @@ class Trainer:
                 window = torch.stack(losses) if losses else torch.full((0,), 0.0, device=dev)
                 if self.world > 1:  # every rank sees the global mean loss and any rank's signal
                     du.all_reduce(window, "mean")
-                    over = self.budget_s > 0 and p.elapsed >= self.budget_s
+                    over = self.budget.spent(p.elapsed)
                     flags = du.all_reduce(torch.tensor([float(self.stop_signal is not None), float(over)], device=dev), "max")
                     self.stop_agreed, self.budget_over = (bool(f) for f in flags.tolist())
                 self._check_finite(window)  # the only host sync, at log intervals

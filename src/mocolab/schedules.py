@@ -34,6 +34,10 @@ class StepBudget:
         self.budget_s, self.start, self.every = budget_s, start_step + warmup, every
         self.calib: tuple[float, int] | None = None  # (step clock, step) at the end of warm-up
 
+    def spent(self, elapsed: float) -> bool:
+        """True once `elapsed` seconds use up the budget (never without one)."""
+        return self.budget_s > 0 and elapsed >= self.budget_s
+
     def total_steps(self, step: int, step_clock: float, elapsed: float) -> int | None:
         """The schedule's new length after `step` steps, or None when not re-estimated now.
         `step_clock`: seconds spent in steps only; `elapsed`: seconds counted against the budget."""

@@ -73,7 +73,7 @@ def train_supervised(cfg: Config, data: str, out: str | Path) -> dict:
                    momentum=o.momentum, weight_decay=o.weight_decay, schedule=o.schedule,
                    milestones=list(o.milestones), warmup_epochs=o.warmup_epochs,
                    budget_minutes=cfg.run.budget_minutes, seed=cfg.run.seed, log_every=cfg.run.log_every)
-    aug = BatchAugment(preset(cfg.data.augment, size), mean, std, cfg.run.channels_last)
+    aug = BatchAugment(preset(cfg.data.augment, size, cfg.data.crop_scale), mean, std, cfg.run.channels_last)
     logger = MetricsLogger(out)
     t0 = time.perf_counter()
     try:

@@ -110,7 +110,7 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
     bar = tqdm(total=None if budget_s > 0 else total, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
 
     def done() -> bool:
-        return step >= total or (budget_s > 0 and elapsed >= budget_s)
+        return step >= total or budget.spent(elapsed)
 
     while not done():
         order = epoch_order(n, fc.seed, epoch).to(images.device)

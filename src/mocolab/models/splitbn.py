@@ -9,7 +9,8 @@ Each chunk is a free view of the batch (in NCHW and channels_last alike) and goe
 PyTorch's native batch-norm kernel, which keeps bf16 inputs in bf16; the only extra work is
 one concatenation. This was measured against the official demo's reshape to (N/S, C*S, H, W)
 (a copy in channels_last) and against hand-written statistics (2.2x slower than plain BN):
-see benchmarks/RESULTS.md.
+see benchmarks/RESULTS.md. Under torch.compile the same maths runs as one broadcast over a
+grouped view (`_grouped`), which inductor fuses.
 """
 
 from __future__ import annotations
@@ -31,21 +32,42 @@ class SplitBatchNorm(nn.BatchNorm2d):
             return super().forward(x)
         if x.shape[0] % self.splits:
             raise ValueError(f"batch of {x.shape[0]} is not divisible by bn_splits={self.splits}")
+        if torch.compiler.is_compiling():
+            return self._grouped(x)
         outs, means, rstds = [], [], []
         for chunk in x.chunk(self.splits):  # splits x (n x C x H x W), views
             y, mean, rstd = torch.native_batch_norm(chunk, self.weight, self.bias, None, None, True, 0.0, self.eps)
             outs.append(y)
             means.append(mean)
             rstds.append(rstd)
-        with torch.no_grad():  # running stats: the average over groups, unbiased variance as in BN
-            count = x.numel() // (self.splits * x.shape[1])
-            mean = torch.stack(means).float().mean(0)  # C
-            var = (torch.stack(rstds).float().pow(-2) - self.eps).mean(0) * count / max(count - 1, 1)
-            self.num_batches_tracked += 1
-            mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            self.running_mean.lerp_(mean, mom)
-            self.running_var.lerp_(var, mom)
+        with torch.no_grad():
+            self._update_running(torch.stack(means).float(), torch.stack(rstds).float().pow(-2) - self.eps, x)
         return torch.cat(outs)  # N x C x H x W, in the input's memory format
+
+    def _grouped(self, x: torch.Tensor) -> torch.Tensor:
+        """The same maths as one broadcast over an S x n x C x ... view, for torch.compile:
+        inductor fuses it into a few kernels, where the per-chunk calls above compile to
+        splits x as many (cold compile 3.4x longer, see benchmarks/RESULTS.md)."""
+        S, C = self.splits, x.shape[1]
+        xs = x.view(S, x.shape[0] // S, *x.shape[1:]).float()  # S x n x C x ...
+        dims = (1, *range(3, xs.dim()))
+        var, mean = torch.var_mean(xs, dim=dims, correction=0, keepdim=True)  # S x 1 x C x 1 ...
+        shape = (1, 1, C) + (1,) * (xs.dim() - 3)
+        y = (xs - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        with torch.no_grad():
+            self._update_running(mean.reshape(S, C), var.reshape(S, C), x)
+        return y.view_as(x).to(x.dtype)
+
+    def _update_running(self, means: torch.Tensor, variances: torch.Tensor, x: torch.Tensor) -> None:
+        """Running stats from the groups' S x C biased statistics: their average, with the
+        unbiased variance as in BN."""
+        count = x.numel() // (self.splits * x.shape[1])
+        self.num_batches_tracked += 1
+        mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.lerp_(means.mean(0), mom)
+        self.running_var.lerp_(variances.mean(0) * count / max(count - 1, 1), mom)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", splits={self.splits}"

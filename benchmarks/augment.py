@@ -1,0 +1,88 @@
+"""The tensor augmentation's parts, side by side in one process, rows alternating: what one
+training step of the `cifar10_cpu` preset spends on its two views (batch 256, 32 px).
+
+  crop roi_align   torchvision.ops.roi_align, adaptive sampling ratio (the general path)
+  crop grid        mocolab's crop_resize when no box is larger than the output: grid_sample
+  hue table        torchvision's HSV -> RGB through a 6-way table (tensor form, per image)
+  hue mocolab      mocolab's closed-form HSV -> RGB
+  views mocolab    BatchAugment, two views of the batch, every op (the step's data work)
+  views pil        torchvision's PIL pipeline on the same images, one process, for scale
+
+  python benchmarks/augment.py --data ../shared/data/cifar10 [--preset cifar10_cpu] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torchvision.ops import roi_align
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from mocolab.augment import BatchAugment, _adjust_hue, crop_resize, pil_transform, preset, sample_crop_boxes  # noqa: E402
+from mocolab.config import build_config  # noqa: E402
+from mocolab.data import load_splits  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--preset", default="cifar10_cpu")
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=10)
+    args = ap.parse_args(argv)
+    cfg = build_config(args.preset, [])
+    B, S = args.batch_size, cfg.data.image_size
+    images = load_splits(args.data, S, limit=B, workers=0).train.images[:B]  # B x 3 x S x S uint8
+    x = images.float().div(255)
+    spec = preset(cfg.data.augment, cfg.data.crop_size or S, cfg.data.crop_scale)
+    boxes = sample_crop_boxes(B, S, S, spec.scale, spec.ratio, torch.Generator().manual_seed(0))
+    rois = torch.cat([torch.arange(B, dtype=torch.float32)[:, None], boxes], 1)
+    shifts = torch.rand(B, generator=torch.Generator().manual_seed(1)) - 0.5
+    aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last)
+    gen = torch.Generator().manual_seed(2)
+    pil = pil_transform(spec, cfg.data.mean, cfg.data.std)
+    pil_images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[:32]]
+    rows = {
+        "crop roi_align": lambda: roi_align(x, rois, output_size=(spec.size, spec.size), spatial_scale=1.0,
+                                            sampling_ratio=-1, aligned=True),
+        "crop grid": lambda: crop_resize(x, boxes, spec.size),
+        "hue table": lambda: torch.stack([TF.adjust_hue(x[i], float(shifts[i])) for i in range(B)]),
+        "hue mocolab": lambda: _adjust_hue(x, shifts),
+        "views mocolab": lambda: (aug(images, gen), aug(images, gen)),
+        "views pil": lambda: [(pil(im), pil(im)) for im in pil_images],  # 32 images, scaled to B below
+    }
+    scale = {"views pil": B / len(pil_images)}
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    for fn in rows.values():
+        fn()
+    for _ in range(args.rounds):
+        for name, fn in rows.items():
+            t0 = time.perf_counter()
+            for _ in range(args.reps):
+                fn()
+            times[name].append((time.perf_counter() - t0) / args.reps * scale.get(name, 1.0))
+    ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
+    print(f"batch {B}, {S} px, augmentation '{cfg.data.augment}', {torch.get_num_threads()} threads; ms per batch (median of {args.rounds})")
+    for k, v in ms.items():
+        print(f"{k:15s} {v:8.1f} ms")
+    result = {"ms": ms,
+              "crop_roi_align_over_grid": ms["crop roi_align"] / ms["crop grid"],
+              "hue_table_over_mocolab": ms["hue table"] / ms["hue mocolab"],
+              "views_img_s": 2 * B / (ms["views mocolab"] / 1000),
+              "views_pil_over_mocolab": ms["views pil"] / ms["views mocolab"]}
+    print(f"crop: roi_align / grid = {result['crop_roi_align_over_grid']:.2f}; hue: table / mocolab = "
+          f"{result['hue_table_over_mocolab']:.2f}; two views: {result['views_img_s']:.0f} views/s, "
+          f"pil / mocolab = {result['views_pil_over_mocolab']:.1f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
