@@ -46,8 +46,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         """The same maths as one broadcast over an S x n x C x ... view, for torch.compile:
-        inductor fuses it into a few kernels, where the per-chunk calls above compile to
-        splits x as many (cold compile 3.4x longer, see benchmarks/RESULTS.md)."""
+        inductor fuses it, where the per-chunk calls above put splits x as many BN ops in the
+        graph (their cold compile took 3.4x longer, see benchmarks/RESULTS.md)."""
         S, C = self.splits, x.shape[1]
         xs = x.view(S, x.shape[0] // S, *x.shape[1:]).float()  # S x n x C x ...
         dims = (1, *range(3, xs.dim()))
