@@ -21,8 +21,9 @@ def _trainer(cfg, tmp_path, init_seed=0):
 
 
 
-def test_checkpoint_round_trip_gives_identical_next_step(tmp_path):
-    cfg = tiny_config(**{"run.epochs": 3})
+@pytest.mark.parametrize("m_schedule", ["constant", "cosine"])
+def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, m_schedule):
+    cfg = tiny_config(**{"run.epochs": 3, "moco.m_schedule": m_schedule})
     (tmp_path / "a").mkdir()
     a = _trainer(cfg, tmp_path / "a")
     a.progress.total_steps = 7  # stop mid-epoch (6 steps an epoch)
@@ -30,7 +31,7 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path):
     path = a.save("mid.pth")
     state = safe_load(path)
 
-    b = _trainer(tiny_config(**{"run.epochs": 3}), None, init_seed=99)  # different weights and queue
+    b = _trainer(tiny_config(**{"run.epochs": 3, "moco.m_schedule": m_schedule}), None, init_seed=99)  # different weights and queue
     assert not torch.equal(b.model.queue.keys, a.model.queue.keys)
     b.load_state_dict(state)
     for t in (a, b):
@@ -95,3 +96,18 @@ def test_foreign_checkpoints_are_recognised():
     tv.load_state_dict(got, strict=True)
     with pytest.raises(CheckpointError, match="expected a mocolab checkpoint"):
         extract_backbone({"weights": torch.zeros(3)})
+
+
+@pytest.mark.parametrize("m_schedule", ["constant", "cosine"])
+def test_trainer_applies_the_momentum_schedule(tmp_path, monkeypatch, m_schedule):
+    import mocolab.step
+    from mocolab.momentum import cosine_momentum
+
+    seen = []
+    real = mocolab.step.momentum_update
+    monkeypatch.setattr(mocolab.step, "momentum_update", lambda q, k, m: (seen.append(m), real(q, k, m)))
+    t = _trainer(tiny_config(**{"moco.m": 0.5, "moco.m_schedule": m_schedule}), None)
+    t.progress.total_steps = 4
+    t.fit()
+    expect = [0.5] * 4 if m_schedule == "constant" else [cosine_momentum(0.5, s / 4) for s in range(4)]
+    assert seen == pytest.approx(expect) and (m_schedule == "constant" or seen[-1] > 0.9)

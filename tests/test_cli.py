@@ -32,7 +32,7 @@ def test_pretrain_smoke_then_knn_and_export(cifar_dir, tmp_path, capsys):
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 10 and all("loss" in r for r in lines)
     # the export loads with strict=True into the matching torchvision model
-    tv = torchvision_model("resnet18", 8, "cifar")
+    tv = torchvision_model("resnet10", 8, "cifar")  # the preset's backbone
     tv.load_state_dict(torch.load(out / "backbone.pth", weights_only=True), strict=True)
     # kNN from the checkpoint and from the export agree with the run's own figure
     capsys.readouterr()

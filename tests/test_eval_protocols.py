@@ -164,8 +164,8 @@ def test_supervised_baseline_loss_falls_and_exports_like_pretraining(supervised_
     assert summary["train_top1"] > 10.0 and 0.0 <= summary["test_top1"] <= 100.0
     meta = json.loads((out / "backbone.json").read_text())
     assert {"arch", "width", "stem", "feature_dim", "image_size", "mean", "std"} <= set(meta)
-    assert (meta["arch"], meta["width"], meta["stem"], meta["feature_dim"]) == ("resnet18", 8, "cifar", 64)
-    tv = torchvision_model("resnet18", 8, "cifar")
+    assert (meta["arch"], meta["width"], meta["stem"], meta["feature_dim"]) == ("resnet10", 8, "cifar", 64)
+    tv = torchvision_model("resnet10", 8, "cifar")
     tv.load_state_dict(torch.load(out / "backbone.pth", weights_only=True), strict=True)
 
 

@@ -109,7 +109,7 @@ def test_shuffle_bn_changes_keys_only_with_split_bn():
         assert (not torch.allclose(plain, shuffled, atol=1e-5)) == changes
 
 
-@pytest.mark.parametrize("arch,dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
+@pytest.mark.parametrize("arch,dim", [("resnet10", 512), ("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
 @pytest.mark.parametrize("stem", ["imagenet", "cifar"])
 def test_backbone_exports_to_torchvision_strict(arch, dim, stem):
     net, feat = build_backbone(arch, 64, stem, bn_splits=4)
@@ -128,6 +128,38 @@ def test_width_option():
     assert feat == 128
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 128)
     assert infer_arch(net.state_dict())["width"] == 16
+
+
+def test_predictor_is_trained_on_the_query_side_only():
+    cfg = tiny_config(**{"model.predictor_dim": 32})
+    model = MoCo(cfg)
+    model.train()
+    pred = list(model.predictor.parameters())
+    assert len(list(model.encoder_k.parameters())) == len(list(model.encoder_q.parameters()))  # f_k: no predictor
+    assert all(any(p is t for t in model.trainable_parameters()) for p in pred)
+    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    before = [p.clone() for p in pred]
+    x_q, x_k = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    q = model.encode_query(x_q)
+    assert q.shape == (8, 16) and torch.allclose(q.norm(dim=1), torch.ones(8))
+    moco_step(model, opt, x_q, x_k, m=1.0, T=0.2, generator=torch.Generator().manual_seed(0))  # m=1: f_k stays
+    assert all(not torch.equal(b, p) for b, p in zip(before, pred))  # the predictor learns
+    with torch.no_grad():
+        k = model.encode_key(x_k, torch.Generator().manual_seed(0))  # f_k's head output: no predictor
+    torch.testing.assert_close(model.queue.keys[:8], k)
+
+
+def test_zero_init_residual_blocks_start_as_identity():
+    from torchvision.models.resnet import BasicBlock
+
+    net, _ = build_backbone("resnet18", 8, "cifar", zero_init_residual=True)
+    net.eval()
+    blocks = [b for b in net.modules() if isinstance(b, BasicBlock)]
+    assert len(blocks) == 8 and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)
+    x = torch.relu(torch.randn(2, 8, 8, 8))  # a block's input is a ReLU output
+    torch.testing.assert_close(net.layer1[1](x), x)  # relu(0 + x) = x
+    plain, _ = build_backbone("resnet18", 8, "cifar")
+    assert torch.count_nonzero(plain.layer1[1].bn2.weight) == 8
 
 
 @pytest.mark.slow

@@ -124,9 +124,9 @@ def test_keep_last_n_periodic_checkpoints(tmp_path):
 
 def test_queue_smaller_than_the_batch_is_refused():
     with pytest.raises(ConfigError, match=r"moco.queue_size \(K=128\) is smaller than the keys enqueued per step \(256\)"):
-        build_config("cifar10_cpu", ["moco.queue_size=128"])
+        build_config("cifar10_cpu", ["moco.queue_size=128", "optim.batch_size=256"])
     with pytest.raises(ConfigError, match=r"\(512\)"):
-        build_config("cifar10_cpu", ["moco.queue_size=300", "moco.symmetric=true"])
+        build_config("cifar10_cpu", ["moco.queue_size=300", "moco.symmetric=true", "optim.batch_size=256"])
 
 
 def _cli(*args, **kw):

@@ -23,13 +23,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"  # resnet18 | resnet34 | resnet50
+    arch: str = "resnet18"  # resnet10 (one block per stage) | resnet18 | resnet34 | resnet50
     width: int = 64  # channels of the first stage (64 = torchvision's ResNet)
     stem: str = "auto"  # auto | cifar | imagenet ("auto": cifar below 96 px)
     head: str = "mlp"  # linear (MoCo v1) | mlp (MoCo v2) | mlp_bn (MLP with BN, as v3's projector)
     dim: int = 128  # feature dimension of the head's output
     hidden_dim: int = 2048  # MLP head's hidden width
+    predictor_dim: int = 0  # hidden width of a MoCo v3 / BYOL predictor MLP on the query side (0 = none)
     bn_splits: int = 8  # SplitBatchNorm groups per process (1 = plain BN); under torchrun each rank is a group too
+    zero_init_residual: bool = False  # last BN of each residual block starts at 0 (Goyal et al. 2017)
     sync_bn: bool = False  # SyncBatchNorm over all ranks (GPUs; MoCo v3 style, instead of shuffle BN)
 
 
@@ -40,6 +42,7 @@ class MocoConfig:
     T: float = 0.2  # temperature
     symmetric: bool = False  # both views serve as queries (the official CIFAR demo's option)
     shuffle_bn: bool = True  # encode keys on a shuffled batch
+    m_schedule: str = "constant"  # constant | cosine (MoCo v3 / BYOL: m rises from moco.m to 1 over the run)
 
 
 @dataclass
@@ -105,14 +108,17 @@ class Config:
     def validate(self) -> Config:
         """Checks the values that a type alone cannot; raises ConfigError."""
         checks = [
-            (self.model.arch in ("resnet18", "resnet34", "resnet50"), "model.arch must be resnet18, resnet34 or resnet50"),
+            (self.model.arch in ("resnet10", "resnet18", "resnet34", "resnet50"),
+             "model.arch must be resnet10, resnet18, resnet34 or resnet50"),
             (self.model.stem in ("auto", "cifar", "imagenet"), "model.stem must be auto, cifar or imagenet"),
             (self.model.head in ("linear", "mlp", "mlp_bn"), "model.head must be linear, mlp or mlp_bn"),
             (self.model.width > 0 and self.model.dim > 0, "model.width and model.dim must be positive"),
             (self.model.bn_splits >= 1, "model.bn_splits must be >= 1"),
+            (self.model.predictor_dim >= 0, "model.predictor_dim must be >= 0"),
             (not self.model.sync_bn or self.model.bn_splits == 1, "model.sync_bn=true needs model.bn_splits=1"),
             (self.moco.queue_size >= 1, "moco.queue_size must be >= 1"),
             (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
+            (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
             (self.moco.T > 0, "moco.T must be positive"),
             (self.data.augment in ("v1", "v2", "cifar", "none"), "data.augment must be v1, v2, cifar or none"),
             (self.data.backend in ("tensor", "pil"), "data.backend must be tensor or pil"),

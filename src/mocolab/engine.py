@@ -34,6 +34,7 @@ from .data import (
 )
 from .models.moco import MoCo
 from .schedules import StepBudget, lr_at, scaled_lr
+from .momentum import cosine_momentum
 from .shards import ShardStream
 from .step import moco_step
 
@@ -108,7 +109,7 @@ class Trainer:
         self.monitor = monitor  # callable(model) -> dict, run every knn_every epochs
         o = cfg.optim
         self.base_lr = scaled_lr(o.lr, o.batch_size, o.base_batch_size)
-        self.optimizer = torch.optim.SGD(model.encoder_q.parameters(), lr=self.base_lr,
+        self.optimizer = torch.optim.SGD(model.trainable_parameters(), lr=self.base_lr,
                                          momentum=o.momentum, weight_decay=o.weight_decay)
         self.batch = o.batch_size  # global: each of the W ranks takes its slice of every batch
         self.world, self.rank = du.world_size(), du.rank()
@@ -308,7 +309,8 @@ class Trainer:
             lr = lr_at(p.step, p.total_steps, self.base_lr, cfg.optim.schedule, cfg.optim.milestones, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            loss = moco_step(model, self.optimizer, x_q, x_k, m=cfg.moco.m, T=cfg.moco.T, symmetric=cfg.moco.symmetric,
+            m = cfg.moco.m if cfg.moco.m_schedule == "constant" else cosine_momentum(cfg.moco.m, p.step / p.total_steps)
+            loss = moco_step(model, self.optimizer, x_q, x_k, m=m, T=cfg.moco.T, symmetric=cfg.moco.symmetric,
                              autocast=self._autocast(), generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0,
                              net=self.net)
             if cfg.run.skip_nonfinite and not math.isfinite(loss.item()):  # moco_step changed nothing

@@ -16,7 +16,7 @@ def moco_step(model: MoCo, optimizer, x_q, x_k, *, m: float, T: float, symmetric
     net: `model` wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks).
     skip_nonfinite: a NaN/Inf loss on any rank changes nothing (costs one host sync a step)."""
     if skip_nonfinite:  # BN running statistics, restored if the step is skipped
-        bn = [b for enc in (model.encoder_q, model.encoder_k) for b in enc.buffers()]
+        bn = [b for enc in (model.encoder_q, model.encoder_k, model.predictor) if enc is not None for b in enc.buffers()]
         saved = [b.clone() for b in bn]
     with autocast if autocast is not None else torch.autocast("cpu", enabled=False):
         loss, k = (net or model)(x_q, x_k, T=T, symmetric=symmetric, generator=generator)  # k: N x C

@@ -15,6 +15,7 @@ from torchvision.models import resnet as tvr
 from .splitbn import SplitBatchNorm
 
 ARCHS = {
+    "resnet10": (tvr.BasicBlock, [1, 1, 1, 1]),  # torchvision's ResNet class with one block per stage
     "resnet18": (tvr.BasicBlock, [2, 2, 2, 2]),
     "resnet34": (tvr.BasicBlock, [3, 4, 6, 3]),
     "resnet50": (tvr.Bottleneck, [3, 4, 6, 3]),
@@ -25,7 +26,8 @@ class WideResNet(tvr.ResNet):
     """torchvision's ResNet with `width` channels in the first stage and an optional CIFAR stem
     (3x3 stride-1 conv, no max-pool). It reuses torchvision's `_make_layer` and `forward`."""
 
-    def __init__(self, block, layers, width: int = 64, cifar_stem: bool = False, norm_layer=None):
+    def __init__(self, block, layers, width: int = 64, cifar_stem: bool = False, norm_layer=None,
+                 zero_init_residual: bool = False):
         nn.Module.__init__(self)
         self._norm_layer = norm_layer or nn.BatchNorm2d
         self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
@@ -49,6 +51,12 @@ class WideResNet(tvr.ResNet):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        if zero_init_residual:  # each block starts as the identity (torchvision's option)
+            for m in self.modules():
+                if isinstance(m, tvr.Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+                elif isinstance(m, tvr.BasicBlock):
+                    nn.init.zeros_(m.bn2.weight)
 
 
 def resolve_stem(stem: str, image_size: int) -> str:
@@ -57,19 +65,21 @@ def resolve_stem(stem: str, image_size: int) -> str:
     return stem
 
 
-def build_backbone(arch: str, width: int = 64, stem: str = "imagenet", bn_splits: int = 1):
+def build_backbone(arch: str, width: int = 64, stem: str = "imagenet", bn_splits: int = 1,
+                   zero_init_residual: bool = False):
     """Returns (backbone, feature_dim). `stem` is cifar or imagenet (see resolve_stem)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHS)}")
     block, layers = ARCHS[arch]
     norm = partial(SplitBatchNorm, splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d
-    model = WideResNet(block, layers, width=width, cifar_stem=(stem == "cifar"), norm_layer=norm)
+    model = WideResNet(block, layers, width=width, cifar_stem=(stem == "cifar"), norm_layer=norm,
+                       zero_init_residual=zero_init_residual)
     return model, width * 8 * block.expansion
 
 
 def torchvision_model(arch: str, width: int = 64, stem: str = "imagenet") -> nn.Module:
     """The torchvision model that an exported backbone loads into with strict=True."""
-    if width == 64:
+    if width == 64 and hasattr(tvr, arch):
         model = getattr(tvr, arch)()
         if stem == "cifar":
             model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

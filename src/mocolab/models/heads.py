@@ -1,5 +1,5 @@
 """Projection heads: linear (MoCo v1), a 2-layer MLP (MoCo v2), and the MLP with batch norm
-after the hidden layer (`mlp_bn`, as in SimCLR and MoCo v3 projectors)."""
+after the hidden layer (`mlp_bn`, as in SimCLR and MoCo v3 projectors); MoCo v3's predictor."""
 
 from __future__ import annotations
 
@@ -17,3 +17,9 @@ def build_head(kind: str, in_dim: int, out_dim: int = 128, hidden_dim: int = 204
         return nn.Sequential(nn.Linear(in_dim, hidden_dim, bias=False), SplitBatchNorm1d(hidden_dim, bn_splits),
                              nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
     raise ValueError(f"unknown head '{kind}'; choose linear, mlp or mlp_bn")
+
+
+def build_predictor(dim: int, hidden_dim: int, bn_splits: int = 1) -> nn.Module:
+    """MoCo v3's predictor (query side only): dim -> hidden (BN, ReLU) -> dim."""
+    return nn.Sequential(nn.Linear(dim, hidden_dim, bias=False), SplitBatchNorm1d(hidden_dim, bn_splits),
+                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, dim))

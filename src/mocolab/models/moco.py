@@ -18,7 +18,7 @@ from ..distributed import batch_shuffle, batch_unshuffle
 from ..losses import info_nce
 from ..queue import KeyQueue
 from .backbones import build_backbone, resolve_stem
-from .heads import build_head
+from .heads import build_head, build_predictor
 
 
 class Encoder(nn.Module):
@@ -28,8 +28,9 @@ class Encoder(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.backbone(x)).float(), dim=1)
+    def forward(self, x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        z = self.head(self.backbone(x))
+        return F.normalize(z.float(), dim=1) if normalize else z
 
 
 class MoCo(nn.Module):
@@ -37,7 +38,7 @@ class MoCo(nn.Module):
         super().__init__()
         mc = cfg.model
         self.stem = resolve_stem(mc.stem, cfg.data.image_size)
-        backbone, feat_dim = build_backbone(mc.arch, mc.width, self.stem, mc.bn_splits)
+        backbone, feat_dim = build_backbone(mc.arch, mc.width, self.stem, mc.bn_splits, mc.zero_init_residual)
         self.feature_dim = feat_dim
         self.encoder_q = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim, mc.bn_splits))
         if mc.sync_bn:  # BN statistics over the global batch (torch's SyncBatchNorm, GPUs only)
@@ -45,11 +46,21 @@ class MoCo(nn.Module):
         self.encoder_k = copy.deepcopy(self.encoder_q)  # f_k starts as a copy of f_q
         for p in self.encoder_k.parameters():
             p.requires_grad_(False)  # f_k is updated by momentum only
+        # MoCo v3's predictor on the query side only (f_k has none: it is f_q's EMA without it)
+        self.predictor = build_predictor(mc.dim, mc.predictor_dim, mc.bn_splits) if mc.predictor_dim else None
+        if mc.sync_bn and self.predictor is not None:
+            self.predictor = nn.SyncBatchNorm.convert_sync_batchnorm(self.predictor)
         self.queue = KeyQueue(cfg.moco.queue_size, mc.dim)
         self.shuffle_bn = cfg.moco.shuffle_bn
 
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What SGD updates: f_q and the predictor."""
+        return [*self.encoder_q.parameters(), *(self.predictor.parameters() if self.predictor is not None else ())]
+
     def encode_query(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder_q(x)  # N x C
+        if self.predictor is None:
+            return self.encoder_q(x)  # N x C
+        return F.normalize(self.predictor(self.encoder_q(x, normalize=False)).float(), dim=1)  # N x C
 
     @torch.no_grad()
     def encode_key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
