@@ -33,8 +33,8 @@ from .data import (
     ignore_signals,
 )
 from .models.moco import MoCo
-from .schedules import StepBudget, lr_at, scaled_lr
 from .momentum import cosine_momentum
+from .schedules import StepBudget, lr_at, scaled_lr
 from .shards import ShardStream
 from .step import moco_step
 
