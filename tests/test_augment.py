@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from mocolab.augment import BatchAugment, _adjust_hue, _gaussian_blur, crop_resize, preset, sample_crop_boxes
+from mocolab.augment import BatchAugment, _adjust_hue, _gaussian_blur, crop_resize, jitter_params, preset, sample_crop_boxes
 
 
 def test_crop_area_and_ratio_match_torchvision():
@@ -43,6 +43,40 @@ def test_hue_matches_torchvision():
     ours = _adjust_hue(x, h)
     ref = torch.stack([TF.adjust_hue(x[i], float(h[i])) for i in range(6)])
     torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_jitter_applies_torchvision_ops_per_image_in_the_drawn_order(masked):
+    """Each image gets torchvision's adjust_brightness/contrast/saturation/hue with its own
+    factors, in its own order (or nothing when not applied)."""
+    torch.manual_seed(0)
+    B = 48
+    x = torch.rand(B, 3, 8, 8)
+    fac, order = jitter_params(B, (0.4, 0.4, 0.4, 0.1), torch.Generator().manual_seed(1))
+    fac[:4, :3] = torch.tensor([1.4, 0.6, 1.4])  # large factors: values clamp, so the order matters
+    apply = torch.rand(B) < 0.8
+    aug = BatchAugment(preset("v2", 8), [0.0] * 3, [1.0] * 3)
+    aug.masked = masked
+    ours = aug.jitter_with(x.clone(), apply, fac, order)
+    ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
+    for i in range(B):
+        ref = x[i]
+        if apply[i]:
+            for op in order[i].tolist():
+                ref = ops[op](ref, float(fac[i, op]))
+        torch.testing.assert_close(ours[i], ref, atol=1e-4, rtol=1e-4)
+    assert order.sort(1).values.eq(torch.arange(4)).all()  # a permutation per image
+    assert len({tuple(o) for o in order.tolist()}) > 10  # and not one shared order
+
+
+def test_two_views_are_one_call_on_the_doubled_batch():
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    aug = BatchAugment(preset("v2", 32), [0.5] * 3, [0.25] * 3, channels_last=True)
+    q, k = aug.two_views(x, torch.Generator().manual_seed(0))
+    both = aug(torch.cat([x, x]), torch.Generator().manual_seed(0))
+    assert torch.equal(q, both[:8]) and torch.equal(k, both[8:])
+    assert q.is_contiguous(memory_format=torch.channels_last) and k.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(q, k)  # each image's two views draw their own parameters
 
 
 def test_blur_matches_torchvision_for_each_sigma():

@@ -265,13 +265,13 @@ class Trainer:
                 x, _ = next(stream)
                 if it >= start:
                     x = x.to(dev, non_blocking=True)
-                    yield self.aug(x, self.gen), self.aug(x, self.gen)
+                    yield self.aug.two_views(x, self.gen)
             return
         mine = [order[it * B + r * b:it * B + (r + 1) * b] for it in range(start, self.steps_per_epoch)]
         if self.cfg.data.backend == "tensor":
             for idx in mine:
                 x = self.train.images[idx.to(self.train.images.device)].to(dev, non_blocking=True)  # b x 3 x H x W uint8
-                yield self.aug(x, self.gen), self.aug(x, self.gen)
+                yield self.aug.two_views(x, self.gen)
             return
         # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
         seed = self.cfg.run.seed * 1_000_003 + epoch
