@@ -21,9 +21,10 @@ def _trainer(cfg, tmp_path, init_seed=0):
 
 
 
-@pytest.mark.parametrize("m_schedule", ["constant", "cosine"])
-def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, m_schedule):
-    cfg = tiny_config(**{"run.epochs": 3, "moco.m_schedule": m_schedule})
+@pytest.mark.parametrize("over", [{"moco.m_schedule": "constant"}, {"moco.m_schedule": "cosine"},
+                                  {"data.small_crops": 2, "data.small_crop_size": 8}])  # multi-crop too
+def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
+    cfg = tiny_config(**{"run.epochs": 3, **over})
     (tmp_path / "a").mkdir()
     a = _trainer(cfg, tmp_path / "a")
     a.progress.total_steps = 7  # stop mid-epoch (6 steps an epoch)
@@ -31,7 +32,7 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, m_schedule):
     path = a.save("mid.pth")
     state = safe_load(path)
 
-    b = _trainer(tiny_config(**{"run.epochs": 3, "moco.m_schedule": m_schedule}), None, init_seed=99)  # different weights and queue
+    b = _trainer(tiny_config(**{"run.epochs": 3, **over}), None, init_seed=99)  # different weights and queue
     assert not torch.equal(b.model.queue.keys, a.model.queue.keys)
     b.load_state_dict(state)
     for t in (a, b):
@@ -44,6 +45,9 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, m_schedule):
     for field in ("epoch", "it", "step", "total_steps", "images"):
         assert getattr(a.progress, field) == getattr(b.progress, field)
     assert torch.equal(a.gen.get_state(), b.gen.get_state())
+    if "data.small_crops" in over:  # the small views: 2 per image, at their own size
+        x_q, x_k, x_small = a._augment(a.train.images[:8])
+        assert x_q.shape == (8, 3, 16, 16) and x_small.shape == (16, 3, 8, 8)
 
 
 def test_atomic_save_survives_a_crash_before_rename(tmp_path, monkeypatch):

@@ -35,6 +35,8 @@ def test_overrides_dotted_and_short():
     ("optim.batch_size=102", "divisible by model.bn_splits"),
     ("data.crop_scale=[0.5,0.2]", "data.crop_scale must be [] or [min, max]"),
     ("data.crop_scale=[0.5]", "data.crop_scale must be [] or [min, max]"),
+    ("data.small_crops=-1", "data.small_crops must be >= 0"),
+    ("data.small_crop_scale=[0.5,0.1]", "data.small_crop_scale must be [min, max]"),
 ])
 def test_bad_overrides_give_clear_errors(override, message):
     with pytest.raises(ConfigError, match=None) as e:
@@ -64,3 +66,9 @@ def test_apply_overrides_keeps_types():
     cfg = apply_overrides(build_config("cifar10_cpu"), ["run.budget_minutes=2", "data.mean=0.1,0.2,0.3"])
     assert cfg.run.budget_minutes == 2.0 and isinstance(cfg.run.budget_minutes, float)
     assert cfg.data.mean == [0.1, 0.2, 0.3]
+
+
+@pytest.mark.parametrize("extra", ["data.backend=pil", "moco.symmetric=true"])
+def test_multi_crop_needs_the_tensor_backend_and_one_query_view(extra):
+    with pytest.raises(ConfigError, match="data.small_crops needs data.backend=tensor and moco.symmetric=false"):
+        build_config("cifar10_cpu", ["data.small_crops=2", extra])

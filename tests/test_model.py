@@ -149,6 +149,32 @@ def test_predictor_is_trained_on_the_query_side_only():
     torch.testing.assert_close(model.queue.keys[:8], k)
 
 
+def test_multi_crop_small_views_are_extra_queries_for_the_same_key():
+    """loss = mean over all query crops of InfoNCE against the image's key (SwAV's multi-crop)."""
+    from mocolab.losses import info_nce
+    cfg = tiny_config()
+    model = MoCo(cfg)
+    model.train()
+    torch.manual_seed(0)
+    x_q, x_k, x_s = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), torch.randn(16, 3, 8, 8)  # 2 small per image
+    loss, k = model(x_q, x_k, T=0.2, generator=torch.Generator().manual_seed(0), x_small=x_s)
+    with torch.no_grad():
+        q, q_s = model.encode_query(x_q), model.encode_query(x_s)
+        k_ref = model.encode_key(x_k, torch.Generator().manual_seed(0))
+    neg = model.queue.keys
+    ref = (info_nce(q, k_ref, neg, 0.2) + 2 * info_nce(q_s, torch.cat([k_ref, k_ref]), neg, 0.2)) / 3
+    torch.testing.assert_close(k, k_ref)
+    torch.testing.assert_close(loss.detach(), ref)
+    # small crop j of image i (row 8 j + i) is a query for key i only: matching it to another
+    # image's key changes the loss
+    wrong = (info_nce(q, k_ref, neg, 0.2) + 2 * info_nce(q_s, torch.cat([k_ref, k_ref.roll(1, 0)]), neg, 0.2)) / 3
+    assert not torch.allclose(wrong, ref)
+    # the small views' gradient reaches f_q
+    model.zero_grad()
+    loss.backward()
+    assert all(p.grad is not None for p in model.encoder_q.parameters())
+
+
 def test_zero_init_residual_blocks_start_as_identity():
     from torchvision.models.resnet import BasicBlock
 

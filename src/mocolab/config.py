@@ -51,6 +51,9 @@ class DataConfig:
     crop_size: int = 0  # side of the training views if smaller than image_size (0 = image_size)
     augment: str = "v2"  # v1 | v2 (aug+) | cifar (the official CIFAR demo's) | none
     crop_scale: list[float] = field(default_factory=list)  # [min, max] crop area, instead of the preset's ([] = preset)
+    small_crops: int = 0  # multi-crop (SwAV): extra small query views per image, each matched to the key (0 = off)
+    small_crop_size: int = 16  # their side in px
+    small_crop_scale: list[float] = field(default_factory=lambda: [0.1, 0.5])  # their crop area range
     backend: str = "tensor"  # tensor (batched, on the model's device) | pil (torchvision per image)
     cache: bool = True  # decode once into an in-memory uint8 tensor (needed by the tensor backend)
     cache_dir: str = ""  # where decoded caches are kept ("" = ~/.cache/mocolab)
@@ -129,6 +132,12 @@ class Config:
                                           <= self.data.crop_scale[1] <= 1),
              "data.crop_scale must be [] or [min, max] with 0 < min <= max <= 1"),
             (len(self.data.mean) == 3 and len(self.data.std) == 3, "data.mean and data.std need 3 values"),
+            (self.data.small_crops >= 0 and self.data.small_crop_size >= 8,
+             "data.small_crops must be >= 0 and data.small_crop_size >= 8"),
+            (len(self.data.small_crop_scale) == 2 and 0 < self.data.small_crop_scale[0] <= self.data.small_crop_scale[1] <= 1,
+             "data.small_crop_scale must be [min, max] with 0 < min <= max <= 1"),
+            (not self.data.small_crops or (self.data.backend == "tensor" and not self.moco.symmetric),
+             "data.small_crops needs data.backend=tensor and moco.symmetric=false"),
             (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
             (self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),
              f"moco.queue_size (K={self.moco.queue_size}) is smaller than the keys enqueued per step "

@@ -128,6 +128,9 @@ class Trainer:
         self.net = model  # what the step calls: DistributedDataParallel(model) under torchrun (see fit)
         spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size, cfg.data.crop_scale)
         self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last)
+        d = cfg.data  # multi-crop's small views: the same augmentation at their size and scale
+        self.aug_small = BatchAugment(preset(d.augment, d.small_crop_size, d.small_crop_scale), d.mean, d.std,
+                                      cfg.run.channels_last) if d.small_crops else None
         self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
@@ -265,13 +268,13 @@ class Trainer:
                 x, _ = next(stream)
                 if it >= start:
                     x = x.to(dev, non_blocking=True)
-                    yield self.aug.two_views(x, self.gen)
+                    yield self._augment(x)
             return
         mine = [order[it * B + r * b:it * B + (r + 1) * b] for it in range(start, self.steps_per_epoch)]
         if self.cfg.data.backend == "tensor":
             for idx in mine:
                 x = self.train.images[idx.to(self.train.images.device)].to(dev, non_blocking=True)  # b x 3 x H x W uint8
-                yield self.aug.two_views(x, self.gen)
+                yield self._augment(x)
             return
         # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
         seed = self.cfg.run.seed * 1_000_003 + epoch
@@ -291,6 +294,14 @@ class Trainer:
                 x_q, x_k = x_q[fill], x_k[fill]
             yield (x_q.to(dev, non_blocking=True, memory_format=fmt), x_k.to(dev, non_blocking=True, memory_format=fmt))
 
+    def _augment(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """uint8 b x 3 x H x W -> (x_q, x_k), plus x_small ((n b) x 3 x s x s, crop j of image i
+        at row j b + i) with multi-crop."""
+        views = self.aug.two_views(x, self.gen)
+        if self.aug_small is None:
+            return views
+        return (*views, self.aug_small(x.repeat(self.cfg.data.small_crops, 1, 1, 1), self.gen))
+
     def train_one_epoch(self, bar) -> None:
         cfg, p, model = self.cfg, self.progress, self.model
         order = epoch_order(len(self.train), cfg.run.seed, p.epoch)
@@ -305,14 +316,14 @@ class Trainer:
             if batch is None:  # the loader ran short (unreadable images were skipped)
                 p.it = self.steps_per_epoch
                 break
-            x_q, x_k = batch
+            x_q, x_k, *x_small = batch  # x_small: [multi-crop's small views] or []
             lr = lr_at(p.step, p.total_steps, self.base_lr, cfg.optim.schedule, cfg.optim.milestones, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             m = cfg.moco.m if cfg.moco.m_schedule == "constant" else cosine_momentum(cfg.moco.m, p.step / p.total_steps)
             loss = moco_step(model, self.optimizer, x_q, x_k, m=m, T=cfg.moco.T, symmetric=cfg.moco.symmetric,
                              autocast=self._autocast(), generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0,
-                             net=self.net)
+                             net=self.net, x_small=x_small[0] if x_small else None)
             if cfg.run.skip_nonfinite and not math.isfinite(loss.item()):  # moco_step changed nothing
                 self.skipped += 1
                 warnings.warn(f"skipped step {p.step + 1} (epoch {p.epoch}): loss {loss.item()} "

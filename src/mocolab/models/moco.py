@@ -72,13 +72,20 @@ class MoCo(nn.Module):
         return batch_unshuffle(self.encoder_k(x_shuffled), idx_unshuffle)
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, T: float, symmetric: bool = False,
-                generator: torch.Generator | None = None):
-        """Returns (loss, keys to enqueue). x_q, x_k: two augmented views, N x 3 x H x W."""
+                generator: torch.Generator | None = None, x_small: torch.Tensor | None = None):
+        """Returns (loss, keys to enqueue). x_q, x_k: two augmented views, N x 3 x H x W.
+        x_small: multi-crop's extra query views, (n N) x 3 x h x w, crop j of image i at row
+        j N + i; each is one more query for its image's key (the loss is the mean over all)."""
         negatives = self.queue.keys.detach()  # K x C, the keys of earlier batches
         if not symmetric:
             q = self.encode_query(x_q)  # N x C
             k = self.encode_key(x_k, generator)  # N x C, no gradient
-            return info_nce(q, k, negatives, T), k
+            loss = info_nce(q, k, negatives, T)
+            if x_small is not None:
+                n = x_small.shape[0] // x_q.shape[0]
+                q_small = self.encode_query(x_small)  # nN x C
+                loss = (loss + n * info_nce(q_small, k.repeat(n, 1), negatives, T)) / (1 + n)
+            return loss, k
         # symmetric (official CIFAR demo): each view is a query for the other's key
         q1, q2 = self.encode_query(x_q), self.encode_query(x_k)
         k1, k2 = self.encode_key(x_q, generator), self.encode_key(x_k, generator)
