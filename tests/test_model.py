@@ -212,3 +212,19 @@ def test_compiled_encoders_train_like_eager():
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
     for a, b in zip(eager.state_dict().values(), compiled.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("over,compiled", [
+    ({"run.compile": "true"}, True),
+    ({"run.compile": "true", "run.compile_min_minutes": 5, "run.budget_minutes": 10}, True),
+    ({"run.compile": "true", "run.compile_min_minutes": 5, "run.budget_minutes": 3}, False),
+    ({"run.compile": "true", "run.compile_min_minutes": 5}, False),  # an epoch run
+    ({"run.compile": "false", "run.budget_minutes": 10}, False),
+])
+def test_compile_only_for_runs_long_enough(over, compiled):
+    """cifar10_cpu compiles its 10-minute runs (a cold compile takes ~1 minute here) and keeps
+    short and epoch runs eager."""
+    from mocolab.pretrain import build_model
+    model = build_model(tiny_config(**over), torch.device("cpu"))
+    assert (model.encoder_q._compiled_call_impl is not None) == compiled
+    assert (model.encoder_k._compiled_call_impl is not None) == compiled

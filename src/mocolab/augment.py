@@ -201,7 +201,7 @@ class BatchAugment:
     def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The query and key views of a batch (B each), from one call on the 2B images: every op
         runs once on twice the images instead of twice, and at CIFAR size the per-op overhead
-        is most of the cost (benchmarks/augment.py: 1.7x faster at batch 128)."""
+        is much of the cost (benchmarks/augment.py: 1.26x faster at batch 128)."""
         v = self(torch.cat([images, images]), g)  # 2B x 3 x S x S: views of image i at i and B + i
         return v[:images.shape[0]], v[images.shape[0]:]
 

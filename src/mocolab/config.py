@@ -85,7 +85,8 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA and on CPUs with fast bf16, AMX / AVX-512-BF16)
     channels_last: bool = True
-    compile: bool = False  # torch.compile both encoders (~1.5-2 min cold on this CPU; benchmarks/RESULTS.md)
+    compile: bool = False  # torch.compile both encoders (~1 min cold on this CPU, seconds warm; benchmarks/RESULTS.md)
+    compile_min_minutes: float = 0.0  # with compile: only under a time budget of at least this many minutes (0 = always)
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines
     knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)
@@ -151,6 +152,7 @@ class Config:
             (self.optim.schedule in ("step", "cosine"), "optim.schedule must be step or cosine"),
             (self.run.epochs >= 1 or self.run.budget_minutes > 0, "run.epochs must be >= 1"),
             (self.run.amp in ("auto", "bf16", "off"), "run.amp must be auto, bf16 or off"),
+            (self.run.compile_min_minutes >= 0, "run.compile_min_minutes must be >= 0"),
             (self.run.knn_features in ("backbone", "head"), "run.knn_features must be backbone or head"),
         ]
         for ok, message in checks:

@@ -91,10 +91,20 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
     model = MoCo(cfg).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.run.compile:  # in place: parameters, state_dict keys and checkpoints stay as they are
+    if compiles(cfg):  # in place: parameters, state_dict keys and checkpoints stay as they are
         model.encoder_q.compile()
         model.encoder_k.compile()
     return model
+
+
+def compiles(cfg: Config) -> bool:
+    """run.compile, for runs long enough to win back a cold compile: with run.compile_min_minutes
+    > 0 only a time budget at least that long compiles (epoch runs and short budgets stay eager)."""
+    r = cfg.run
+    if r.compile and r.compile_min_minutes > 0 and r.budget_minutes < r.compile_min_minutes:
+        log.info("run.compile: off for this run (needs --budget-minutes >= run.compile_min_minutes=%g)", r.compile_min_minutes)
+        return False
+    return r.compile
 
 
 def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[Config | None, dict | None]:
