@@ -228,3 +228,11 @@ def test_compile_only_for_runs_long_enough(over, compiled):
     model = build_model(tiny_config(**over), torch.device("cpu"))
     assert (model.encoder_q._compiled_call_impl is not None) == compiled
     assert (model.encoder_k._compiled_call_impl is not None) == compiled
+
+
+def test_compile_without_a_cxx_compiler_trains_eagerly(monkeypatch):
+    """torch.compile's CPU backend needs a C++ compiler: a machine without one trains eagerly."""
+    import mocolab.pretrain
+    monkeypatch.setattr(mocolab.pretrain.shutil, "which", lambda name: None)
+    model = mocolab.pretrain.build_model(tiny_config(**{"run.compile": "true"}), torch.device("cpu"))
+    assert model.encoder_q._compiled_call_impl is None and model.encoder_k._compiled_call_impl is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -103,6 +104,9 @@ def compiles(cfg: Config) -> bool:
     r = cfg.run
     if r.compile and r.compile_min_minutes > 0 and r.budget_minutes < r.compile_min_minutes:
         log.info("run.compile: off for this run (needs --budget-minutes >= run.compile_min_minutes=%g)", r.compile_min_minutes)
+        return False
+    if r.compile and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
+        log.warning("run.compile: no C++ compiler found (torch.compile's inductor needs one); training eagerly")
         return False
     return r.compile
 
