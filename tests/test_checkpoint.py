@@ -46,7 +46,7 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
         assert getattr(a.progress, field) == getattr(b.progress, field)
     assert torch.equal(a.gen.get_state(), b.gen.get_state())
     if "data.small_crops" in over:  # the small views: 2 per image, at their own size
-        x_q, x_k, x_small = a._augment(a.train.images[:8])
+        x_q, _, x_small = a._augment(a.train.images[:8])
         assert x_q.shape == (8, 3, 16, 16) and x_small.shape == (16, 3, 8, 8)
 
 
