@@ -7,6 +7,8 @@ training step of the `cifar10_cpu` preset spends on its two views (batch 256, 32
   hue mocolab      mocolab's closed-form HSV -> RGB
   views 2 calls    BatchAugment called once per view (before two_views)
   views mocolab    BatchAugment.two_views: both views of the batch in one call (the step's data work)
+  views compiled   the same with compile=True (run.compile): every op on every image, fused by
+                   torch.compile (compiled in the warm-up)
   views pil        torchvision's PIL pipeline on the same images, one process, for scale
 
   python benchmarks/augment.py --data ../shared/data/cifar10 [--preset cifar10_cpu] [--rounds 7]
@@ -48,6 +50,7 @@ def main(argv=None) -> dict:
     rois = torch.cat([torch.arange(B, dtype=torch.float32)[:, None], boxes], 1)
     shifts = torch.rand(B, generator=torch.Generator().manual_seed(1)) - 0.5
     aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last)
+    aug_c = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last, compile=True)
     gen = torch.Generator().manual_seed(2)
     pil = pil_transform(spec, cfg.data.mean, cfg.data.std)
     pil_images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[:32]]
@@ -59,6 +62,7 @@ def main(argv=None) -> dict:
         "hue mocolab": lambda: _adjust_hue(x, shifts),
         "views 2 calls": lambda: (aug(images, gen), aug(images, gen)),
         "views mocolab": lambda: aug.two_views(images, gen),
+        "views compiled": lambda: aug_c.two_views(images, gen),
         "views pil": lambda: [(pil(im), pil(im)) for im in pil_images],  # 32 images, scaled to B below
     }
     scale = {"views pil": B / len(pil_images)}
@@ -80,10 +84,11 @@ def main(argv=None) -> dict:
               "hue_table_over_mocolab": ms["hue table"] / ms["hue mocolab"],
               "views_img_s": 2 * B / (ms["views mocolab"] / 1000),
               "two_calls_over_one": ms["views 2 calls"] / ms["views mocolab"],
+              "eager_over_compiled": ms["views mocolab"] / ms["views compiled"],
               "views_pil_over_mocolab": ms["views pil"] / ms["views mocolab"]}
     print(f"crop: roi_align / grid = {result['crop_roi_align_over_grid']:.2f}; hue: table / mocolab = "
           f"{result['hue_table_over_mocolab']:.2f}; two views: {result['views_img_s']:.0f} views/s, "
-          f"two calls / one call = {result['two_calls_over_one']:.2f}, "
+          f"two calls / one call = {result['two_calls_over_one']:.2f}, eager / compiled = {result['eager_over_compiled']:.2f}, "
           f"pil / mocolab = {result['views_pil_over_mocolab']:.1f}")
     return result
 

@@ -8,7 +8,8 @@
 # since the GPU machine does not see ../shared:
 #   python benchmarks/pack_data.py pack ../shared/data/cifar10 .devdata/cifar10.pack
 # --dry-run does the same on the CPU with tiny sizes (checks the script, not the GPU).
-# --compile adds throughput rows with run.compile=true and pretrains with it (torch.compile:
+# --compile adds throughput rows with run.compile=true (encoders and augmentation compiled, and
+# the encoders only) and pretrains with it (torch.compile:
 # compiling takes a minute or more, counted in the pretraining's time).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,7 +20,7 @@ while [ $# -gt 0 ]; do
     --data) DATA="$2"; shift 2 ;;
     --minutes) MINUTES="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    --compile) ROWS=(--rows limit,compiled,mocolab,mocolab_compiled,pil); COMPILE=true; shift ;;
+    --compile) ROWS=(--rows limit,compiled,mocolab,mocolab_compiled,compiled_eager_aug,pil); COMPILE=true; shift ;;
     *) echo "usage: $0 --out DIR [--data PACK|DIR] [--minutes M] [--dry-run] [--compile]" >&2; exit 2 ;;
   esac
 done

@@ -8,7 +8,8 @@ Rows:
                (only when `lightly` is installed: pip install -e '.[bench]')
   compiled     (a) with run.compile=true (torch.compile of both encoders; only when asked for in
                --rows: compiling takes minutes, done in the warm-up, whose time is printed)
-  mocolab_compiled  (b) with run.compile=true (likewise only when asked for)
+  mocolab_compiled  (b) with run.compile=true: encoders and augmentation compiled (likewise)
+  compiled_eager_aug  mocolab_compiled with the augmentation left eager (likewise)
 
 Each round times every row for --steps steps, in turn; the figure per row is the median over
 rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d)
@@ -36,6 +37,9 @@ from mocolab.data import TensorData, load_splits  # noqa: E402
 from mocolab.engine import Trainer, epoch_order  # noqa: E402
 from mocolab.pretrain import build_model, resolve_amp, resolve_device  # noqa: E402
 from mocolab.step import moco_step  # noqa: E402
+
+
+COMPILE = ["run.compile=true", "run.compile_min_minutes=0"]  # compile here whatever the preset's threshold
 
 
 def sync(device):
@@ -158,7 +162,7 @@ def main(argv=None) -> dict:
         step_a = step_fn(tr_a)
         rows["limit"] = lambda: step_a(*fixed)
     if "compiled" in wanted:
-        tr_e = make_trainer(build_config(args.preset, over + ["run.compile=true"]), data, device, dtype)
+        tr_e = make_trainer(build_config(args.preset, over + COMPILE), data, device, dtype)
         fixed_e = next(endless_views(tr_e))
         step_e = step_fn(tr_e)
         rows["compiled"] = lambda: step_e(*fixed_e)
@@ -167,9 +171,14 @@ def main(argv=None) -> dict:
         views_b, step_b = endless_views(tr_b), step_fn(tr_b)
         rows["mocolab"] = lambda: step_b(*next(views_b))
     if "mocolab_compiled" in wanted:
-        tr_f = make_trainer(build_config(args.preset, over + ["run.compile=true"]), data, device, dtype)
+        tr_f = make_trainer(build_config(args.preset, over + COMPILE), data, device, dtype)
         views_f, step_f = endless_views(tr_f), step_fn(tr_f)
         rows["mocolab_compiled"] = lambda: step_f(*next(views_f))
+    if "compiled_eager_aug" in wanted:
+        tr_g = make_trainer(build_config(args.preset, over + COMPILE), data, device, dtype)
+        tr_g.aug.compile = False  # the encoders compiled, the augmentation eager
+        views_g, step_g = endless_views(tr_g), step_fn(tr_g)
+        rows["compiled_eager_aug"] = lambda: step_g(*next(views_g))
     if "pil" in wanted:
         cfg_c = build_config(args.preset, over + ["data.backend=pil"])
         tr_c = make_trainer(cfg_c, data, device, dtype)
@@ -207,21 +216,25 @@ def main(argv=None) -> dict:
         peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20
     print(f"\n{cfg.model.arch} width {cfg.model.width}, batch {B}, {cfg.data.image_size} px, device {device}, "
           f"amp {dtype}, bn_splits {cfg.model.bn_splits}, K {cfg.moco.queue_size}, torch {torch.__version__}")
-    print(f"{'row':10s} {'img/s':>9s}   rounds")
+    print(f"{'row':18s} {'img/s':>9s}   rounds")
     for k, v in ips.items():
-        print(f"{k:10s} {v:9.0f}   " + " ".join(f"{x:.0f}" for x in times[k]))
+        print(f"{k:18s} {v:9.0f}   " + " ".join(f"{x:.0f}" for x in times[k]))
     result = {"limit_img_s": ips.get("limit"), "mocolab_img_s": ips.get("mocolab"), "pil_img_s": ips.get("pil"),
               "peer_img_s": ips.get("peer"), "compiled_img_s": ips.get("compiled"), "peak_rss_mb": peak,
               "mocolab_compiled_img_s": ips.get("mocolab_compiled"), "warmup_s": warmup_s,
+              "compiled_eager_aug_img_s": ips.get("compiled_eager_aug"),
               "device": str(device), "arch": cfg.model.arch,
               "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
     for key, num, den, label in [("mocolab_over_limit", "mocolab", "limit", "(b)/(a) mocolab / limit"),
                                  ("compiled_over_limit", "compiled", "limit", "compiled / limit"),
                                  ("mocolab_over_peer", "mocolab", "peer", "(b)/(d) mocolab / peer"),
-                                 ("compiled_over_peer", "mocolab_compiled", "peer", "mocolab_compiled / peer")]:
+                                 ("compiled_over_peer", "mocolab_compiled", "peer", "mocolab_compiled / peer"),
+                                 ("compiled_e2e_over_limit", "mocolab_compiled", "compiled", "mocolab_compiled / compiled"),
+                                 ("aug_compile_gain", "mocolab_compiled", "compiled_eager_aug",
+                                  "mocolab_compiled / compiled_eager_aug")]:
         if num in ips and den in ips:
             result[key] = ips[num] / ips[den]
-            print(f"{label:23s} = {result[key]:.3f}")
+            print(f"{label:38s} = {result[key]:.3f}")
     print(f"peak RSS {peak:.0f} MB" + (f", peak GPU memory {peak_gpu:.0f} MB" if device.type == "cuda" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

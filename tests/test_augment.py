@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from mocolab.augment import BatchAugment, _adjust_hue, _gaussian_blur, crop_resize, jitter_params, preset, sample_crop_boxes
+from mocolab.augment import AugSpec, BatchAugment, _adjust_hue, _gaussian_blur, crop_resize, jitter_params, preset, sample_crop_boxes
 
 
 def test_crop_area_and_ratio_match_torchvision():
@@ -158,6 +158,44 @@ def test_masked_and_indexed_selection_agree():
         aug.masked = True
         b = aug(x, torch.Generator().manual_seed(5))
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", [preset("v1", 32),  # grayscale before jitter, hue 0.4
+                                  AugSpec(40, p_blur=0.5, p_solarize=0.5)])  # v3's ops: blur, solarize
+def test_compiled_augmentation_equals_the_eager_one(spec):
+    """compile=True (the training loop's form with run.compile): every op on every image, fused
+    by torch.compile, gives the subset form's views for the same draws, and the same draws."""
+    x = torch.randint(0, 256, (16, 3, 48, 48), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    eager = BatchAugment(spec, [0.5] * 3, [0.25] * 3)
+    compiled = BatchAugment(spec, [0.5] * 3, [0.25] * 3, channels_last=True, compile=True)
+    for seed in range(2):
+        g_e, g_c = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        a, b = eager.two_views(x, g_e), compiled.two_views(x, g_c)
+        torch.testing.assert_close(b[0], a[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b[1], a[1], atol=1e-5, rtol=1e-5)
+        assert torch.equal(g_e.get_state(), g_c.get_state())
+        assert b[0].is_contiguous(memory_format=torch.channels_last)
+    assert compiled._compiled is not None and eager._compiled is None
+
+
+def test_params_are_drawn_per_image_and_packed_in_columns():
+    """One B x 29 tensor holds every image's draws (one host-to-device copy on a GPU); applying
+    given parameters twice gives the same views, and the coin flips follow their probabilities."""
+    from mocolab.augment import _FLIP_ON, _GRAY_ON, _JITTER
+    aug = BatchAugment(preset("v2", 32), [0.5] * 3, [0.25] * 3)
+    P, fits = aug.params(4000, 32, 32, torch.Generator().manual_seed(0))
+    assert P.shape == (4000, 29) and P.dtype == torch.float32 and fits
+    assert abs(P[:, _GRAY_ON].mean() - 0.2) < 0.02 and abs(P[:, _FLIP_ON].mean() - 0.5) < 0.03
+    J = P[:, _JITTER].view(4000, 4, 5)  # per position: blend on, factor, op, hue on, shift
+    on = J[:, :, 0].bool() | J[:, :, 3].bool()
+    assert abs(on.any(1).float().mean() - 0.8) < 0.03 and (on.sum(1)[on.any(1)] == 4).all()  # all 4 ops or none
+    ops = torch.where(J[:, :, 3].bool(), 3.0, J[:, :, 2])[on.any(1)]
+    assert ops.sort(1).values.eq(torch.arange(4.0)).all()  # each op once, in a per-image order
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    P8, fits8 = aug.params(8, 32, 32, torch.Generator().manual_seed(1))
+    assert torch.equal(aug.apply(x, P8, fits8), aug.apply(x, P8, fits8))
+    assert torch.equal(aug.apply(x, P8, fits8), aug(x, torch.Generator().manual_seed(1)))
 
 
 @pytest.mark.parametrize("size", [32, 24, 40])

@@ -3,7 +3,9 @@ import torch
 from torch import nn
 
 from conftest import tiny_config
+from mocolab.data import TensorData
 from mocolab.distributed import batch_shuffle
+from mocolab.engine import Trainer
 from mocolab.models.backbones import build_backbone, infer_arch, torchvision_model
 from mocolab.models.moco import MoCo
 from mocolab.models.splitbn import SplitBatchNorm, reference_split_bn
@@ -228,6 +230,11 @@ def test_compile_only_for_runs_long_enough(over, compiled):
     model = build_model(tiny_config(**over), torch.device("cpu"))
     assert (model.encoder_q._compiled_call_impl is not None) == compiled
     assert (model.encoder_k._compiled_call_impl is not None) == compiled
+    assert model.compiled == compiled
+    # the training loop compiles its augmentation along with the encoders
+    data = TensorData(torch.zeros(16, 3, 16, 16, dtype=torch.uint8), torch.zeros(16, dtype=torch.long), [])
+    trainer = Trainer(tiny_config(**over), model, data, torch.device("cpu"), None, None)
+    assert trainer.aug.compile == compiled
 
 
 def test_compile_without_a_cxx_compiler_trains_eagerly(monkeypatch):
@@ -236,3 +243,4 @@ def test_compile_without_a_cxx_compiler_trains_eagerly(monkeypatch):
     monkeypatch.setattr(mocolab.pretrain.shutil, "which", lambda name: None)
     model = mocolab.pretrain.build_model(tiny_config(**{"run.compile": "true"}), torch.device("cpu"))
     assert model.encoder_q._compiled_call_impl is None and model.encoder_k._compiled_call_impl is None
+    assert not model.compiled

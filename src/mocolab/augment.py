@@ -132,71 +132,84 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None
     return y.view(B, C, H, W)
 
 
-def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, fits: bool | None = None) -> torch.Tensor:
     """x: B x C x H x W float, boxes: B x 4 (x0, y0, x1, y1) -> B x C x size x size, bilinear.
     roi_align with an adaptive sampling ratio averages ceil(box / size)^2 samples per output
-    pixel (antialiasing when a box is larger than the output). When no box is, that is one
-    bilinear sample at each bin centre, which grid_sample computes identically and 3x faster
-    on this 2-core CPU (5.2 vs 1.8 ms for 256 CIFAR images): the CIFAR case, every step."""
+    pixel (antialiasing when a box is larger than the output). When no box is (`fits`; None:
+    computed from the boxes), that is one bilinear sample at each bin centre, which grid_sample
+    computes identically and 3x faster on this 2-core CPU (5.2 vs 1.8 ms for 256 CIFAR
+    images): the CIFAR case, every step."""
     B, _, H, W = x.shape
+    boxes = boxes.to(x)
     x0, y0, x1, y1 = boxes.unbind(1)
-    if bool(((x1 - x0) <= size).all() and ((y1 - y0) <= size).all()):
-        theta = torch.zeros(B, 2, 3)  # output [-1, 1] -> the box, in align_corners=False coordinates
-        theta[:, 0, 0], theta[:, 0, 2] = (x1 - x0) / W, (x0 + x1) / W - 1
-        theta[:, 1, 1], theta[:, 1, 2] = (y1 - y0) / H, (y0 + y1) / H - 1
-        grid = F.affine_grid(theta.to(x.device), [B, x.shape[1], size, size], align_corners=False)
+    if fits is None:
+        fits = bool(((x1 - x0) <= size).all() and ((y1 - y0) <= size).all())
+    if fits:  # output [-1, 1] -> the box, in align_corners=False coordinates
+        zero = torch.zeros_like(x0)
+        theta = torch.stack([(x1 - x0) / W, zero, (x0 + x1) / W - 1, zero, (y1 - y0) / H, (y0 + y1) / H - 1], 1)
+        grid = F.affine_grid(theta.view(B, 2, 3), [B, x.shape[1], size, size], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    rois = torch.cat([torch.arange(B, dtype=torch.float32)[:, None], boxes], 1).to(x.device)
+    rois = torch.cat([torch.arange(B, dtype=x.dtype, device=x.device)[:, None], boxes], 1)
     return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
 
 
+# The per-image parameters of one call, packed as columns of one B x 29 float tensor (drawn
+# on the CPU from the run's generator, then one host-to-device copy)
+_BOX, _GRAY_ON = slice(0, 4), 4  # crop box x0, y0, x1, y1; grayscale
+_JITTER = slice(5, 25)  # 4 positions x (blend on, blend factor, blend op 0-2, hue on, hue shift)
+_BLUR_ON, _SIGMA, _SOLARIZE_ON, _FLIP_ON, _N_PARAMS = 25, 26, 27, 28, 29
+
+
+def _select_subset(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """fn on the images where mask (B) is set, computed for those only: the fast form on a CPU."""
+    idx = mask.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    sub = fn(x.index_select(0, idx), *[a.index_select(0, idx) for a in args])
+    return x.index_copy_(0, idx, sub)  # in place: x is this call's own working tensor
+
+
+def _select_dense(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    """fn on every image, kept where mask (B) is set: no data-dependent shapes, so no host-device
+    sync on an accelerator (the subset form needs one per op) and one graph for torch.compile."""
+    return torch.where(mask.bool().view(-1, 1, 1, 1), fn(x, *args), x)
+
+
+def _gray3(x: torch.Tensor) -> torch.Tensor:
+    return _gray(x).expand(-1, 3, -1, -1)
+
+
+def _solarize(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(x >= 0.5, 1.0 - x, x)
+
+
+def _flip(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(3)
+
+
 class BatchAugment:
-    """uint8 B x 3 x H x W (any device) -> normalised float B x 3 x S x S, per-image parameters."""
+    """uint8 B x 3 x H x W (any device) -> normalised float B x 3 x S x S, per-image parameters.
 
-    def __init__(self, spec: AugSpec, mean, std, channels_last: bool = False):
+    Each call draws the parameters on the CPU (`params`) and applies them (`apply`) in one of
+    two forms: on a CPU, each op on the subset of images that draws it; on an accelerator, or
+    with `compile=True`, each op on every image, kept with torch.where, so that the whole
+    augmentation is one graph without host syncs. torch.compile fuses that graph's ~150
+    elementwise ops into a few loops (benchmarks/augment.py: 2.1x faster than the subset form
+    on this CPU) and, on a GPU, into a few kernels instead of hundreds of launches."""
+
+    def __init__(self, spec: AugSpec, mean, std, channels_last: bool = False, compile: bool = False):
         self.spec = spec
-        self.mean = torch.tensor(mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(std).view(1, 3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.channels_last = channels_last
-        self.masked = None  # None: torch.where off the CPU, index subsets on it (tests force either)
-
-    def _where(self, mask: torch.Tensor, fn, x: torch.Tensor, *args) -> torch.Tensor:
-        """Applies fn to the images selected by mask (B, on the CPU). On the CPU only the selected
-        images are computed; on an accelerator every image is, then selected with torch.where,
-        since the index form would need a host-device sync (nonzero) for every op."""
-        if (self.masked if self.masked is not None else x.device.type != "cpu"):
-            dev_args = [a.to(x.device, non_blocking=True) for a in args]
-            return torch.where(mask.to(x.device, non_blocking=True).view(-1, 1, 1, 1), fn(x, *dev_args), x)
-        idx = mask.nonzero().squeeze(1)
-        if idx.numel() == 0:
-            return x
-        sub = fn(x.index_select(0, idx), *[a.to(x.device).index_select(0, idx) for a in args])
-        return x.index_copy_(0, idx, sub)  # in place: x is this call's own working tensor
+        self.compile = compile
+        self.masked = None  # None: dense off the CPU or when compiled, subsets otherwise (tests force either)
+        self._compiled = None
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        s, dev = self.spec, images.device
         B, _, H, W = images.shape
-        x = images.float().div_(255)
-        # random resized crop + resize
-        x = crop_resize(x, sample_crop_boxes(B, H, W, s.scale, s.ratio, g), s.size)
-        rand = torch.rand(B, 8, generator=g)  # per-image coin flips
-        if s.gray_first and s.p_gray > 0:
-            x = self._where(rand[:, 0] < s.p_gray, lambda y: _gray(y).expand(-1, 3, -1, -1), x)
-        if s.p_jitter > 0:
-            x = self._jitter(x, rand[:, 1] < s.p_jitter, g)
-        if not s.gray_first and s.p_gray > 0:
-            x = self._where(rand[:, 0] < s.p_gray, lambda y: _gray(y).expand(-1, 3, -1, -1), x)
-        if s.p_blur > 0:
-            sigma = torch.empty(B).uniform_(s.blur_sigma[0], s.blur_sigma[1], generator=g)
-            blur = lambda y, sg: _gaussian_blur(y, sg, s.blur_sigma[1])  # noqa: E731
-            x = self._where(rand[:, 2] < s.p_blur, blur, x, sigma)
-        if s.p_solarize > 0:
-            x = self._where(rand[:, 3] < s.p_solarize, lambda y: torch.where(y >= 0.5, 1.0 - y, y), x)
-        if s.p_flip > 0:
-            x = self._where(rand[:, 4] < s.p_flip, lambda y: y.flip(3), x)
-        x = (x - self.mean.to(dev)) / self.std.to(dev)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        return self.apply(images, *self.params(B, H, W, g))
 
     def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The query and key views of a batch (B each), from one call on the 2B images: every op
@@ -205,26 +218,78 @@ class BatchAugment:
         v = self(torch.cat([images, images]), g)  # 2B x 3 x S x S: views of image i at i and B + i
         return v[:images.shape[0]], v[images.shape[0]:]
 
-    def _jitter(self, x: torch.Tensor, apply: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """ColorJitter per image: factors and the order of the four ops drawn per image."""
-        return self.jitter_with(x, apply, *jitter_params(x.shape[0], self.spec.jitter, g))
+    def params(self, B: int, H: int, W: int, g: torch.Generator) -> tuple[torch.Tensor, bool]:
+        """Draws B images' parameters, as torchvision would per image -> (B x 29 float32 on the
+        CPU, whether every crop box fits in the output size)."""
+        s = self.spec
+        P = torch.zeros(B, _N_PARAMS)
+        P[:, _BOX] = boxes = sample_crop_boxes(B, H, W, s.scale, s.ratio, g)
+        rand = torch.rand(B, 8, generator=g)  # per-image coin flips
+        P[:, _GRAY_ON] = rand[:, 0] < s.p_gray
+        if s.p_jitter > 0:
+            P[:, _JITTER] = jitter_columns(rand[:, 1] < s.p_jitter, *jitter_params(B, s.jitter, g), s.jitter)
+        if s.p_blur > 0:
+            P[:, _SIGMA] = torch.empty(B).uniform_(s.blur_sigma[0], s.blur_sigma[1], generator=g)
+            P[:, _BLUR_ON] = rand[:, 2] < s.p_blur
+        P[:, _SOLARIZE_ON] = rand[:, 3] < s.p_solarize
+        P[:, _FLIP_ON] = rand[:, 4] < s.p_flip
+        fits = bool(((boxes[:, 2] - boxes[:, 0]) <= s.size).all() and ((boxes[:, 3] - boxes[:, 1]) <= s.size).all())
+        return P, fits
+
+    @torch.no_grad()
+    def apply(self, images: torch.Tensor, P: torch.Tensor, fits: bool) -> torch.Tensor:
+        """images: uint8 B x 3 x H x W; P: `params`' B x 29 columns -> B x 3 x S x S."""
+        dev = images.device
+        dense = self.masked if self.masked is not None else (self.compile or dev.type != "cpu")
+        if dev.type == "cuda":
+            P = P.pin_memory()
+        P = P.to(dev, non_blocking=True)
+        mean, std = self.mean.to(dev, non_blocking=True), self.std.to(dev, non_blocking=True)
+        # the crop stays eager: inductor's grid_sample (gathers) ran 6x slower than aten's on this CPU
+        x = crop_resize(images.float().div_(255), P[:, _BOX], self.spec.size, fits)
+        if dense and self.compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(self._color, dynamic=False)
+            return self._compiled(x, P, mean, std, True)
+        return self._color(x, P, mean, std, dense)
+
+    def _color(self, x: torch.Tensor, P: torch.Tensor, mean, std, dense: bool) -> torch.Tensor:
+        """Everything after the crop: gray, jitter, blur, solarize, flip, normalisation."""
+        s = self.spec
+        select = _select_dense if dense else _select_subset
+        if s.gray_first and s.p_gray > 0:
+            x = select(P[:, _GRAY_ON], _gray3, x)
+        if s.p_jitter > 0:
+            x = self._jitter(x, P[:, _JITTER], select)
+        if not s.gray_first and s.p_gray > 0:
+            x = select(P[:, _GRAY_ON], _gray3, x)
+        if s.p_blur > 0:
+            blur = lambda y, sg: _gaussian_blur(y, sg, s.blur_sigma[1])  # noqa: E731
+            x = select(P[:, _BLUR_ON], blur, x, P[:, _SIGMA])
+        if s.p_solarize > 0:
+            x = select(P[:, _SOLARIZE_ON], _solarize, x)
+        if s.p_flip > 0:
+            x = select(P[:, _FLIP_ON], _flip, x)
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _jitter(self, x: torch.Tensor, J: torch.Tensor, select) -> torch.Tensor:
+        """ColorJitter from `jitter_columns`' B x 20. At each of the 4 positions, the images whose
+        op there is brightness, contrast or saturation take one blend, t + f (x - t), towards
+        t = 0, their gray mean or their gray image, and the others their hue shift: 2 ops per
+        position instead of 4, since the per-op overhead is most of the cost at CIFAR size."""
+        for pos in range(4):
+            on, f, op, hue_on, shift = J[:, 5 * pos:5 * pos + 5].unbind(1)
+            x = select(on, _blend_op, x, f, op)
+            if self.spec.jitter[3] > 0:
+                x = select(hue_on, _adjust_hue, x, shift)
+        return x
 
     def jitter_with(self, x: torch.Tensor, apply: torch.Tensor, fac: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """ColorJitter with given parameters: fac B x 4 (brightness, contrast, saturation factors,
-        hue shift), order B x 4 (a permutation of ops 0..3 per image), apply B (bool).
-        At each of the 4 positions, the images whose op there is brightness, contrast or
-        saturation take one blend, t + f (x - t), towards t = 0, their gray mean or their gray
-        image, and the others their hue shift: 2 subsets per position instead of 4, since the
-        per-op overhead is most of the cost at CIFAR size."""
-        bj, cj, sj, hj = self.spec.jitter
-        enabled = torch.tensor([bj > 0, cj > 0, sj > 0, hj > 0])
-        for pos in range(4):
-            op = order[:, pos]
-            on = apply & enabled[op]
-            x = self._where(on & (op < 3), _blend_op, x, fac.gather(1, op[:, None]).squeeze(1), op)
-            if hj > 0:
-                x = self._where(on & (op == 3), _adjust_hue, x, fac[:, 3])
-        return x
+        """ColorJitter with given parameters (see `jitter_params`) on float B x 3 x H x W."""
+        dense = self.masked if self.masked is not None else x.device.type != "cpu"
+        J = jitter_columns(apply, fac, order, self.spec.jitter).to(x.device)
+        return self._jitter(x, J, _select_dense if dense else _select_subset)
 
 
 def jitter_params(B: int, jitter, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,6 +303,19 @@ def jitter_params(B: int, jitter, g: torch.Generator) -> tuple[torch.Tensor, tor
     ], 1)  # B x 4
     order = torch.argsort(torch.rand(B, 4, generator=g), dim=1)  # a random permutation per image
     return fac, order
+
+
+def jitter_columns(apply: torch.Tensor, fac: torch.Tensor, order: torch.Tensor, jitter) -> torch.Tensor:
+    """ColorJitter's parameters per position: apply B (bool), fac B x 4 (brightness, contrast,
+    saturation factors, hue shift), order B x 4 (a permutation of the ops 0..3 per image)
+    -> B x 20: for each of the 4 positions (blend on, blend factor, blend op, hue on, hue shift)."""
+    enabled = torch.tensor([j > 0 for j in jitter])
+    cols = []
+    for pos in range(4):
+        op = order[:, pos]
+        on = apply & enabled[op]
+        cols += [on & (op < 3), fac.gather(1, op[:, None]).squeeze(1), op, on & (op == 3), fac[:, 3]]
+    return torch.stack([c.float() for c in cols], 1)
 
 
 def _blend_op(x: torch.Tensor, f: torch.Tensor, op: torch.Tensor) -> torch.Tensor:

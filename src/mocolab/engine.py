@@ -127,10 +127,11 @@ class Trainer:
         self.gen = torch.Generator()  # augmentation + shuffle BN; seeded by (seed, step, rank) each step
         self.net = model  # what the step calls: DistributedDataParallel(model) under torchrun (see fit)
         spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size, cfg.data.crop_scale)
-        self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last)
+        compiled = getattr(model, "compiled", False)  # then the augmentation is compiled too
+        self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last, compiled)
         d = cfg.data  # multi-crop's small views: the same augmentation at their size and scale
         self.aug_small = BatchAugment(preset(d.augment, d.small_crop_size, d.small_crop_scale), d.mean, d.std,
-                                      cfg.run.channels_last) if d.small_crops else None
+                                      cfg.run.channels_last, compiled) if d.small_crops else None
         self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)

@@ -95,6 +95,7 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
     if compiles(cfg):  # in place: parameters, state_dict keys and checkpoints stay as they are
         model.encoder_q.compile()
         model.encoder_k.compile()
+        model.compiled = True  # the Trainer compiles the augmentation along with them
     return model
 
 
