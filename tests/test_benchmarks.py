@@ -25,3 +25,4 @@ def test_gpu_check_dry_run_writes_its_figures(cifar_dir, tmp_path):
     assert tp["limit_img_s"] > 0 and tp["mocolab_img_s"] > 0 and tp["pil_img_s"] > 0 and tp["device"] == "cpu"
     s = json.loads((out / "gpu_check.json").read_text())
     assert s["epochs"] > 0 and s["seconds_per_epoch"] > 0 and 0.0 <= s["knn_top1"] <= 100.0
+    assert s["wall_seconds_per_epoch"] > s["seconds_per_epoch"]  # start-up and checkpoints on top

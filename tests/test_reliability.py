@@ -122,6 +122,17 @@ def test_keep_last_n_periodic_checkpoints(tmp_path):
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pth")) == ["epoch_0002.pth", "step_00000008.pth"]
 
 
+def test_epoch_checkpoints_every_n_epochs(tmp_path):
+    """run.save_every=2: epoch-end checkpoints at epochs 2 and 4 only (fast epochs on a GPU
+    need not write every one); the newest is a full, resumable state."""
+    t = _trainer(tiny_config(**{"run.epochs": 5, "run.save_every": 2, "run.keep_checkpoints": 5}), tmp_path)
+    t.fit()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pth")) == ["epoch_0002.pth", "epoch_0004.pth"]
+    assert safe_load(tmp_path / "checkpoints" / "epoch_0004.pth")["progress"]["step"] == 4 * t.steps_per_epoch
+    with pytest.raises(ConfigError, match="run.save_every"):
+        build_config("cifar10_cpu", ["run.save_every=-1"])
+
+
 def test_queue_smaller_than_the_batch_is_refused():
     with pytest.raises(ConfigError, match=r"moco.queue_size \(K=128\) is smaller than the keys enqueued per step \(256\)"):
         build_config("cifar10_cpu", ["moco.queue_size=128", "optim.batch_size=256"])

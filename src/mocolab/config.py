@@ -95,6 +95,7 @@ class RunConfig:
     knn_features: str = "backbone"  # backbone (pooled, before the head) | head
     keep_checkpoints: int = 2  # periodic checkpoints kept (the newest N), besides final.pth
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at epoch ends only)
+    save_every: int = 1  # epochs between epoch-end checkpoints (0 = none; final.pth and preemption save always)
     skip_nonfinite: int = 0  # steps with a NaN/Inf loss to skip before stopping (0 = stop at the first)
 
 
@@ -144,8 +145,8 @@ class Config:
              f"moco.queue_size (K={self.moco.queue_size}) is smaller than the keys enqueued per step "
              f"({self.optim.batch_size * (2 if self.moco.symmetric else 1)}): the queue would not hold one batch"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
-            (self.run.checkpoint_every >= 0 and self.run.skip_nonfinite >= 0,
-             "run.checkpoint_every and run.skip_nonfinite must be >= 0"),
+            (min(self.run.checkpoint_every, self.run.save_every, self.run.skip_nonfinite) >= 0,
+             "run.checkpoint_every, run.save_every and run.skip_nonfinite must be >= 0"),
             (self.optim.batch_size % self.model.bn_splits == 0,
              f"optim.batch_size ({self.optim.batch_size}) must be divisible by model.bn_splits ({self.model.bn_splits})"),
             (self.optim.lr > 0, "optim.lr must be positive"),

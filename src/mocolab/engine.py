@@ -247,7 +247,8 @@ class Trainer:
                             self.history.append({"epoch": p.epoch, "step": p.step, **result})
                             self.logger.write({"epoch": p.epoch, "step": p.step, **result}, p.step)
                             bar.write(f"epoch {p.epoch}: {result}")
-                        self.save(f"epoch_{p.epoch:04d}.pth")
+                        if cfg.run.save_every and p.epoch % cfg.run.save_every == 0:
+                            self.save(f"epoch_{p.epoch:04d}.pth")
         finally:
             bar.close()
         if self.stop_agreed or (self.world == 1 and self.stop_signal is not None):
