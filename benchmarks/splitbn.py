@@ -2,9 +2,17 @@
 width-16 CIFAR ResNet-18 (batch 256, 32 px), rows alternating within one process.
 
   plain     nn.BatchNorm2d (no splits): the floor
-  chunked   mocolab's SplitBatchNorm: native BN kernel on each contiguous chunk, then cat
-  reshape   the official demo's trick: view as (N/S, C*S, H, W) (a copy in channels_last)
+  chunked   mocolab's SplitBatchNorm on a CPU: native BN kernel on each contiguous chunk, then cat
+  folded    mocolab's SplitBatchNorm off the CPU: contiguous groups folded into channels,
+            n x (S C) x H x W, one BN call between two copies
+  reshape   the official demo's trick: view as (N/S, C*S, H, W) (a copy in channels_last;
+            interleaved groups)
   autograd  statistics from composed autograd ops (var_mean, sub, mul)
+
+Besides ms per step, each row counts the aten ops that compute in one forward + backward
+(TorchDispatchMode, below autograd; views and allocations left out): on a GPU each is about
+one kernel launch, the cost of a small step, so the count stands in for the GPU's launch
+overhead on a machine without one.
 
   python benchmarks/splitbn.py [--splits 8] [--amp bf16|off] [--channels-last 1|0]
 """
@@ -20,6 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mocolab.models.backbones import build_backbone  # noqa: E402
@@ -49,14 +58,27 @@ class AutogradSplitBN(SplitBatchNorm):
         return y.view_as(x).to(x.dtype)
 
 
+class OpCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if not (func.is_view or "view" in name or name.startswith("empty") or name == "detach"):
+            self.n += 1  # ops that compute (views and allocations launch no kernel)
+        return func(*args, **(kwargs or {}))
+
+
 def build(kind: str, splits: int, cl: bool):
     net, _ = build_backbone("resnet18", 16, "cifar", bn_splits=1)
-    cls = {"chunked": SplitBatchNorm, "reshape": ReshapeSplitBN, "autograd": AutogradSplitBN}.get(kind)
+    cls = {"chunked": SplitBatchNorm, "folded": SplitBatchNorm, "reshape": ReshapeSplitBN, "autograd": AutogradSplitBN}.get(kind)
     if cls is not None:  # swap every BatchNorm2d for the split variant
         for name, mod in list(net.named_modules()):
             for child_name, child in list(mod.named_children()):
                 if type(child) is nn.BatchNorm2d:
                     setattr(mod, child_name, cls(child.num_features, splits))
+                    getattr(mod, child_name).fold = kind == "folded"
     return net.to(memory_format=torch.channels_last) if cl else net
 
 
@@ -73,7 +95,7 @@ def main():
     x = torch.randn(args.batch_size, 3, 32, 32)
     if cl:
         x = x.contiguous(memory_format=torch.channels_last)
-    rows = {k: build(k, args.splits, cl) for k in ("plain", "chunked", "reshape", "autograd")}
+    rows = {k: build(k, args.splits, cl) for k in ("plain", "chunked", "folded", "reshape", "autograd")}
     times = {k: [] for k in rows}
 
     def step(net):
@@ -81,8 +103,12 @@ def main():
             y = net(x)
         y.float().square().mean().backward()
 
-    for net in rows.values():
+    ops = {}
+    for k, net in rows.items():
         step(net)
+        with OpCounter() as counter:
+            step(net)
+        ops[k] = counter.n
     for _ in range(args.rounds):
         for k, net in rows.items():
             t0 = time.perf_counter()
@@ -93,7 +119,8 @@ def main():
     print(f"R18-w16, batch {args.batch_size}, splits {args.splits}, amp {args.amp}, channels_last {cl}, torch {torch.__version__}")
     for k, v in times.items():
         m = statistics.median(v)
-        print(f"{k:9s} {m * 1000:7.1f} ms/step  {args.batch_size / m:6.0f} img/s  x{m / base:.2f} of plain")
+        print(f"{k:9s} {m * 1000:7.1f} ms/step  {args.batch_size / m:6.0f} img/s  x{m / base:.2f} of plain  "
+              f"{ops[k]:5d} computing aten ops per forward + backward")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from mocolab.distributed import batch_shuffle
 from mocolab.engine import Trainer
 from mocolab.models.backbones import build_backbone, infer_arch, torchvision_model
 from mocolab.models.moco import MoCo
-from mocolab.models.splitbn import SplitBatchNorm, reference_split_bn
+from mocolab.models.splitbn import SplitBatchNorm, fold_groups, reference_split_bn, unfold_groups
 from mocolab.step import moco_step
 
 
@@ -20,9 +20,20 @@ def test_shuffle_then_unshuffle_is_identity():
     assert torch.equal(xs[idx_un], x)
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["chunks", "grouped"])  # eager / torch.compile path
+def _split_bn_path(bn, x, path):
+    """chunks: the eager CPU path; folded: the eager GPU path (forced here); grouped: torch.compile's."""
+    if path == "grouped":
+        return bn._grouped(x)
+    bn.fold = path == "folded"
+    return bn(x)
+
+
+PATHS = ["chunks", "folded", "grouped"]
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_split_bn_equals_bn_per_chunk(channels_last, grouped):
+def test_split_bn_equals_bn_per_chunk(channels_last, path):
     torch.manual_seed(0)
     bn = SplitBatchNorm(6, splits=3)
     with torch.no_grad():
@@ -32,9 +43,11 @@ def test_split_bn_equals_bn_per_chunk(channels_last, grouped):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
-    y = bn._grouped(x1) if grouped else bn(x1)
+    y = _split_bn_path(bn, x1, path)
     ref = reference_split_bn(x2, bn, 3)
     torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    if path != "grouped":  # the eager paths keep the input's memory format
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     g = torch.randn_like(y)
     (gx, gw, gb) = torch.autograd.grad(y, (x1, bn.weight, bn.bias), g)
     (rx, rw, rb) = torch.autograd.grad(ref, (x2, bn.weight, bn.bias), g)
@@ -43,12 +56,13 @@ def test_split_bn_equals_bn_per_chunk(channels_last, grouped):
     torch.testing.assert_close(gb, rb, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["chunks", "grouped"])
-def test_split_bn_running_stats_and_eval_mode(grouped):
+@pytest.mark.parametrize("path", PATHS)
+def test_split_bn_running_stats_and_eval_mode(path):
     torch.manual_seed(0)
     bn, plain = SplitBatchNorm(4, splits=2, momentum=1.0), nn.BatchNorm2d(4, momentum=1.0)
     x = torch.randn(8, 4, 3, 3)
-    bn._grouped(x) if grouped else bn(x)
+    _split_bn_path(bn, x, path)
+    assert int(bn.num_batches_tracked) == 1
     chunks = x.chunk(2)
     mean = torch.stack([c.mean(dim=(0, 2, 3)) for c in chunks]).mean(0)
     var = torch.stack([c.var(dim=(0, 2, 3), unbiased=True) for c in chunks]).mean(0)
@@ -60,10 +74,41 @@ def test_split_bn_running_stats_and_eval_mode(grouped):
     torch.testing.assert_close(bn(x), plain(x))
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: a cumulative average, as nn.BatchNorm2d
+def test_folded_split_bn_running_stats_follow_the_chunk_path(momentum):
+    """Three steps of the GPU path (groups folded into channels, forced here) leave the running
+    statistics of the CPU path (chunks), for 2-D head features (SplitBatchNorm1d) too."""
+    from mocolab.models.splitbn import SplitBatchNorm1d
+    for cls, shape in ((SplitBatchNorm, (16, 5, 3, 3)), (SplitBatchNorm1d, (16, 5))):
+        a, b = cls(5, splits=4, momentum=momentum), cls(5, splits=4, momentum=momentum)
+        a.fold, b.fold = False, True
+        for step in range(3):
+            x = torch.randn(*shape) * (step + 1) + step
+            torch.testing.assert_close(b(x), a(x), rtol=1e-5, atol=1e-5)
+        for name, buf in a.named_buffers():
+            torch.testing.assert_close(dict(b.named_buffers())[name], buf, rtol=1e-5, atol=1e-6)
+
+
 def test_split_bn_one_split_is_plain_bn():
     x = torch.randn(8, 4, 3, 3)
     a, b = SplitBatchNorm(4, splits=1), nn.BatchNorm2d(4)
     torch.testing.assert_close(a(x), b(x))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fold_groups_moves_group_g_into_channel_block_g(channels_last):
+    x = torch.randn(12, 5, 3, 2)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    f = fold_groups(x, 3)  # 4 x 15 x 3 x 2
+    assert f.shape == (4, 15, 3, 2)
+    for g in range(3):
+        for j in range(4):
+            assert torch.equal(f[j, 5 * g:5 * (g + 1)], x[4 * g + j])
+    assert torch.equal(unfold_groups(f, 3), x)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    assert f.is_contiguous(memory_format=fmt) and unfold_groups(f, 3).is_contiguous(memory_format=fmt)
+    assert torch.equal(unfold_groups(fold_groups(x[:, :, 0, 0], 3), 3), x[:, :, 0, 0])  # N x C features
 
 
 def test_key_encoder_gets_no_gradient_and_moves_by_momentum():

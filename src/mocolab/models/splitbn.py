@@ -10,7 +10,9 @@ PyTorch's native batch-norm kernel, which keeps bf16 inputs in bf16; the only ex
 one concatenation. This was measured against the official demo's reshape to (N/S, C*S, H, W)
 (a copy in channels_last) and against hand-written statistics (2.2x slower than plain BN):
 see benchmarks/RESULTS.md. Under torch.compile the same maths runs as one broadcast over a
-grouped view (`_grouped`), which inductor fuses.
+grouped view (`_grouped`), which inductor fuses. On a GPU, where the S kernel launches per
+layer are the cost at CIFAR size, the groups are folded into channels (`_folded`): one
+batch-norm call on n x (S C) x H x W between two copies.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class SplitBatchNorm(nn.BatchNorm2d):
     def __init__(self, num_features: int, splits: int = 1, **kw):
         super().__init__(num_features, **kw)
         self.splits = splits
+        self.fold = None  # None: fold the groups into channels off the CPU, chunks on it (tests force either)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.splits == 1:
@@ -34,6 +37,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
             raise ValueError(f"batch of {x.shape[0]} is not divisible by bn_splits={self.splits}")
         if torch.compiler.is_compiling():
             return self._grouped(x)
+        if self.fold if self.fold is not None else x.device.type != "cpu":
+            return self._folded(x)
         outs, means, rstds = [], [], []
         for chunk in x.chunk(self.splits):  # splits x (n x C x H x W), views
             y, mean, rstd = torch.native_batch_norm(chunk, self.weight, self.bias, None, None, True, 0.0, self.eps)
@@ -43,6 +48,22 @@ class SplitBatchNorm(nn.BatchNorm2d):
         with torch.no_grad():
             self._update_running(torch.stack(means).float(), torch.stack(rstds).float().pow(-2) - self.eps, x)
         return torch.cat(outs)  # N x C x H x W, in the input's memory format
+
+    def _folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The official demo's reshape with contiguous groups: group g's channels become channels
+        g C .. (g+1) C of an n x (S C) x ... batch, which one batch-norm call normalises (about 6
+        ops forward and backward instead of ~4 S; benchmarks/splitbn.py counts them). Its
+        running statistics per (group, channel) are averaged back to C, as `_update_running`."""
+        S, C = self.splits, x.shape[1]
+        self.num_batches_tracked += 1
+        mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        mean, var = self.running_mean.repeat(S), self.running_var.repeat(S)  # S C, updated in place
+        w, b = (self.weight.repeat(S), self.bias.repeat(S)) if self.affine else (None, None)
+        y = F.batch_norm(fold_groups(x, S), mean, var, w, b, True, mom, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(S, C).mean(0))
+            self.running_var.copy_(var.view(S, C).mean(0))
+        return unfold_groups(y, S)
 
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         """The same maths as one broadcast over an S x n x C x ... view, for torch.compile:
@@ -71,6 +92,29 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", splits={self.splits}"
+
+
+def _nhwc(x: torch.Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def fold_groups(x: torch.Tensor, S: int) -> torch.Tensor:
+    """N x C x ... -> n x (S C) x ... (n = N / S): sample j of group g at row j, channels g C ..
+    (g+1) C. One copy, in x's memory format."""
+    N, C, rest = x.shape[0], x.shape[1], x.shape[2:]
+    if _nhwc(x):  # in memory order: S x n x H x W x C -> n x H x W x S x C
+        h = x.permute(0, 2, 3, 1).reshape(S, N // S, *rest, C)
+        return h.permute(1, 2, 3, 0, 4).reshape(N // S, *rest, S * C).permute(0, 3, 1, 2)
+    return x.reshape(S, N // S, C, *rest).transpose(0, 1).reshape(N // S, S * C, *rest)
+
+
+def unfold_groups(y: torch.Tensor, S: int) -> torch.Tensor:
+    """The inverse of fold_groups: n x (S C) x ... -> N x C x ..."""
+    n, C, rest = y.shape[0], y.shape[1] // S, y.shape[2:]
+    if _nhwc(y):  # n x H x W x S x C -> S x n x H x W x C
+        h = y.permute(0, 2, 3, 1).reshape(n, *rest, S, C)
+        return h.permute(3, 0, 1, 2, 4).reshape(S * n, *rest, C).permute(0, 3, 1, 2)
+    return y.reshape(n, S, C, *rest).transpose(0, 1).reshape(S * n, C, *rest)
 
 
 def reference_split_bn(x: torch.Tensor, bn: nn.BatchNorm2d, splits: int) -> torch.Tensor:
