@@ -38,7 +38,6 @@ from mocolab.engine import Trainer, epoch_order  # noqa: E402
 from mocolab.pretrain import build_model, resolve_amp, resolve_device  # noqa: E402
 from mocolab.step import moco_step  # noqa: E402
 
-
 COMPILE = ["run.compile=true", "run.compile_min_minutes=0"]  # compile here whatever the preset's threshold
 
 

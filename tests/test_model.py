@@ -79,7 +79,9 @@ def test_folded_split_bn_running_stats_follow_the_chunk_path(momentum):
     """Three steps of the GPU path (groups folded into channels, forced here) leave the running
     statistics of the CPU path (chunks), for 2-D head features (SplitBatchNorm1d) too."""
     from mocolab.models.splitbn import SplitBatchNorm1d
-    for cls, shape in ((SplitBatchNorm, (16, 5, 3, 3)), (SplitBatchNorm1d, (16, 5))):
+    # the last two: one sample per group, one value per group and channel (the chunks take over)
+    for cls, shape in ((SplitBatchNorm, (16, 5, 3, 3)), (SplitBatchNorm1d, (16, 5)), (SplitBatchNorm1d, (4, 5)),
+                       (SplitBatchNorm, (4, 5, 1, 1))):
         a, b = cls(5, splits=4, momentum=momentum), cls(5, splits=4, momentum=momentum)
         a.fold, b.fold = False, True
         for step in range(3):

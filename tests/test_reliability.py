@@ -133,6 +133,22 @@ def test_epoch_checkpoints_every_n_epochs(tmp_path):
         build_config("cifar10_cpu", ["run.save_every=-1"])
 
 
+def test_step_checkpoints_fill_in_the_epoch_ends_fit_does_not_save(tmp_path):
+    """run.checkpoint_every of one epoch with run.save_every=0: the epoch ends are saved as step
+    checkpoints, and a run resumed from the first ends as the uninterrupted one."""
+    cfg = tiny_config(**{"run.epochs": 2, "run.save_every": 0, "run.checkpoint_every": 6, "run.keep_checkpoints": 5})
+    (tmp_path / "a").mkdir()
+    a = _trainer(cfg, tmp_path / "a")
+    assert a.steps_per_epoch == 6
+    a.fit()
+    names = sorted(p.name for p in (tmp_path / "a" / "checkpoints").glob("*.pth"))
+    assert names == ["step_00000006.pth", "step_00000012.pth"]
+    b = _trainer(cfg, None, init_seed=1)
+    b.load_state_dict(safe_load(tmp_path / "a" / "checkpoints" / "step_00000006.pth"))
+    b.fit()
+    _assert_same_state(a, b)
+
+
 def test_queue_smaller_than_the_batch_is_refused():
     with pytest.raises(ConfigError, match=r"moco.queue_size \(K=128\) is smaller than the keys enqueued per step \(256\)"):
         build_config("cifar10_cpu", ["moco.queue_size=128", "optim.batch_size=256"])

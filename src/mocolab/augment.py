@@ -193,9 +193,10 @@ class BatchAugment:
     Each call draws the parameters on the CPU (`params`) and applies them (`apply`) in one of
     two forms: on a CPU, each op on the subset of images that draws it; on an accelerator, or
     with `compile=True`, each op on every image, kept with torch.where, so that the whole
-    augmentation is one graph without host syncs. torch.compile fuses that graph's ~150
-    elementwise ops into a few loops (benchmarks/augment.py: 2.1x faster than the subset form
-    on this CPU) and, on a GPU, into a few kernels instead of hundreds of launches."""
+    augmentation is one graph without host syncs. torch.compile fuses that graph's elementwise
+    ops into a few loops (on this 2-core CPU 1.1-1.5x faster than the subset form in
+    benchmarks/augment.py, 1.11x end to end in benchmarks/throughput.py) and, on a GPU, into a
+    few kernels instead of one launch per op."""
 
     def __init__(self, spec: AugSpec, mean, std, channels_last: bool = False, compile: bool = False):
         self.spec = spec
@@ -205,6 +206,7 @@ class BatchAugment:
         self.compile = compile
         self.masked = None  # None: dense off the CPU or when compiled, subsets otherwise (tests force either)
         self._compiled = None
+        self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, std per device
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -241,10 +243,12 @@ class BatchAugment:
         """images: uint8 B x 3 x H x W; P: `params`' B x 29 columns -> B x 3 x S x S."""
         dev = images.device
         dense = self.masked if self.masked is not None else (self.compile or dev.type != "cpu")
-        if dev.type == "cuda":
+        if dev.type == "cuda" and P.device.type == "cpu":
             P = P.pin_memory()
         P = P.to(dev, non_blocking=True)
-        mean, std = self.mean.to(dev, non_blocking=True), self.std.to(dev, non_blocking=True)
+        if dev not in self._norm:
+            self._norm[dev] = (self.mean.to(dev), self.std.to(dev))
+        mean, std = self._norm[dev]
         # the crop stays eager: inductor's grid_sample (gathers) ran 6x slower than aten's on this CPU
         x = crop_resize(images.float().div_(255), P[:, _BOX], self.spec.size, fits)
         if dense and self.compile:

@@ -344,7 +344,8 @@ class Trainer:
             total = self.budget.total_steps(p.step, p.train_seconds, p.elapsed)
             if total is not None:
                 self._reestimate(total)
-            save_now = cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 and p.it < self.steps_per_epoch
+            fit_saves = p.it == self.steps_per_epoch and cfg.run.save_every and (p.epoch + 1) % cfg.run.save_every == 0
+            save_now = cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 and not fit_saves
             if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done() or save_now:
                 # checked before every save, so that no checkpoint ever holds a diverged model
                 window = torch.stack(losses) if losses else torch.full((0,), 0.0, device=dev)
@@ -364,7 +365,7 @@ class Trainer:
                 losses.clear()
                 n_log, t_log = 0, time.perf_counter()
             if save_now:
-                self.save(f"step_{p.step:08d}.pth")  # epoch ends are saved by fit()
+                self.save(f"step_{p.step:08d}.pth")  # the epoch ends of run.save_every are saved by fit()
         if losses:  # steps since the last log (the loop ended early): checked before fit() saves
             self._check_finite(torch.stack(losses))
 

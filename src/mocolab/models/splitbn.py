@@ -37,7 +37,9 @@ class SplitBatchNorm(nn.BatchNorm2d):
             raise ValueError(f"batch of {x.shape[0]} is not divisible by bn_splits={self.splits}")
         if torch.compiler.is_compiling():
             return self._grouped(x)
-        if self.fold if self.fold is not None else x.device.type != "cpu":
+        # folded only with 2+ values per group and channel: with one, BN's unbiased running
+        # variance is undefined (F.batch_norm refuses it); the chunks handle it as before
+        if (self.fold if self.fold is not None else x.device.type != "cpu") and x.numel() > self.splits * x.shape[1]:
             return self._folded(x)
         outs, means, rstds = [], [], []
         for chunk in x.chunk(self.splits):  # splits x (n x C x H x W), views
@@ -51,9 +53,10 @@ class SplitBatchNorm(nn.BatchNorm2d):
 
     def _folded(self, x: torch.Tensor) -> torch.Tensor:
         """The official demo's reshape with contiguous groups: group g's channels become channels
-        g C .. (g+1) C of an n x (S C) x ... batch, which one batch-norm call normalises (about 6
-        ops forward and backward instead of ~4 S; benchmarks/splitbn.py counts them). Its
-        running statistics per (group, channel) are averaged back to C, as `_update_running`."""
+        g C .. (g+1) C of an n x (S C) x ... batch, which one batch-norm call normalises: about
+        half the ops of the chunks with 8 groups, forward and backward (benchmarks/splitbn.py
+        counts them). The running statistics per (group, channel) are averaged back to C, as in
+        `_update_running`."""
         S, C = self.splits, x.shape[1]
         self.num_batches_tracked += 1
         mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
