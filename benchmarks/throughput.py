@@ -12,8 +12,9 @@ Rows:
   compiled_eager_aug  mocolab_compiled with the augmentation left eager (likewise)
 
 Each round times every row for --steps steps, in turn; the figure per row is the median over
-rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d)
-and peak RSS; --json PATH writes limit_img_s, mocolab_img_s, pil_img_s, peer_img_s, peak_rss_mb.
+rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d),
+peak RSS and, on CUDA, the host-device syncs of one step of each row; --json PATH writes
+limit_img_s, mocolab_img_s, pil_img_s, peer_img_s, peak_rss_mb (and more).
 
   python benchmarks/throughput.py --data ../shared/data/cifar10 --width 16 --batch-size 256
 """
@@ -44,6 +45,22 @@ COMPILE = ["run.compile=true", "run.compile_min_minutes=0"]  # compile here what
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def count_syncs(fn, device) -> int | None:
+    """Host-device synchronisations in one call of a row (CUDA only: torch's sync debug mode
+    warns at each; issue 5 asks for none in the hot loop). None off CUDA."""
+    if device.type != "cuda":
+        return None
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
 
 
 def make_trainer(cfg, data, device, dtype):
@@ -209,19 +226,21 @@ def main(argv=None) -> dict:
             sync(device)
             times[name].append(args.steps * B / (time.perf_counter() - t0))
 
+    syncs = {name: count_syncs(fn, device) for name, fn in rows.items()}  # after the timing: warm
     ips = {k: statistics.median(v) for k, v in times.items()}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
         peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20
     print(f"\n{cfg.model.arch} width {cfg.model.width}, batch {B}, {cfg.data.image_size} px, device {device}, "
           f"amp {dtype}, bn_splits {cfg.model.bn_splits}, K {cfg.moco.queue_size}, torch {torch.__version__}")
-    print(f"{'row':18s} {'img/s':>9s}   rounds")
+    print(f"{'row':18s} {'img/s':>9s}   {'host syncs/step':>15s}   rounds")
     for k, v in ips.items():
-        print(f"{k:18s} {v:9.0f}   " + " ".join(f"{x:.0f}" for x in times[k]))
+        sy = "-" if syncs[k] is None else str(syncs[k])
+        print(f"{k:18s} {v:9.0f}   {sy:>15s}   " + " ".join(f"{x:.0f}" for x in times[k]))
     result = {"limit_img_s": ips.get("limit"), "mocolab_img_s": ips.get("mocolab"), "pil_img_s": ips.get("pil"),
               "peer_img_s": ips.get("peer"), "compiled_img_s": ips.get("compiled"), "peak_rss_mb": peak,
               "mocolab_compiled_img_s": ips.get("mocolab_compiled"), "warmup_s": warmup_s,
-              "compiled_eager_aug_img_s": ips.get("compiled_eager_aug"),
+              "compiled_eager_aug_img_s": ips.get("compiled_eager_aug"), "host_syncs_per_step": syncs,
               "device": str(device), "arch": cfg.model.arch,
               "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
     for key, num, den, label in [("mocolab_over_limit", "mocolab", "limit", "(b)/(a) mocolab / limit"),

@@ -122,6 +122,15 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
             dist.broadcast(b, 0)
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor onto `device` without a host sync in the hot loop: on CUDA through pinned
+    memory and a non-blocking copy (a plain .to() from pageable memory synchronises the stream,
+    so the CPU could no longer queue kernels ahead of the GPU)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 @torch.no_grad()
 def batch_shuffle(x: torch.Tensor, generator: torch.Generator | None = None):
     """Shuffle BN's shuffle. x: this rank's N x ... batch.
@@ -130,10 +139,10 @@ def batch_shuffle(x: torch.Tensor, generator: torch.Generator | None = None):
     (broadcast), and each rank takes its slice, so a key's BN group mixes samples of all ranks.
     batch_unshuffle(y, idx_unshuffle) puts outputs back in this rank's original order."""
     if not is_dist():
-        perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
+        perm = to_device(torch.randperm(x.shape[0], generator=generator), x.device)
         return x[perm], torch.argsort(perm)
     x_all = all_gather(x)  # (W*N) x ...
-    perm = torch.randperm(x_all.shape[0], generator=generator).to(x.device)  # used on rank 0 only
+    perm = to_device(torch.randperm(x_all.shape[0], generator=generator), x.device)  # used on rank 0 only
     broadcast(perm, 0)
     idx_this = perm.view(world_size(), -1)[rank()]
     return x_all[idx_this], torch.argsort(perm)

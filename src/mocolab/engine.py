@@ -275,7 +275,7 @@ class Trainer:
         mine = [order[it * B + r * b:it * B + (r + 1) * b] for it in range(start, self.steps_per_epoch)]
         if self.cfg.data.backend == "tensor":
             for idx in mine:
-                x = self.train.images[idx.to(self.train.images.device)].to(dev, non_blocking=True)  # b x 3 x H x W uint8
+                x = self.train.images[du.to_device(idx, self.train.images.device)].to(dev, non_blocking=True)  # b x 3 x H x W uint8
                 yield self._augment(x)
             return
         # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
