@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torchvision import transforms as T
 from torchvision.ops import roi_align
 
+from .distributed import to_device
+
 _GRAY = (0.299, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
 
 
@@ -243,9 +245,7 @@ class BatchAugment:
         """images: uint8 B x 3 x H x W; P: `params`' B x 29 columns -> B x 3 x S x S."""
         dev = images.device
         dense = self.masked if self.masked is not None else (self.compile or dev.type != "cpu")
-        if dev.type == "cuda" and P.device.type == "cpu":
-            P = P.pin_memory()
-        P = P.to(dev, non_blocking=True)
+        P = to_device(P, dev)  # one pinned, non-blocking copy on CUDA
         if dev not in self._norm:
             self._norm[dev] = (self.mean.to(dev), self.std.to(dev))
         mean, std = self._norm[dev]

@@ -265,7 +265,7 @@ class Trainer:
         pil backend: torchvision transforms in DataLoader workers (files or the cache)."""
         B, b, r, dev = self.batch, self.local_batch, self.rank, self.device
         if isinstance(self.train, ShardStream):  # this rank's stream; a resumed epoch replays it
-            stream = self.train.batches(epoch, b, self.cfg.data.workers, self.cfg.run.seed)
+            stream = self.train.batches(epoch, b, self.cfg.data.workers, self.cfg.run.seed, pin=dev.type == "cuda")
             for it in range(self.steps_per_epoch):
                 x, _ = next(stream)
                 if it >= start:

@@ -127,13 +127,14 @@ class ShardStream:
             wds.select(lambda s: s is not None),
         )
 
-    def batches(self, epoch: int, batch: int, workers: int, seed: int = 0):
+    def batches(self, epoch: int, batch: int, workers: int, seed: int = 0, pin: bool = False):
         """Endless uint8 batches (b x 3 x S x S, labels b) for this rank: the epoch's pass, then
-        further passes if this rank's share runs out before the others'."""
+        further passes if this rank's share runs out before the others'. pin: in pinned memory
+        (for non-blocking copies to a GPU)."""
         for cycle in count():
             loader = torch.utils.data.DataLoader(self.dataset(epoch, seed, cycle), batch_size=batch, drop_last=True,
                                                  num_workers=workers, prefetch_factor=4 if workers else None,
-                                                 worker_init_fn=ignore_signals)
+                                                 worker_init_fn=ignore_signals, pin_memory=pin)
             got = 0
             for x, y in loader:
                 got += 1
