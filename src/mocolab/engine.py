@@ -212,6 +212,11 @@ class Trainer:
             return True
         return p.step >= p.total_steps
 
+    def _saves_epoch(self, epoch: int) -> bool:
+        """Whether fit() writes a checkpoint at the end of `epoch` (1-based): every run.save_every."""
+        every = self.cfg.run.save_every
+        return bool(every) and epoch % every == 0
+
     def _step_seed(self, step: int) -> int:
         """The augmentation/shuffle seed of a step on this rank: a resumed run, on any number
         of ranks, draws what an uninterrupted one would."""
@@ -247,7 +252,7 @@ class Trainer:
                             self.history.append({"epoch": p.epoch, "step": p.step, **result})
                             self.logger.write({"epoch": p.epoch, "step": p.step, **result}, p.step)
                             bar.write(f"epoch {p.epoch}: {result}")
-                        if cfg.run.save_every and p.epoch % cfg.run.save_every == 0:
+                        if self._saves_epoch(p.epoch):
                             self.save(f"epoch_{p.epoch:04d}.pth")
         finally:
             bar.close()
@@ -344,7 +349,7 @@ class Trainer:
             total = self.budget.total_steps(p.step, p.train_seconds, p.elapsed)
             if total is not None:
                 self._reestimate(total)
-            fit_saves = p.it == self.steps_per_epoch and cfg.run.save_every and (p.epoch + 1) % cfg.run.save_every == 0
+            fit_saves = p.it == self.steps_per_epoch and self._saves_epoch(p.epoch + 1)
             save_now = cfg.run.checkpoint_every and p.step % cfg.run.checkpoint_every == 0 and not fit_saves
             if n_log == cfg.run.log_every or p.it == self.steps_per_epoch or self._done() or save_now:
                 # checked before every save, so that no checkpoint ever holds a diverged model
