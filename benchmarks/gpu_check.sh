@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One prepared GPU check (< 8 minutes on one H100):
+# One prepared GPU check (< 8 minutes on one H100; with --compile use --minutes 3: the throughput
+# step then compiles twice, up to TP_TIMEOUT=300 s):
 #   1. the GPU and the software there;
 #   2. benchmarks/throughput.py on CUDA (cifar10_r18: full-width R18, batch 512);
 #   3. a cifar10_r18 pretraining (bf16, channels_last, GPU augmentation) for --minutes,
@@ -8,9 +9,11 @@
 # since the GPU machine does not see ../shared:
 #   python benchmarks/pack_data.py pack ../shared/data/cifar10 .devdata/cifar10.pack
 # --dry-run does the same on the CPU with tiny sizes (checks the script, not the GPU).
-# --compile adds throughput rows with run.compile=true (encoders and augmentation compiled, and
-# the encoders only) and pretrains with it (torch.compile:
-# compiling takes a minute or more, counted in the pretraining's time).
+# --compile adds throughput rows with run.compile=true (encoders and augmentation compiled, the
+# encoders only, and the encoders with CUDA graphs: run.compile_mode=reduce-overhead) and pretrains
+# with it: with CUDA graphs if their row ran with them (throughput.py fails a row that inductor
+# would run without) and beat the default mode by more than 5 %, else in the default mode
+# (torch.compile: compiling takes a minute or more, counted in the pretraining's time).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="" ; DATA="$ROOT/.devdata/cifar10.pack" ; MINUTES=5 ; DRY=0 ; ROWS=() ; COMPILE=false
@@ -20,7 +23,8 @@ while [ $# -gt 0 ]; do
     --data) DATA="$2"; shift 2 ;;
     --minutes) MINUTES="$2"; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    --compile) ROWS=(--rows limit,compiled,mocolab,mocolab_compiled,compiled_eager_aug,pil); COMPILE=true; shift ;;
+    --compile) ROWS=(--rows limit,compiled,compiled_cudagraphs,mocolab,mocolab_compiled,compiled_eager_aug,pil)
+               COMPILE=true; shift ;;
     *) echo "usage: $0 --out DIR [--data PACK|DIR] [--minutes M] [--dry-run] [--compile]" >&2; exit 2 ;;
   esac
 done
@@ -52,12 +56,17 @@ else
 fi
 
 echo "== 2. throughput" | tee -a "$OUT/env.txt"
-"$PY" "$ROOT/benchmarks/throughput.py" --data "$DIR" --preset cifar10_r18 --device "$DEV" \
+# bounded, so that the pretraining still runs if a compile stalls (TP_TIMEOUT seconds)
+timeout "${TP_TIMEOUT:-300}" "$PY" "$ROOT/benchmarks/throughput.py" --data "$DIR" --preset cifar10_r18 --device "$DEV" \
   --json "$OUT/throughput.json" "${ROWS[@]}" "${TP[@]}" 2>&1 | grep -v "it/s\]" | tee "$OUT/throughput.txt"
 
-echo "== 3. cifar10_r18 pretraining"
+MODE=default
+if [ "$COMPILE" = true ]; then  # CUDA graphs only where they ran (no skip) and were >5 % faster
+  MODE=$("$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); g, c = r.get('compiled_cudagraphs_img_s'), r.get('compiled_img_s'); print('reduce-overhead' if g and c and g > 1.05 * c else 'default')" "$OUT/throughput.json" 2>/dev/null || echo default)
+fi
+echo "== 3. cifar10_r18 pretraining (run.compile=$COMPILE, run.compile_mode=$MODE)"
 "$PY" -m mocolab pretrain --preset cifar10_r18 --data "$DIR" --out "$WORK/r18" run.device="$DEV" \
-  run.knn_every=0 run.log_every=50 run.compile="$COMPILE" "${PT[@]}" > "$OUT/pretrain.log" 2>&1
+  run.knn_every=0 run.log_every=50 run.compile="$COMPILE" run.compile_mode="$MODE" "${PT[@]}" > "$OUT/pretrain.log" 2>&1
 rc=$?
 tail -3 "$OUT/pretrain.log"
 cp "$WORK/r18/summary.json" "$WORK/r18/metrics.jsonl" "$WORK/r18/config.yaml" "$OUT/" 2>/dev/null
@@ -71,7 +80,8 @@ s["wall_seconds_per_epoch"] = (s["wall_seconds"] - s.get("knn_seconds", 0.0)) / 
 (out / "gpu_check.json").write_text(json.dumps(s, indent=2))
 print(f"cifar10_r18: {s['epochs']:.1f} epochs, {s['seconds_per_epoch']:.2f} s/epoch "
       f"({s['wall_seconds_per_epoch']:.2f} with start-up and checkpoints), "
-      f"{s['images_per_second']:.0f} img/s, kNN top-1 {s.get('knn_top1', float('nan')):.2f}%")
+      f"{s['images_per_second']:.0f} img/s, kNN top-1 {s.get('knn_top1', float('nan')):.2f}%"
+      + (f", graphs run without CUDA graphs: {s['cudagraph_skips']}" if "cudagraph_skips" in s else ""))
 PYEOF
 rm -rf "$WORK"
 exit $rc

@@ -10,6 +10,10 @@ Rows:
                --rows: compiling takes minutes, done in the warm-up, whose time is printed)
   mocolab_compiled  (b) with run.compile=true: encoders and augmentation compiled (likewise)
   compiled_eager_aug  mocolab_compiled with the augmentation left eager (likewise)
+  compiled_cudagraphs  compiled with run.compile_mode=reduce-overhead (CUDA graphs on CUDA; likewise)
+
+A row that fails to build or in its warm-up is reported (and in the JSON's failed_rows); the
+others are still measured.
 
 Each round times every row for --steps steps, in turn; the figure per row is the median over
 rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d),
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -40,6 +45,9 @@ from mocolab.pretrain import build_model, resolve_amp, resolve_device  # noqa: E
 from mocolab.step import moco_step  # noqa: E402
 
 COMPILE = ["run.compile=true", "run.compile_min_minutes=0"]  # compile here whatever the preset's threshold
+if hasattr(inductor_config.triton, "cudagraph_or_error"):
+    # a CUDA-graph row that inductor would quietly run without graphs fails instead (GPU only)
+    inductor_config.triton.cudagraph_or_error = True
 
 
 def sync(device):
@@ -172,61 +180,84 @@ def main(argv=None) -> dict:
     rows = {}
     wanted = args.rows.split(",")
 
-    if "limit" in wanted:
-        tr_a = make_trainer(cfg, data, device, dtype)
-        fixed = next(endless_views(tr_a))  # ready-made views: no data work in this row
-        step_a = step_fn(tr_a)
-        rows["limit"] = lambda: step_a(*fixed)
-    if "compiled" in wanted:
-        tr_e = make_trainer(build_config(args.preset, over + COMPILE), data, device, dtype)
-        fixed_e = next(endless_views(tr_e))
-        step_e = step_fn(tr_e)
-        rows["compiled"] = lambda: step_e(*fixed_e)
-    if "mocolab" in wanted:
-        tr_b = make_trainer(cfg, data, device, dtype)
-        views_b, step_b = endless_views(tr_b), step_fn(tr_b)
-        rows["mocolab"] = lambda: step_b(*next(views_b))
-    if "mocolab_compiled" in wanted:
-        tr_f = make_trainer(build_config(args.preset, over + COMPILE), data, device, dtype)
-        views_f, step_f = endless_views(tr_f), step_fn(tr_f)
-        rows["mocolab_compiled"] = lambda: step_f(*next(views_f))
-    if "compiled_eager_aug" in wanted:
-        tr_g = make_trainer(build_config(args.preset, over + COMPILE), data, device, dtype)
-        tr_g.aug.compile = False  # the encoders compiled, the augmentation eager
-        views_g, step_g = endless_views(tr_g), step_fn(tr_g)
-        rows["compiled_eager_aug"] = lambda: step_g(*next(views_g))
-    if "pil" in wanted:
-        cfg_c = build_config(args.preset, over + ["data.backend=pil"])
-        tr_c = make_trainer(cfg_c, data, device, dtype)
-        views_c, step_c = endless_views(tr_c), step_fn(tr_c)
-        rows["pil"] = lambda: step_c(*next(views_c))
-    if "peer" in wanted:
-        peer = peer_row(cfg, data, device, dtype)
-        if peer is not None:
-            rows["peer"] = peer
-        else:
-            print("peer row skipped: lightly is not installed (pip install -e '.[bench]')")
+    def trainer_row(extra: list[str], fixed: bool, eager_aug: bool):
+        tr = make_trainer(build_config(args.preset, over + extra), data, device, dtype)
+        if eager_aug:
+            tr.aug.compile = False  # the encoders compiled, the augmentation eager
+        step, views = step_fn(tr), endless_views(tr)
+        if fixed:  # ready-made views: no data work in this row
+            ready = next(views)
+            return lambda: step(*ready)
+        return lambda: step(*next(views))
+
+    specs = {  # row: (config overrides, ready-made views, augmentation left eager)
+        "limit": ([], True, False),
+        "compiled": (COMPILE, True, False),
+        "compiled_cudagraphs": (COMPILE + ["run.compile_mode=reduce-overhead"], True, False),
+        "mocolab": ([], False, False),
+        "mocolab_compiled": (COMPILE, False, False),
+        "compiled_eager_aug": (COMPILE, False, True),
+        "pil": (["data.backend=pil"], False, False),
+    }
+    unknown = [name for name in wanted if name not in [*specs, "peer"]]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join([*specs, 'peer'])}")
+    failed: dict[str, str] = {}
+
+    def drop(name: str, when: str, e: Exception) -> None:
+        """One row that fails (a compile mode on some GPU) is reported; the others go on."""
+        failed[name] = f"{when}: {type(e).__name__}: {e}"
+        print(f"row {name} failed in its {failed[name]}", flush=True)
+        rows.pop(name, None)
+
+    for name in wanted:
+        try:
+            if name == "peer":
+                peer = peer_row(cfg, data, device, dtype)
+                if peer is None:
+                    print("peer row skipped: lightly is not installed (pip install -e '.[bench]')")
+                    continue
+                rows["peer"] = peer
+            else:
+                rows[name] = trainer_row(*specs[name])
+        except Exception as e:  # noqa: BLE001 -- see drop()
+            drop(name, "build", e)
 
     times: dict[str, list[float]] = {k: [] for k in rows}
     warmup_s = {}
-    for name, fn in rows.items():  # warm-up (allocator, kernels, workers; the compiled row compiles here)
+    for name, fn in list(rows.items()):  # warm-up (allocator, kernels, workers; compiled rows compile here)
         t0 = time.perf_counter()
-        for _ in range(2):
-            fn()
-        sync(device)
+        try:
+            for _ in range(3):  # CUDA graphs: a warm-up call, then the recording, then replays
+                fn()
+            sync(device)
+        except Exception as e:  # noqa: BLE001 -- see drop()
+            drop(name, "warm-up", e)
+            continue
         warmup_s[name] = time.perf_counter() - t0
         print(f"warm-up {name}: {warmup_s[name]:.1f} s", flush=True)
     for _ in range(args.rounds):
-        for name, fn in rows.items():
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                loss = fn()
-            loss.item()  # wait for the last step
-            sync(device)
+        for name, fn in list(rows.items()):
+            try:
+                sync(device)
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    loss = fn()
+                loss.item()  # wait for the last step
+                sync(device)
+            except Exception as e:  # noqa: BLE001 -- see drop()
+                drop(name, "timing", e)
+                continue
             times[name].append(args.steps * B / (time.perf_counter() - t0))
+    times = {k: v for k, v in times.items() if k in rows}
 
-    syncs = {name: count_syncs(fn, device) for name, fn in rows.items()}  # after the timing: warm
+    syncs = {}
+    for name, fn in rows.items():  # after the timing: warm
+        try:
+            syncs[name] = count_syncs(fn, device)
+        except Exception as e:  # noqa: BLE001 -- the row's timing stands
+            syncs[name] = None
+            failed[name] = f"sync count: {type(e).__name__}: {e}"
     ips = {k: statistics.median(v) for k, v in times.items()}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -240,11 +271,14 @@ def main(argv=None) -> dict:
     result = {"limit_img_s": ips.get("limit"), "mocolab_img_s": ips.get("mocolab"), "pil_img_s": ips.get("pil"),
               "peer_img_s": ips.get("peer"), "compiled_img_s": ips.get("compiled"), "peak_rss_mb": peak,
               "mocolab_compiled_img_s": ips.get("mocolab_compiled"), "warmup_s": warmup_s,
-              "compiled_eager_aug_img_s": ips.get("compiled_eager_aug"), "host_syncs_per_step": syncs,
-              "device": str(device), "arch": cfg.model.arch,
+              "compiled_eager_aug_img_s": ips.get("compiled_eager_aug"),
+              "compiled_cudagraphs_img_s": ips.get("compiled_cudagraphs"), "host_syncs_per_step": syncs,
+              "failed_rows": failed, "device": str(device), "arch": cfg.model.arch,
               "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
     for key, num, den, label in [("mocolab_over_limit", "mocolab", "limit", "(b)/(a) mocolab / limit"),
                                  ("compiled_over_limit", "compiled", "limit", "compiled / limit"),
+                                 ("cudagraphs_over_compiled", "compiled_cudagraphs", "compiled",
+                                  "compiled_cudagraphs / compiled"),
                                  ("mocolab_over_peer", "mocolab", "peer", "(b)/(d) mocolab / peer"),
                                  ("compiled_over_peer", "mocolab_compiled", "peer", "mocolab_compiled / peer"),
                                  ("compiled_e2e_over_limit", "mocolab_compiled", "compiled", "mocolab_compiled / compiled"),
@@ -253,6 +287,8 @@ def main(argv=None) -> dict:
         if num in ips and den in ips:
             result[key] = ips[num] / ips[den]
             print(f"{label:38s} = {result[key]:.3f}")
+    for k, why in failed.items():
+        print(f"{k:18s} failed: {why}")
     print(f"peak RSS {peak:.0f} MB" + (f", peak GPU memory {peak_gpu:.0f} MB" if device.type == "cuda" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

@@ -26,3 +26,37 @@ def test_gpu_check_dry_run_writes_its_figures(cifar_dir, tmp_path):
     s = json.loads((out / "gpu_check.json").read_text())
     assert s["epochs"] > 0 and s["seconds_per_epoch"] > 0 and 0.0 <= s["knn_top1"] <= 100.0
     assert s["wall_seconds_per_epoch"] > s["seconds_per_epoch"]  # start-up and checkpoints on top
+
+
+def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp_path, monkeypatch):
+    """A row that fails to build, or in its warm-up (a compile mode on some GPU), is named in
+    the table and the JSON; the other rows are still measured side by side."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks/throughput.py")
+    tp = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tp)
+    make_trainer, step_fn, built = tp.make_trainer, tp.step_fn, []
+
+    def failing_build(cfg, *a):
+        if cfg.data.backend == "pil":
+            raise RuntimeError("no PIL today")
+        return make_trainer(cfg, *a)
+
+    def failing_second_row(tr):
+        built.append(tr)
+        if len(built) == 2:  # the mocolab row's step
+            def step(*views):
+                raise RuntimeError("replay failed")
+            return step
+        return step_fn(tr)
+
+    monkeypatch.setattr(tp, "make_trainer", failing_build)
+    monkeypatch.setattr(tp, "step_fn", failing_second_row)
+    data = cifar_subset(cifar_dir, tmp_path / "c10", 32)
+    res = tp.main(["--data", str(data), "--arch", "resnet10", "--width", "8", "--batch-size", "16", "--limit", "64",
+                   "--steps", "1", "--rounds", "2", "--rows", "limit,mocolab,pil", "--json", str(tmp_path / "t.json"),
+                   "data.workers=0"])
+    assert res["limit_img_s"] > 0 and res["mocolab_img_s"] is None and res["pil_img_s"] is None
+    written = json.loads((tmp_path / "t.json").read_text())
+    assert written["failed_rows"] == {"mocolab": "warm-up: RuntimeError: replay failed",
+                                      "pil": "build: RuntimeError: no PIL today"}

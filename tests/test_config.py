@@ -37,6 +37,7 @@ def test_overrides_dotted_and_short():
     ("data.crop_scale=[0.5]", "data.crop_scale must be [] or [min, max]"),
     ("data.small_crops=-1", "data.small_crops must be >= 0"),
     ("data.small_crop_scale=[0.5,0.1]", "data.small_crop_scale must be [min, max]"),
+    ("run.compile_mode=fast", "run.compile_mode must be one of: default, reduce-overhead, max-autotune"),
 ])
 def test_bad_overrides_give_clear_errors(override, message):
     with pytest.raises(ConfigError, match=None) as e:

@@ -284,6 +284,50 @@ def test_compile_only_for_runs_long_enough(over, compiled):
     assert trainer.aug.compile == compiled
 
 
+@pytest.mark.parametrize("mode,expected", [("default", None), ("reduce-overhead", "reduce-overhead"),
+                                           ("max-autotune-no-cudagraphs", "max-autotune-no-cudagraphs")])
+def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
+    """run.compile_mode is torch.compile's mode for both encoders; CUDA graphs (and so the
+    step's marks) only on CUDA: the CPU compiles the same graphs without them."""
+    from mocolab.pretrain import build_model
+    modes = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: modes.append(kw.get("mode")))
+    model = build_model(tiny_config(**{"run.compile": "true", "run.compile_mode": mode}), torch.device("cpu"))
+    assert modes == [expected, expected] and model.compiled and not model.cudagraphs
+
+
+def test_step_marks_each_cuda_graph_step(monkeypatch):
+    """With CUDA graphs every moco_step starts with cudagraph_mark_step_begin (the previous
+    step's graph outputs may then be overwritten: the step keeps none of them); without, never."""
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    model = MoCo(tiny_config(**{"model.bn_splits": 1}))
+    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.05)
+    x = torch.randn(8, 3, 16, 16)
+    moco_step(model, opt, x, x.flip(3), m=0.9, T=0.2)
+    assert marks == []
+    model.cudagraphs = True
+    for _ in range(3):
+        moco_step(model, opt, x, x.flip(3), m=0.9, T=0.2)
+    assert len(marks) == 3
+
+
+@pytest.mark.parametrize("features,marks", [("head", 2), ("backbone", 0)])
+def test_knn_monitor_marks_cuda_graph_steps(monkeypatch, features, marks):
+    """kNN on the compiled f_q under CUDA graphs: each batch is an inference step of its own
+    (one graph, replayed); the backbone alone is not compiled and needs no marks."""
+    from mocolab.pretrain import knn_monitor
+    calls = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
+    cfg = tiny_config(**{"run.knn_features": features, "run.knn_k": 3})
+    model = MoCo(cfg)
+    model.cudagraphs = True
+    g = torch.Generator().manual_seed(0)
+    split = TensorData(torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(10) % 2, ["a", "b"])
+    out = knn_monitor(cfg, split, split, torch.device("cpu"), None)(model)
+    assert len(calls) == marks and 0 <= out["knn_top1"] <= 100  # one batch of the bank, one of the queries
+
+
 def test_compile_without_a_cxx_compiler_trains_eagerly(monkeypatch):
     """torch.compile's CPU backend needs a C++ compiler: a machine without one trains eagerly."""
     import mocolab.pretrain

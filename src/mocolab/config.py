@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
 
 class ConfigError(ValueError):
     """A bad preset, key or value. The message is meant for the user, as is."""
@@ -87,6 +89,9 @@ class RunConfig:
     channels_last: bool = True
     compile: bool = False  # torch.compile both encoders (~1 min cold on this CPU, seconds warm; benchmarks/RESULTS.md)
     compile_min_minutes: float = 0.0  # with compile: only under a time budget of at least this many minutes (0 = always)
+    # torch.compile's mode for the encoders: default | reduce-overhead (CUDA graphs: one replay per
+    # encoder call instead of a launch per kernel, on CUDA) | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines
     knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)
@@ -154,6 +159,7 @@ class Config:
             (self.run.epochs >= 1 or self.run.budget_minutes > 0, "run.epochs must be >= 1"),
             (self.run.amp in ("auto", "bf16", "off"), "run.amp must be auto, bf16 or off"),
             (self.run.compile_min_minutes >= 0, "run.compile_min_minutes must be >= 0"),
+            (self.run.compile_mode in COMPILE_MODES, f"run.compile_mode must be one of: {', '.join(COMPILE_MODES)}"),
             (self.run.knn_features in ("backbone", "head"), "run.knn_features must be backbone or head"),
         ]
         for ok, message in checks:

@@ -81,7 +81,8 @@ def knn_monitor(cfg: Config, train, test, device, autocast_dtype):
     def run(model: MoCo) -> dict:
         net = model.encoder_q.backbone if cfg.run.knn_features == "backbone" else model.encoder_q
         kw = dict(device=device, channels_last=cfg.run.channels_last, autocast_dtype=autocast_dtype,
-                  size=cfg.data.image_size, workers=cfg.data.workers)
+                  size=cfg.data.image_size, workers=cfg.data.workers,
+                  cudagraph_steps=model.cudagraphs and cfg.run.knn_features == "head")  # the backbone runs eagerly
         acc = knn_evaluate(net, train, test, cfg.data.mean, cfg.data.std, cfg.run.knn_k, cfg.run.knn_t, **kw)
         return {"knn_top1": acc, "knn_features": cfg.run.knn_features, "knn_k": cfg.run.knn_k, "knn_t": cfg.run.knn_t}
 
@@ -93,9 +94,12 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compiles(cfg):  # in place: parameters, state_dict keys and checkpoints stay as they are
-        model.encoder_q.compile()
-        model.encoder_k.compile()
+        mode = cfg.run.compile_mode
+        model.encoder_q.compile(mode=None if mode == "default" else mode)
+        model.encoder_k.compile(mode=None if mode == "default" else mode)
         model.compiled = True  # the Trainer compiles the augmentation along with them
+        # CUDA graphs replay from fixed memory: moco_step marks each step's start (cudagraph trees)
+        model.cudagraphs = device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
     return model
 
 
@@ -194,6 +198,12 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         "device": str(device),
         "processes": du.world_size(),
     }
+    if model.cudagraphs:  # graphs inductor would not capture (a CPU op, an input mutation) ran without
+        from torch._dynamo.utils import counters
+        summary["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]
+        if summary["cudagraph_skips"]:
+            log.warning("run.compile_mode=%s: %d compiled graphs ran without CUDA graphs (see the log's "
+                        "'skipping cudagraphs' lines)", cfg.run.compile_mode, summary["cudagraph_skips"])
     if monitor is not None:
         t_eval = time.perf_counter()
         summary.update(monitor(model))

@@ -16,6 +16,8 @@ def moco_step(model: MoCo, optimizer, x_q, x_k, *, m: float, T: float, symmetric
     net: `model` wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks).
     x_small: multi-crop's extra small query views (see MoCo.forward), or None.
     skip_nonfinite: a NaN/Inf loss on any rank changes nothing (costs one host sync a step)."""
+    if model.cudagraphs:  # run.compile_mode with CUDA graphs: the last step's graph outputs may be reused
+        torch.compiler.cudagraph_mark_step_begin()
     if skip_nonfinite:  # BN running statistics, restored if the step is skipped
         bn = [b for enc in (model.encoder_q, model.encoder_k, model.predictor) if enc is not None for b in enc.buffers()]
         saved = [b.clone() for b in bn]

@@ -41,6 +41,7 @@ class MoCo(nn.Module):
         backbone, feat_dim = build_backbone(mc.arch, mc.width, self.stem, mc.bn_splits, mc.zero_init_residual)
         self.feature_dim = feat_dim
         self.compiled = False  # set by pretrain.build_model when the encoders are compiled
+        self.cudagraphs = False  # likewise, when they are compiled with CUDA graphs
         self.encoder_q = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim, mc.bn_splits))
         if mc.sync_bn:  # BN statistics over the global batch (torch's SyncBatchNorm, GPUs only)
             self.encoder_q = nn.SyncBatchNorm.convert_sync_batchnorm(self.encoder_q)
