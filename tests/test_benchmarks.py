@@ -13,6 +13,14 @@ from conftest import cifar_subset
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _load_benchmark(name: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 def test_gpu_check_dry_run_writes_its_figures(cifar_dir, tmp_path):
     data = cifar_subset(cifar_dir, tmp_path / "c10", 64)
@@ -31,10 +39,7 @@ def test_gpu_check_dry_run_writes_its_figures(cifar_dir, tmp_path):
 def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp_path, monkeypatch):
     """A row that fails to build, or in its warm-up (a compile mode on some GPU), is named in
     the table and the JSON; the other rows are still measured side by side."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("throughput", ROOT / "benchmarks/throughput.py")
-    tp = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tp)
+    tp = _load_benchmark("throughput")
     make_trainer, step_fn, built = tp.make_trainer, tp.step_fn, []
 
     def failing_build(cfg, *a):
@@ -60,3 +65,19 @@ def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp
     written = json.loads((tmp_path / "t.json").read_text())
     assert written["failed_rows"] == {"mocolab": "warm-up: RuntimeError: replay failed",
                                       "pil": "build: RuntimeError: no PIL today"}
+
+
+def test_augment_library_rows_build_the_same_preset():
+    """benchmarks/augment.py's torchvision-v2 row runs the preset it is compared on: with
+    preset 'none' it returns the normalised image, and with v1 normalised crops of the size."""
+    import torch
+
+    from mocolab.augment import preset
+    bench = _load_benchmark("augment")
+    mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
+    x = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    expected = (x.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    torch.testing.assert_close(bench.tv2_transform(preset("none", 16), mean, std)(x), expected)
+    torch.manual_seed(0)
+    views = torch.stack([bench.tv2_transform(preset("v1", 8), mean, std)(x) for _ in range(8)])
+    assert views.shape == (8, 3, 8, 8) and views.dtype == torch.float32 and views.std(0).mean() > 0.05

@@ -3,9 +3,10 @@
 - `BatchAugment`: batched, on the model's device, from uint8 batches. Every image draws its
   own parameters, following torchvision's per-image sampling rules (RandomResizedCrop's 10
   tries, ColorJitter's random order). Written by hand because torchvision.transforms.v2
-  draws one set of parameters per batch, and per-image batching is what makes augmentation
-  cheap next to the model (benchmarks/augment.py: ~17k views/s on 2 cores, 7x the PIL
-  pipeline in one process).
+  draws one set of parameters per batch (image by image it ran 10-16x slower), kornia, which
+  draws per image, ran 2.0-2.5x slower on 2 cores, and per-image batching is what makes
+  augmentation cheap next to the model (benchmarks/augment.py: ~13-14k views/s on 2 cores,
+  7-10x the PIL pipeline in one process).
 - `pil_transform`: torchvision's classic per-image pipeline, the reference.
 """
 
