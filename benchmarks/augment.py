@@ -24,7 +24,6 @@ augmentation well enough, prefer it": same preset, same images, same process.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -37,7 +36,8 @@ from torchvision.ops import roi_align
 from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from mocolab.augment import AugSpec, BatchAugment, _adjust_hue, crop_resize, pil_transform, preset, sample_crop_boxes  # noqa: E402
+from mocolab.augment import (  # noqa: E402
+    AugSpec, BatchAugment, _adjust_hue, blur_kernel_size, crop_resize, pil_transform, preset, sample_crop_boxes)
 from mocolab.config import build_config  # noqa: E402
 from mocolab.data import load_splits  # noqa: E402
 
@@ -49,8 +49,7 @@ def tv2_transform(s: AugSpec, mean, std) -> v2.Compose:
     ops = [v2.RandomResizedCrop(s.size, scale=s.scale, ratio=s.ratio, antialias=True),
            *([gray, *jitter] if s.gray_first else [*jitter, gray])]
     if s.p_blur > 0:
-        k = 2 * math.ceil(3 * s.blur_sigma[1]) + 1
-        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=s.blur_sigma)], p=s.p_blur))
+        ops.append(v2.RandomApply([v2.GaussianBlur(blur_kernel_size(s), sigma=s.blur_sigma)], p=s.p_blur))
     if s.p_solarize > 0:
         ops.append(v2.RandomSolarize(128, p=s.p_solarize))
     ops += [v2.RandomHorizontalFlip(s.p_flip), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
@@ -69,8 +68,7 @@ def kornia_transform(s: AugSpec, mean, std):
     ops = [K.RandomResizedCrop((s.size, s.size), scale=s.scale, ratio=s.ratio),
            *([gray, *jitter] if s.gray_first else [*jitter, gray])]
     if s.p_blur > 0:
-        k = 2 * math.ceil(3 * s.blur_sigma[1]) + 1
-        ops.append(K.RandomGaussianBlur((k, k), s.blur_sigma, p=s.p_blur))
+        ops.append(K.RandomGaussianBlur((blur_kernel_size(s),) * 2, s.blur_sigma, p=s.p_blur))
     if s.p_solarize > 0:
         ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=s.p_solarize))  # threshold 0.5 exactly
     ops += [K.RandomHorizontalFlip(p=s.p_flip), K.Normalize(torch.tensor(mean), torch.tensor(std))]
@@ -97,7 +95,8 @@ def main(argv=None) -> dict:
     aug_c = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last, compile=True)
     gen = torch.Generator().manual_seed(2)
     pil = pil_transform(spec, cfg.data.mean, cfg.data.std)
-    pil_images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images[:32]]
+    sub = images[:32]  # the per-image rows time these, scaled to B
+    pil_images = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in sub]
     tv2, kornia = tv2_transform(spec, cfg.data.mean, cfg.data.std), kornia_transform(spec, cfg.data.mean, cfg.data.std)
     rows = {
         "crop roi_align": lambda: roi_align(x, rois, output_size=(spec.size, spec.size), spatial_scale=1.0,
@@ -109,9 +108,9 @@ def main(argv=None) -> dict:
         "views mocolab": lambda: aug.two_views(images, gen),
         "views compiled": lambda: aug_c.two_views(images, gen),
         "views pil": lambda: [(pil(im), pil(im)) for im in pil_images],  # 32 images, scaled to B below
-        "views tv2": lambda: [(tv2(im), tv2(im)) for im in images[:32]],  # likewise
+        "views tv2": lambda: [(tv2(im), tv2(im)) for im in sub],  # likewise
     }
-    scale = {"views pil": B / len(pil_images), "views tv2": B / 32}
+    scale = {"views pil": B / len(sub), "views tv2": B / len(sub)}
     if kornia is not None:
         rows["views kornia"] = lambda: (kornia(images.float().div(255)), kornia(images.float().div(255)))
     else:

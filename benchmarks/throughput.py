@@ -12,8 +12,8 @@ Rows:
   compiled_eager_aug  mocolab_compiled with the augmentation left eager (likewise)
   compiled_cudagraphs  compiled with run.compile_mode=reduce-overhead (CUDA graphs on CUDA; likewise)
 
-A row that fails to build or in its warm-up is reported (and in the JSON's failed_rows); the
-others are still measured.
+Rows are measured in --rows order. A row that fails to build, in its warm-up (3 steps) or
+while timed is reported (table, and failed_rows in the JSON); the others are still measured.
 
 Each round times every row for --steps steps, in turn; the figure per row is the median over
 rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d),
@@ -45,9 +45,6 @@ from mocolab.pretrain import build_model, resolve_amp, resolve_device  # noqa: E
 from mocolab.step import moco_step  # noqa: E402
 
 COMPILE = ["run.compile=true", "run.compile_min_minutes=0"]  # compile here whatever the preset's threshold
-if hasattr(inductor_config.triton, "cudagraph_or_error"):
-    # a CUDA-graph row that inductor would quietly run without graphs fails instead (GPU only)
-    inductor_config.triton.cudagraph_or_error = True
 
 
 def sync(device):
@@ -202,6 +199,9 @@ def main(argv=None) -> dict:
     unknown = [name for name in wanted if name not in [*specs, "peer"]]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}: choose from {', '.join([*specs, 'peer'])}")
+    if "compiled_cudagraphs" in wanted and hasattr(inductor_config.triton, "cudagraph_or_error"):
+        # a graph inductor would quietly run without CUDA graphs fails that row instead (GPU only)
+        inductor_config.triton.cudagraph_or_error = True
     failed: dict[str, str] = {}
 
     def drop(name: str, when: str, e: Exception) -> None:
@@ -236,7 +236,7 @@ def main(argv=None) -> dict:
             continue
         warmup_s[name] = time.perf_counter() - t0
         print(f"warm-up {name}: {warmup_s[name]:.1f} s", flush=True)
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for name, fn in list(rows.items()):
             try:
                 sync(device)
@@ -249,15 +249,17 @@ def main(argv=None) -> dict:
                 drop(name, "timing", e)
                 continue
             times[name].append(args.steps * B / (time.perf_counter() - t0))
+        # as it goes, in case the run is stopped before the table (gpu_check's timeout)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {times[k][-1]:.0f}" for k in rows), flush=True)
     times = {k: v for k, v in times.items() if k in rows}
 
-    syncs = {}
+    syncs, sync_errors = {}, {}
     for name, fn in rows.items():  # after the timing: warm
         try:
             syncs[name] = count_syncs(fn, device)
         except Exception as e:  # noqa: BLE001 -- the row's timing stands
             syncs[name] = None
-            failed[name] = f"sync count: {type(e).__name__}: {e}"
+            sync_errors[name] = f"{type(e).__name__}: {e}"
     ips = {k: statistics.median(v) for k, v in times.items()}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if device.type == "cuda":
@@ -273,7 +275,7 @@ def main(argv=None) -> dict:
               "mocolab_compiled_img_s": ips.get("mocolab_compiled"), "warmup_s": warmup_s,
               "compiled_eager_aug_img_s": ips.get("compiled_eager_aug"),
               "compiled_cudagraphs_img_s": ips.get("compiled_cudagraphs"), "host_syncs_per_step": syncs,
-              "failed_rows": failed, "device": str(device), "arch": cfg.model.arch,
+              "failed_rows": failed, "sync_count_errors": sync_errors, "device": str(device), "arch": cfg.model.arch,
               "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
     for key, num, den, label in [("mocolab_over_limit", "mocolab", "limit", "(b)/(a) mocolab / limit"),
                                  ("compiled_over_limit", "compiled", "limit", "compiled / limit"),
@@ -288,7 +290,9 @@ def main(argv=None) -> dict:
             result[key] = ips[num] / ips[den]
             print(f"{label:38s} = {result[key]:.3f}")
     for k, why in failed.items():
-        print(f"{k:18s} failed: {why}")
+        print(f"{k:18s} failed in its {why}")
+    for k, why in sync_errors.items():
+        print(f"{k:18s} (host syncs not counted: {why})")
     print(f"peak RSS {peak:.0f} MB" + (f", peak GPU memory {peak_gpu:.0f} MB" if device.type == "cuda" else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

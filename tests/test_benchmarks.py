@@ -36,35 +36,41 @@ def test_gpu_check_dry_run_writes_its_figures(cifar_dir, tmp_path):
     assert s["wall_seconds_per_epoch"] > s["seconds_per_epoch"]  # start-up and checkpoints on top
 
 
-def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp_path, monkeypatch):
-    """A row that fails to build, or in its warm-up (a compile mode on some GPU), is named in
-    the table and the JSON; the other rows are still measured side by side."""
+def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp_path, monkeypatch, capsys):
+    """A row that fails to build, in its warm-up or while timed (a compile mode on some GPU) is
+    named in the table and the JSON; the other rows are still measured side by side."""
     tp = _load_benchmark("throughput")
-    make_trainer, step_fn, built = tp.make_trainer, tp.step_fn, []
+    step_fn, built = tp.step_fn, []
 
-    def failing_build(cfg, *a):
-        if cfg.data.backend == "pil":
-            raise RuntimeError("no PIL today")
-        return make_trainer(cfg, *a)
+    def no_peer(*a):
+        raise RuntimeError("no peer today")
 
-    def failing_second_row(tr):
+    def failing_rows(tr):  # built in --rows order: limit, mocolab, pil
         built.append(tr)
-        if len(built) == 2:  # the mocolab row's step
-            def step(*views):
-                raise RuntimeError("replay failed")
-            return step
-        return step_fn(tr)
+        row, step, calls = len(built), step_fn(tr), []
 
-    monkeypatch.setattr(tp, "make_trainer", failing_build)
-    monkeypatch.setattr(tp, "step_fn", failing_second_row)
+        def failing(*views):
+            calls.append(1)
+            if row == 2 or (row == 3 and len(calls) == 5):  # mocolab: at once; pil: in the 2nd round
+                raise RuntimeError(f"replay {len(calls)} failed")
+            return step(*views)
+        return step if row == 1 else failing
+
+    monkeypatch.setattr(tp, "peer_row", no_peer)
+    monkeypatch.setattr(tp, "step_fn", failing_rows)
     data = cifar_subset(cifar_dir, tmp_path / "c10", 32)
     res = tp.main(["--data", str(data), "--arch", "resnet10", "--width", "8", "--batch-size", "16", "--limit", "64",
-                   "--steps", "1", "--rounds", "2", "--rows", "limit,mocolab,pil", "--json", str(tmp_path / "t.json"),
+                   "--steps", "1", "--rounds", "2", "--rows", "limit,mocolab,pil,peer", "--json", str(tmp_path / "t.json"),
                    "data.workers=0"])
     assert res["limit_img_s"] > 0 and res["mocolab_img_s"] is None and res["pil_img_s"] is None
+    assert res["peer_img_s"] is None and "mocolab_over_limit" not in res
     written = json.loads((tmp_path / "t.json").read_text())
-    assert written["failed_rows"] == {"mocolab": "warm-up: RuntimeError: replay failed",
-                                      "pil": "build: RuntimeError: no PIL today"}
+    assert written["failed_rows"] == {"mocolab": "warm-up: RuntimeError: replay 1 failed",
+                                      "pil": "timing: RuntimeError: replay 5 failed",
+                                      "peer": "build: RuntimeError: no peer today"}
+    table = capsys.readouterr().out.split("rounds\n")[-1]
+    assert table.startswith("limit ") and "mocolab            failed in its warm-up" in table
+    assert "pil                failed in its timing" in table
 
 
 def test_augment_library_rows_build_the_same_preset():
@@ -72,7 +78,9 @@ def test_augment_library_rows_build_the_same_preset():
     preset 'none' it returns the normalised image, and with v1 normalised crops of the size."""
     import torch
 
-    from mocolab.augment import preset
+    from dataclasses import replace
+
+    from mocolab.augment import pil_transform, preset
     bench = _load_benchmark("augment")
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     x = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
@@ -81,3 +89,11 @@ def test_augment_library_rows_build_the_same_preset():
     torch.manual_seed(0)
     views = torch.stack([bench.tv2_transform(preset("v1", 8), mean, std)(x) for _ in range(8)])
     assert views.shape == (8, 3, 8, 8) and views.dtype == torch.float32 and views.std(0).mean() > 0.05
+
+    def names(ops):  # RandomApply named with what it applies
+        return [type(t).__name__ + "".join(type(u).__name__ for u in getattr(t, "transforms", [])) for t in ops]
+
+    # the same ops in the same order as the PIL reference, for every preset (blur and solarize too)
+    for spec in [preset("v1", 32), preset("v2", 64), preset("cifar", 32), replace(preset("v2", 64), p_solarize=0.2)]:
+        ref = [n.replace("ToTensor", "ToDtype") for n in names(pil_transform(spec, mean, std).transforms)]
+        assert names(bench.tv2_transform(spec, mean, std).transforms) == ref

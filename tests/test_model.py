@@ -296,6 +296,14 @@ def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
     assert modes == [expected, expected] and model.compiled and not model.cudagraphs
 
 
+@pytest.mark.parametrize("device,mode,expected", [
+    ("cuda", "reduce-overhead", True), ("cuda:1", "max-autotune", True), ("cuda", "default", False),
+    ("cuda", "max-autotune-no-cudagraphs", False), ("cpu", "reduce-overhead", False), ("cpu", "max-autotune", False)])
+def test_cuda_graphs_only_in_their_modes_on_cuda(device, mode, expected):
+    from mocolab.pretrain import uses_cudagraphs
+    assert uses_cudagraphs(tiny_config(**{"run.compile_mode": mode}), torch.device(device)) is expected
+
+
 def test_step_marks_each_cuda_graph_step(monkeypatch):
     """With CUDA graphs every moco_step starts with cudagraph_mark_step_begin (the previous
     step's graph outputs may then be overwritten: the step keeps none of them); without, never."""

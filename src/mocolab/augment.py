@@ -335,6 +335,11 @@ def _blend_op(x: torch.Tensor, f: torch.Tensor, op: torch.Tensor) -> torch.Tenso
 # ---------------------------------------------------------------------------------------------
 # PIL backend (torchvision, one image at a time)
 
+def blur_kernel_size(spec: AugSpec) -> int:
+    """The per-image pipelines' blur kernel: +-3 of the largest sigma (the batch path's span)."""
+    return 2 * math.ceil(3 * spec.blur_sigma[1]) + 1
+
+
 def pil_transform(spec: AugSpec, mean, std) -> T.Compose:
     s = spec
     ops = [T.RandomResizedCrop(s.size, scale=s.scale, ratio=s.ratio)]
@@ -346,7 +351,7 @@ def pil_transform(spec: AugSpec, mean, std) -> T.Compose:
     if not s.gray_first:
         ops.append(gray)
     if s.p_blur > 0:
-        ops.append(T.RandomApply([T.GaussianBlur(kernel_size=2 * math.ceil(3 * s.blur_sigma[1]) + 1, sigma=s.blur_sigma)], p=s.p_blur))
+        ops.append(T.RandomApply([T.GaussianBlur(kernel_size=blur_kernel_size(s), sigma=s.blur_sigma)], p=s.p_blur))
     if s.p_solarize > 0:
         ops.append(T.RandomSolarize(128, p=s.p_solarize))
     ops += [T.RandomHorizontalFlip(s.p_flip), T.ToTensor(), T.Normalize(mean, std)]

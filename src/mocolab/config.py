@@ -90,7 +90,8 @@ class RunConfig:
     compile: bool = False  # torch.compile both encoders (~1 min cold on this CPU, seconds warm; benchmarks/RESULTS.md)
     compile_min_minutes: float = 0.0  # with compile: only under a time budget of at least this many minutes (0 = always)
     # torch.compile's mode for the encoders: default | reduce-overhead (CUDA graphs: one replay per
-    # encoder call instead of a launch per kernel, on CUDA) | max-autotune | max-autotune-no-cudagraphs
+    # encoder call instead of a launch per kernel, on CUDA) | max-autotune (tuned kernels, CUDA
+    # graphs too) | max-autotune-no-cudagraphs
     compile_mode: str = "default"
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines

@@ -98,9 +98,14 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
         model.encoder_q.compile(mode=None if mode == "default" else mode)
         model.encoder_k.compile(mode=None if mode == "default" else mode)
         model.compiled = True  # the Trainer compiles the augmentation along with them
-        # CUDA graphs replay from fixed memory: moco_step marks each step's start (cudagraph trees)
-        model.cudagraphs = device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+        model.cudagraphs = uses_cudagraphs(cfg, device)
     return model
+
+
+def uses_cudagraphs(cfg: Config, device: torch.device) -> bool:
+    """Whether the compiled encoders run as CUDA graphs. Those replay from fixed memory, so
+    moco_step (and the kNN monitor, per batch) marks where each step begins (cudagraph trees)."""
+    return device.type == "cuda" and cfg.run.compile_mode in ("reduce-overhead", "max-autotune")
 
 
 def compiles(cfg: Config) -> bool:

@@ -22,7 +22,7 @@ def extract_features(model: nn.Module, data: TensorData | FileList, mean, std, *
     Cached uint8 images larger than `size` are center-cropped to it; files (FileList) are
     resized and center-cropped by torchvision, and unreadable ones are left out.
     Under torchrun each rank extracts a contiguous shard and every rank gets all N, in order.
-    cudagraph_steps: `model` is compiled with CUDA graphs (run.compile_mode=reduce-overhead);
+    cudagraph_steps: `model` is compiled with CUDA graphs (run.compile_mode reduce-overhead or max-autotune);
     each batch is then one inference step of its own, replaying one graph."""
     if shard and du.is_dist():
         n, w, r = len(data), du.world_size(), du.rank()
