@@ -18,7 +18,7 @@ training step of the `cifar10_cpu` preset spends on its two views (batch 256, 32
 The library rows answer issue 5's "if a maintained library already does per-image batched
 augmentation well enough, prefer it": same preset, same images, same process.
 
-  python benchmarks/augment.py --data ../shared/data/cifar10 [--preset cifar10_cpu] [--rounds 7] [--device cpu]
+  python benchmarks/augment.py --data ../shared/data/cifar10 [--preset cifar10_cpu] [--rounds 7]
 """
 
 from __future__ import annotations

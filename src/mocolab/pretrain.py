@@ -94,9 +94,9 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compiles(cfg):  # in place: parameters, state_dict keys and checkpoints stay as they are
-        mode = cfg.run.compile_mode
-        model.encoder_q.compile(mode=None if mode == "default" else mode)
-        model.encoder_k.compile(mode=None if mode == "default" else mode)
+        mode = None if cfg.run.compile_mode == "default" else cfg.run.compile_mode
+        model.encoder_q.compile(mode=mode)
+        model.encoder_k.compile(mode=mode)
         model.compiled = True  # the Trainer compiles the augmentation along with them
         model.cudagraphs = uses_cudagraphs(cfg, device)
     return model
