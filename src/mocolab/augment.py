@@ -135,6 +135,11 @@ def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float | None
     return y.view(B, C, H, W)
 
 
+def boxes_fit(boxes: torch.Tensor, size: int) -> bool:
+    """Whether no crop box (B x 4: x0, y0, x1, y1) is larger than the output size."""
+    return bool(((boxes[:, 2] - boxes[:, 0]) <= size).all() and ((boxes[:, 3] - boxes[:, 1]) <= size).all())
+
+
 def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, fits: bool | None = None) -> torch.Tensor:
     """x: B x C x H x W float, boxes: B x 4 (x0, y0, x1, y1) -> B x C x size x size, bilinear.
     roi_align with an adaptive sampling ratio averages ceil(box / size)^2 samples per output
@@ -145,9 +150,8 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, fits: bool | No
     B, _, H, W = x.shape
     boxes = boxes.to(x)
     x0, y0, x1, y1 = boxes.unbind(1)
-    if fits is None:
-        fits = bool(((x1 - x0) <= size).all() and ((y1 - y0) <= size).all())
-    if fits:  # output [-1, 1] -> the box, in align_corners=False coordinates
+    if boxes_fit(boxes, size) if fits is None else fits:
+        # output [-1, 1] -> the box, in align_corners=False coordinates
         zero = torch.zeros_like(x0)
         theta = torch.stack([(x1 - x0) / W, zero, (x0 + x1) / W - 1, zero, (y1 - y0) / H, (y0 + y1) / H - 1], 1)
         grid = F.affine_grid(theta.view(B, 2, 3), [B, x.shape[1], size, size], align_corners=False)
@@ -238,8 +242,7 @@ class BatchAugment:
             P[:, _BLUR_ON] = rand[:, 2] < s.p_blur
         P[:, _SOLARIZE_ON] = rand[:, 3] < s.p_solarize
         P[:, _FLIP_ON] = rand[:, 4] < s.p_flip
-        fits = bool(((boxes[:, 2] - boxes[:, 0]) <= s.size).all() and ((boxes[:, 3] - boxes[:, 1]) <= s.size).all())
-        return P, fits
+        return P, boxes_fit(boxes, s.size)
 
     @torch.no_grad()
     def apply(self, images: torch.Tensor, P: torch.Tensor, fits: bool) -> torch.Tensor:
