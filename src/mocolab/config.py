@@ -37,14 +37,21 @@ class ModelConfig:
     sync_bn: bool = False  # SyncBatchNorm over all ranks (GPUs; MoCo v3 style, instead of shuffle BN)
 
 
+METHODS = ("moco", "e2e", "bank")  # the paper's three dictionary mechanisms (mocolab.methods)
+
+
 @dataclass
 class MocoConfig:
-    queue_size: int = 65536  # K
+    # how the dictionary is built: moco (queue + momentum key encoder) | e2e (keys from f_q with
+    # gradient, negatives = the other keys of the batch) | bank (memory bank of every image, InstDisc)
+    method: str = "moco"
+    queue_size: int = 65536  # K: the queue's size (moco); negatives drawn from the bank (bank; 0 = every entry)
     m: float = 0.999  # momentum of the key encoder
     T: float = 0.2  # temperature
     symmetric: bool = False  # both views serve as queries (the official CIFAR demo's option)
     shuffle_bn: bool = True  # encode keys on a shuffled batch
     m_schedule: str = "constant"  # constant | cosine (MoCo v3 / BYOL: m rises from moco.m to 1 over the run)
+    bank_m: float = 0.5  # bank: v <- normalize(bank_m v + (1 - bank_m) f) after each step
 
 
 @dataclass
@@ -127,7 +134,10 @@ class Config:
             (self.model.bn_splits >= 1, "model.bn_splits must be >= 1"),
             (self.model.predictor_dim >= 0, "model.predictor_dim must be >= 0"),
             (not self.model.sync_bn or self.model.bn_splits == 1, "model.sync_bn=true needs model.bn_splits=1"),
-            (self.moco.queue_size >= 1, "moco.queue_size must be >= 1"),
+            (self.moco.method in METHODS, f"moco.method must be one of: {', '.join(METHODS)}"),
+            (self.moco.queue_size >= (0 if self.moco.method == "bank" else 1),
+             "moco.queue_size must be >= 1 (>= 0 for moco.method=bank, where 0 uses every entry)"),
+            (0.0 <= self.moco.bank_m < 1.0, "moco.bank_m must lie in [0, 1)"),
             (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
             (self.moco.T > 0, "moco.T must be positive"),
@@ -147,7 +157,7 @@ class Config:
             (not self.data.small_crops or (self.data.backend == "tensor" and not self.moco.symmetric),
              "data.small_crops needs data.backend=tensor and moco.symmetric=false"),
             (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
-            (self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),
+            (self.moco.method != "moco" or self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),
              f"moco.queue_size (K={self.moco.queue_size}) is smaller than the keys enqueued per step "
              f"({self.optim.batch_size * (2 if self.moco.symmetric else 1)}): the queue would not hold one batch"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
