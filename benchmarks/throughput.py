@@ -42,7 +42,7 @@ from mocolab.config import build_config  # noqa: E402
 from mocolab.data import TensorData, load_splits  # noqa: E402
 from mocolab.engine import Trainer, epoch_order  # noqa: E402
 from mocolab.pretrain import build_model, resolve_amp, resolve_device  # noqa: E402
-from mocolab.step import moco_step  # noqa: E402
+from mocolab.step import train_step  # noqa: E402
 
 COMPILE = ["run.compile=true", "run.compile_min_minutes=0"]  # compile here whatever the preset's threshold
 
@@ -76,9 +76,9 @@ def make_trainer(cfg, data, device, dtype):
 def step_fn(tr: Trainer):
     cfg = tr.cfg
 
-    def step(x_q, x_k):
-        return moco_step(tr.model, tr.optimizer, x_q, x_k, m=cfg.moco.m, T=cfg.moco.T,
-                         symmetric=cfg.moco.symmetric, autocast=tr._autocast(), generator=tr.gen)
+    def step(views, index):
+        return train_step(tr.method, tr.optimizer, views, m=cfg.moco.m, index=index, autocast=tr._autocast(),
+                          generator=tr.gen)[0]
     return step
 
 
@@ -183,7 +183,7 @@ def main(argv=None) -> dict:
             tr.aug.compile = False  # the encoders compiled, the augmentation eager
         step, views = step_fn(tr), endless_views(tr)
         if fixed:  # ready-made views: no data work in this row
-            ready = next(views)
+            ready = next(views)  # (views, index)
             return lambda: step(*ready)
         return lambda: step(*next(views))
 

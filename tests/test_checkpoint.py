@@ -9,7 +9,7 @@ from mocolab.checkpoint import CheckpointError, atomic_save, extract_backbone, s
 from mocolab.data import TensorData
 from mocolab.engine import Trainer
 from mocolab.models.backbones import torchvision_model
-from mocolab.models.moco import MoCo
+from mocolab.methods import build_method
 
 
 def _trainer(cfg, tmp_path, init_seed=0):
@@ -17,7 +17,7 @@ def _trainer(cfg, tmp_path, init_seed=0):
     data = TensorData(torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8, generator=g),
                       torch.zeros(48, dtype=torch.long), [])
     torch.manual_seed(init_seed)
-    return Trainer(cfg, MoCo(cfg), data, torch.device("cpu"), tmp_path, None)
+    return Trainer(cfg, build_method(cfg), data, torch.device("cpu"), tmp_path, None)
 
 
 
@@ -33,12 +33,12 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     state = safe_load(path)
 
     b = _trainer(tiny_config(**{"run.epochs": 3, **over}), None, init_seed=99)  # different weights and queue
-    assert not torch.equal(b.model.queue.keys, a.model.queue.keys)
+    assert not torch.equal(b.method.queue.keys, a.method.queue.keys)
     b.load_state_dict(state)
     for t in (a, b):
         t.progress.total_steps = 18
         t.fit()
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    for (ka, va), (kb, vb) in zip(a.method.state_dict().items(), b.method.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
@@ -90,7 +90,7 @@ def test_not_a_checkpoint(tmp_path):
 
 def test_foreign_checkpoints_are_recognised():
     cfg = tiny_config()
-    model = MoCo(cfg)
+    model = build_method(cfg)
     sd = {f"module.encoder_q.{k}": v for k, v in model.encoder_q.backbone.state_dict().items()}
     sd["module.encoder_q.fc.weight"] = torch.zeros(128, 64)
     sd["module.queue"] = torch.zeros(16, 10)

@@ -17,8 +17,8 @@ from mocolab import distributed as du
 from mocolab.checkpoint import safe_load
 from mocolab.data import TensorData
 from mocolab.eval.features import extract_features
-from mocolab.models.moco import MoCo
-from mocolab.step import moco_step
+from mocolab.methods import build_method
+from mocolab.step import train_step
 
 pytestmark = pytest.mark.dist
 
@@ -45,13 +45,13 @@ def _inputs(step):
 def _train(cfg, rank=0, world=1):
     """STEPS MoCo steps on fixed views; rank r takes rows [r*n, (r+1)*n) of each global batch."""
     torch.manual_seed(0)
-    model = MoCo(cfg)
+    model = build_method(cfg)
     net = du.ddp(model) if world > 1 else model
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
     g, n, losses = torch.Generator().manual_seed(7), 2 * B // world, []
     for step in range(STEPS):
         x_q, x_k = (x[rank * n:(rank + 1) * n] for x in _inputs(step))
-        loss = moco_step(model, opt, x_q, x_k, m=0.9, T=0.2, generator=g, net=net)
+        loss = train_step(model, opt, (x_q, x_k), m=0.9, generator=g, net=net)[0]
         losses.append(du.all_reduce(loss.clone(), "mean").item())  # the global batch's loss
     return model, losses
 
@@ -128,7 +128,7 @@ def test_cross_rank_shuffle_and_feature_gathering(tmp_path):
 def test_sync_bn_option_converts_and_needs_one_split():
     from mocolab.config import ConfigError
 
-    model = MoCo(tiny_config(**{"model.sync_bn": True, "model.bn_splits": 1}))
+    model = build_method(tiny_config(**{"model.sync_bn": True, "model.bn_splits": 1}))
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.encoder_q.modules())
     assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.encoder_k.modules())
     with pytest.raises(ConfigError, match="sync_bn=true needs model.bn_splits=1"):

@@ -7,9 +7,9 @@ from mocolab.data import TensorData
 from mocolab.distributed import batch_shuffle
 from mocolab.engine import Trainer
 from mocolab.models.backbones import build_backbone, infer_arch, torchvision_model
-from mocolab.models.moco import MoCo
+from mocolab.methods import build_method
 from mocolab.models.splitbn import SplitBatchNorm, fold_groups, reference_split_bn, unfold_groups
-from mocolab.step import moco_step
+from mocolab.step import train_step
 
 
 def test_shuffle_then_unshuffle_is_identity():
@@ -115,12 +115,12 @@ def test_fold_groups_moves_group_g_into_channel_block_g(channels_last):
 
 def test_key_encoder_gets_no_gradient_and_moves_by_momentum():
     cfg = tiny_config()
-    model = MoCo(cfg)
+    model = build_method(cfg)
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.1)
     x_q, x_k = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
     k_before = [p.clone() for p in model.encoder_k.parameters()]
     q_before = [p.clone() for p in model.encoder_q.parameters()]
-    moco_step(model, opt, x_q, x_k, m=0.9, T=0.2)
+    train_step(model, opt, (x_q, x_k), m=0.9)
     assert all(p.grad is None for p in model.encoder_k.parameters())
     assert all(not p.requires_grad for p in model.encoder_k.parameters())
     # f_k = 0.9 f_k + 0.1 f_q(after the SGD step)
@@ -131,13 +131,13 @@ def test_key_encoder_gets_no_gradient_and_moves_by_momentum():
 
 def test_step_enqueues_keys_and_uses_earlier_keys_as_negatives():
     cfg = tiny_config(**{"moco.queue_size": 20})
-    model = MoCo(cfg)
+    model = build_method(cfg)
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.0)  # lr 0: f_q and f_k stay equal
     model.train()
     x = torch.randn(8, 3, 16, 16)
     queue_before = model.queue.keys.clone()
     g = torch.Generator().manual_seed(0)
-    moco_step(model, opt, x, x, m=0.0, T=0.2, generator=g)
+    train_step(model, opt, (x, x), m=0.0, generator=g)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         k = model.encode_key(x, g)  # same weights, same shuffle -> the enqueued keys
@@ -150,7 +150,7 @@ def test_shuffle_bn_changes_keys_only_with_split_bn():
     torch.manual_seed(0)
     x = torch.randn(8, 3, 16, 16)
     for splits, changes in ((1, False), (2, True)):
-        model = MoCo(tiny_config(**{"model.bn_splits": splits}))
+        model = build_method(tiny_config(**{"model.bn_splits": splits}))
         model.train()
         with torch.no_grad():
             plain = model.encoder_k(x)
@@ -181,17 +181,17 @@ def test_width_option():
 
 def test_predictor_is_trained_on_the_query_side_only():
     cfg = tiny_config(**{"model.predictor_dim": 32})
-    model = MoCo(cfg)
+    model = build_method(cfg)
     model.train()
     pred = list(model.predictor.parameters())
     assert len(list(model.encoder_k.parameters())) == len(list(model.encoder_q.parameters()))  # f_k: no predictor
-    assert all(any(p is t for t in model.trainable_parameters()) for p in pred)
-    opt = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    assert all(any(p is t for t in model.learnable_params()) for p in pred)
+    opt = torch.optim.SGD(model.learnable_params(), lr=0.1)
     before = [p.clone() for p in pred]
     x_q, x_k = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
     q = model.encode_query(x_q)
     assert q.shape == (8, 16) and torch.allclose(q.norm(dim=1), torch.ones(8))
-    moco_step(model, opt, x_q, x_k, m=1.0, T=0.2, generator=torch.Generator().manual_seed(0))  # m=1: f_k stays
+    train_step(model, opt, (x_q, x_k), m=1.0, generator=torch.Generator().manual_seed(0))  # m=1: f_k stays
     assert all(not torch.equal(b, p) for b, p in zip(before, pred))  # the predictor learns
     with torch.no_grad():
         k = model.encode_key(x_k, torch.Generator().manual_seed(0))  # f_k's head output: no predictor
@@ -202,11 +202,12 @@ def test_multi_crop_small_views_are_extra_queries_for_the_same_key():
     """loss = mean over all query crops of InfoNCE against the image's key (SwAV's multi-crop)."""
     from mocolab.losses import info_nce
     cfg = tiny_config()
-    model = MoCo(cfg)
+    model = build_method(cfg)
     model.train()
     torch.manual_seed(0)
     x_q, x_k, x_s = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16), torch.randn(16, 3, 8, 8)  # 2 small per image
-    loss, k = model(x_q, x_k, T=0.2, generator=torch.Generator().manual_seed(0), x_small=x_s)
+    loss, out = model(x_q, x_k, x_s, generator=torch.Generator().manual_seed(0))
+    k = out["k"]
     with torch.no_grad():
         q, q_s = model.encode_query(x_q), model.encode_query(x_s)
         k_ref = model.encode_key(x_k, torch.Generator().manual_seed(0))
@@ -257,7 +258,7 @@ def test_compiled_encoders_train_like_eager():
     for model in models:
         opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.05, momentum=0.9)
         g = torch.Generator().manual_seed(0)
-        losses.append(torch.stack([moco_step(model, opt, x_q, x_k, m=0.9, T=0.2, generator=g) for x_q, x_k in batches]))
+        losses.append(torch.stack([train_step(model, opt, (x_q, x_k), m=0.9, generator=g)[0] for x_q, x_k in batches]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-4, atol=1e-4)
     for a, b in zip(eager.state_dict().values(), compiled.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4)
@@ -309,14 +310,14 @@ def test_step_marks_each_cuda_graph_step(monkeypatch):
     step's graph outputs may then be overwritten: the step keeps none of them); without, never."""
     marks = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
-    model = MoCo(tiny_config(**{"model.bn_splits": 1}))
+    model = build_method(tiny_config(**{"model.bn_splits": 1}))
     opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.05)
     x = torch.randn(8, 3, 16, 16)
-    moco_step(model, opt, x, x.flip(3), m=0.9, T=0.2)
+    train_step(model, opt, (x, x.flip(3)), m=0.9)
     assert marks == []
     model.cudagraphs = True
     for _ in range(3):
-        moco_step(model, opt, x, x.flip(3), m=0.9, T=0.2)
+        train_step(model, opt, (x, x.flip(3)), m=0.9)
     assert len(marks) == 3
 
 
@@ -328,7 +329,7 @@ def test_knn_monitor_marks_cuda_graph_steps(monkeypatch, features, marks):
     calls = []
     monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: calls.append(1))
     cfg = tiny_config(**{"run.knn_features": features, "run.knn_k": 3})
-    model = MoCo(cfg)
+    model = build_method(cfg)
     model.cudagraphs = True
     g = torch.Generator().manual_seed(0)
     split = TensorData(torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(10) % 2, ["a", "b"])

@@ -14,8 +14,9 @@ from conftest import tiny_config
 from mocolab.checkpoint import safe_load
 from mocolab.config import ConfigError, build_config
 from mocolab.data import TensorData
-from mocolab.engine import NonFiniteLoss, Trainer
-from mocolab.models.moco import MoCo
+from mocolab.engine import Trainer
+from mocolab.runtime import NonFiniteLoss
+from mocolab.methods import build_method
 
 
 def _trainer(cfg, out=None, init_seed=0, n=48):
@@ -23,11 +24,11 @@ def _trainer(cfg, out=None, init_seed=0, n=48):
     data = TensorData(torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g),
                       torch.zeros(n, dtype=torch.long), [])
     torch.manual_seed(init_seed)
-    return Trainer(cfg, MoCo(cfg), data, torch.device("cpu"), out, None)
+    return Trainer(cfg, build_method(cfg), data, torch.device("cpu"), out, None)
 
 
 def _assert_same_state(a: Trainer, b: Trainer):
-    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+    for (ka, va), (kb, vb) in zip(a.method.state_dict().items(), b.method.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb), ka  # both encoders, the queue and its pointer
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
@@ -49,7 +50,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, backend, stop
     state = safe_load(b.save("last.pth"))
 
     c = _trainer(tiny_config(**over), None, init_seed=99)  # a new process: other weights and queue
-    assert not torch.equal(c.model.queue.keys, a.model.queue.keys)
+    assert not torch.equal(c.method.queue.keys, a.method.queue.keys)
     c.load_state_dict(state)
     torch.manual_seed(1234)  # the global RNG of a fresh process differs; nothing may depend on it
     c.fit()
@@ -98,18 +99,18 @@ def test_skip_nonfinite_skips_up_to_the_limit(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="skipped step 3 .*1 of at most 2"):
         t.fit()
     assert t.skipped == 2 and t.progress.step == 12
-    assert all(torch.isfinite(v).all() for v in t.model.state_dict().values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in t.method.state_dict().values() if v.is_floating_point())
 
     # a skipped step changes nothing: weights, momentum buffers, key encoder, queue
     t = _trainer(tiny_config(**{"run.epochs": 2, "run.skip_nonfinite": 1}))
     t.progress.total_steps = 2
     t.fit()
-    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    before = {k: v.clone() for k, v in t.method.state_dict().items()}
     _nan_at(monkeypatch, {1, 3})
     t.progress.total_steps = 3
     with pytest.warns(UserWarning, match="skipped step 3"):
         t.fit()
-    assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+    assert all(torch.equal(before[k], v) for k, v in t.method.state_dict().items())
     t.progress.total_steps = 5
     with pytest.raises(NonFiniteLoss, match="more than run.skip_nonfinite=1"), pytest.warns(UserWarning):
         t.fit()

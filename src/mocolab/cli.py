@@ -16,7 +16,7 @@ from . import distributed as du
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, command_line_overrides, preset_names
 from .data import DataError
-from .engine import NonFiniteLoss, Preempted
+from .runtime import NonFiniteLoss, Preempted
 
 log = logging.getLogger("mocolab")
 
@@ -52,7 +52,7 @@ def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
     from .eval.knn import knn_evaluate
     from .eval.load import load_for_eval
-    from .pretrain import resolve_amp, resolve_device
+    from .runtime import resolve_amp, resolve_device
 
     net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
     device = du.setup(resolve_device(args.device))  # under torchrun the features are sharded over ranks

@@ -77,6 +77,16 @@ def all_gather(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def all_gather_grad(x: torch.Tensor) -> torch.Tensor:
+    """all_gather that carries gradients back to every rank's x (end-to-end's keys): (W*N) x ...
+    The backward sums each rank's gradient for x (torch.distributed.nn's reduce-scatter)."""
+    if not is_dist():
+        return x
+    from torch.distributed.nn.functional import all_gather as gather_with_grad
+
+    return torch.cat(gather_with_grad(x.contiguous()))
+
+
 @torch.no_grad()
 def all_gather_uneven(x: torch.Tensor) -> torch.Tensor:
     """Like all_gather, for a first dimension that differs between ranks."""
@@ -155,3 +165,10 @@ def batch_unshuffle(y: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tenso
         return y[idx_unshuffle]
     y_all = all_gather(y)  # (W*N) x ..., in shuffled order
     return y_all[idx_unshuffle.view(world_size(), -1)[rank()]]
+
+
+def batch_unshuffle_grad(y: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+    """batch_unshuffle for outputs that need their gradient (end-to-end's keys)."""
+    if not is_dist():
+        return y[idx_unshuffle]
+    return all_gather_grad(y)[idx_unshuffle.view(world_size(), -1)[rank()]]

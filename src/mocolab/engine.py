@@ -1,4 +1,5 @@
-"""The training loop: one `Trainer` that owns the model, optimizer, data order and budget.
+"""The training loop: one `Trainer` that drives any method (mocolab.methods) alike and owns the
+optimizer, data order, budget, signals, logging and checkpoints.
 
 `pretrain.py` builds the objects; this module runs steps, schedules, logs and checkpoints.
 """
@@ -32,23 +33,13 @@ from .data import (
     collate_skip_none,
     ignore_signals,
 )
-from .models.moco import MoCo
-from .momentum import cosine_momentum
+from .methods.base import Method
+from .runtime import NonFiniteLoss, Preempted, epoch_order
 from .schedules import StepBudget, lr_at, scaled_lr
 from .shards import ShardStream
-from .step import moco_step
+from .step import train_step
 
 log = logging.getLogger("mocolab")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class Preempted(RuntimeError):
-    """SIGTERM/SIGINT: the current step was finished and a checkpoint written."""
-
-    exit_code = 75  # EX_TEMPFAIL: "try again" (a scheduler may requeue with --resume auto)
 
 
 @dataclass
@@ -92,24 +83,19 @@ class MetricsLogger:
             self.tb.close()
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The data order of an epoch: a permutation that depends on (seed, epoch) only, so a
-    resumed run replays it exactly."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 class Trainer:
-    def __init__(self, cfg: Config, model: MoCo, train: TensorData | FileList | ShardStream, device: torch.device,
+    def __init__(self, cfg: Config, method: Method, train: TensorData | FileList | ShardStream, device: torch.device,
                  out: Path | None, autocast_dtype: torch.dtype | None, monitor=None):
         if isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
             # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
             train = TensorData(train.images.to(device), train.labels, train.classes)
-        self.cfg, self.model, self.train, self.device, self.out = cfg, model, train, device, out
-        self.monitor = monitor  # callable(model) -> dict, run every knn_every epochs
+        if method.STATE == ("bank",) and (isinstance(train, ShardStream) or cfg.data.backend != "tensor"):
+            raise ValueError("moco.method=bank needs each image's index: use data.backend=tensor (not tar shards)")
+        self.cfg, self.method, self.train, self.device, self.out = cfg, method, train, device, out
+        self.monitor = monitor  # callable(method) -> dict, run every knn_every epochs
         o = cfg.optim
         self.base_lr = scaled_lr(o.lr, o.batch_size, o.base_batch_size)
-        self.optimizer = torch.optim.SGD(model.trainable_parameters(), lr=self.base_lr,
+        self.optimizer = torch.optim.SGD(method.learnable_params(), lr=self.base_lr,
                                          momentum=o.momentum, weight_decay=o.weight_decay)
         self.batch = o.batch_size  # global: each of the W ranks takes its slice of every batch
         self.world, self.rank = du.world_size(), du.rank()
@@ -125,9 +111,9 @@ class Trainer:
         self.budget = StepBudget(self.budget_s, start_step=0)  # restarted by fit() from the resumed step
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
         self.gen = torch.Generator()  # augmentation + shuffle BN; seeded by (seed, step, rank) each step
-        self.net = model  # what the step calls: DistributedDataParallel(model) under torchrun (see fit)
+        self.net = method  # what the step calls: DistributedDataParallel(method) under torchrun (see fit)
         spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size, cfg.data.crop_scale)
-        compiled = getattr(model, "compiled", False)  # then the augmentation is compiled too
+        compiled = method.compiled  # then the augmentation is compiled too
         self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last, compiled)
         d = cfg.data  # multi-crop's small views: the same augmentation at their size and scale
         self.aug_small = BatchAugment(preset(d.augment, d.small_crop_size, d.small_crop_scale), d.mean, d.std,
@@ -144,20 +130,20 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(),
+            "model": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "progress": asdict(self.progress),
-            "rng": rng_state({"aug": self.gen}),
+            "rng": rng_state({"aug": self.gen, **self.method.generators()}),
             "config": self.cfg.to_dict(),
             "history": self.history,
             "skipped": self.skipped,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
-        set_rng_state(state["rng"], {"aug": self.gen})
+        set_rng_state(state["rng"], {"aug": self.gen, **self.method.generators()})
         self.history = list(state.get("history", []))
         self.skipped = int(state.get("skipped", 0))
 
@@ -233,21 +219,21 @@ class Trainer:
             p.total_steps = 10**9  # set from the measured speed after the first steps
         bar = tqdm(total=None, disable=not du.is_main(), dynamic_ncols=True, unit="step",
                    initial=p.step, mininterval=2.0)
-        self.model.train()
+        self.method.train()
         self.budget = StepBudget(self.budget_s, start_step=p.step)  # step time measured from here + 5 on
-        if du.is_dist() and self.net is self.model:  # gradients averaged over ranks
+        if du.is_dist() and self.net is self.method:  # gradients averaged over ranks
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.net = du.ddp(self.model, ids)
+            self.net = du.ddp(self.method, ids)
         try:
             with self._graceful_signals():
                 while not self._done():
                     self.train_one_epoch(bar)
                     if p.it == self.steps_per_epoch:  # a full epoch: next epoch, checkpoint, monitor
                         p.epoch, p.it = p.epoch + 1, 0
-                        du.broadcast_buffers(self.model)  # rank 0's BN statistics, for the monitor and the save
+                        du.broadcast_buffers(self.method)  # rank 0's BN statistics, for the monitor and the save
                         if cfg.run.knn_every and p.epoch % cfg.run.knn_every == 0 and self.monitor and not self._done():
                             t0 = time.perf_counter()
-                            result = self.monitor(self.model)
+                            result = self.monitor(self.method)
                             p.elapsed += time.perf_counter() - t0
                             self.history.append({"epoch": p.epoch, "step": p.step, **result})
                             self.logger.write({"epoch": p.epoch, "step": p.step, **result}, p.step)
@@ -257,15 +243,16 @@ class Trainer:
         finally:
             bar.close()
         if self.stop_agreed or (self.world == 1 and self.stop_signal is not None):
-            du.broadcast_buffers(self.model)
+            du.broadcast_buffers(self.method)
             path = self.save(f"step_{p.step:08d}.pth")
             raise Preempted(f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} after step {p.step}; "
                             f"checkpoint {path}; continue with --resume auto")
         return p
 
     def views(self, order: torch.Tensor, start: int, epoch: int):
-        """Yields (x_q, x_k) for the epoch's batches from batch `start` on: this rank's slice of
-        each global batch (the whole batch on one process).
+        """Yields (views, index) for the epoch's batches from batch `start` on: this rank's slice
+        of each global batch (the whole batch on one process). views: (x_q, x_k[, x_small]), or
+        (x,) for a one-view method; index: the images' dataset indices (None for shards and pil).
         tensor backend: uint8 batches from the cache, augmented on the device, per image.
         pil backend: torchvision transforms in DataLoader workers (files or the cache)."""
         B, b, r, dev = self.batch, self.local_batch, self.rank, self.device
@@ -275,13 +262,13 @@ class Trainer:
                 x, _ = next(stream)
                 if it >= start:
                     x = x.to(dev, non_blocking=True)
-                    yield self._augment(x)
+                    yield self._augment(x), None
             return
         mine = [order[it * B + r * b:it * B + (r + 1) * b] for it in range(start, self.steps_per_epoch)]
         if self.cfg.data.backend == "tensor":
             for idx in mine:
                 x = self.train.images[du.to_device(idx, self.train.images.device)].to(dev, non_blocking=True)  # b x 3 x H x W uint8
-                yield self._augment(x)
+                yield self._augment(x), du.to_device(idx, dev)
             return
         # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
         seed = self.cfg.run.seed * 1_000_003 + epoch
@@ -299,39 +286,43 @@ class Trainer:
             if x_q.shape[0] < b:  # unreadable images were skipped: repeat others (same shape on every rank)
                 fill = torch.arange(b) % x_q.shape[0]
                 x_q, x_k = x_q[fill], x_k[fill]
-            yield (x_q.to(dev, non_blocking=True, memory_format=fmt), x_k.to(dev, non_blocking=True, memory_format=fmt))
+            yield (x_q.to(dev, non_blocking=True, memory_format=fmt), x_k.to(dev, non_blocking=True, memory_format=fmt)), None
 
     def _augment(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """uint8 b x 3 x H x W -> (x_q, x_k), plus x_small ((n b) x 3 x s x s, crop j of image i
-        at row j b + i) with multi-crop."""
+        at row j b + i) with multi-crop; (x,) for a one-view method."""
+        if self.method.num_views == 1:
+            return (self.aug(x, self.gen),)
         views = self.aug.two_views(x, self.gen)
         if self.aug_small is None:
             return views
         return (*views, self.aug_small(x.repeat(self.cfg.data.small_crops, 1, 1, 1), self.gen))
 
     def train_one_epoch(self, bar) -> None:
-        cfg, p, model = self.cfg, self.progress, self.model
+        cfg, p, method = self.cfg, self.progress, self.method
         order = epoch_order(len(self.train), cfg.run.seed, p.epoch)
         B, dev = self.batch, self.device
         losses: list[torch.Tensor] = []  # this log window's losses, on the device; read at log time only
+        logs: dict[str, list[torch.Tensor]] = {}  # the method's logs (pretext_acc), likewise
         n_log, t_log = 0, time.perf_counter()
         views = self.views(order, p.it, p.epoch)
         t0 = time.perf_counter()
         while p.it < self.steps_per_epoch and not self._done():
             self.gen.manual_seed(self._step_seed(p.step))
-            batch = next(views, None)  # two augmented views, b x 3 x S x S each (b = B / ranks)
+            batch = next(views, None)  # augmented views, b x 3 x S x S each (b = B / ranks), and indices
             if batch is None:  # the loader ran short (unreadable images were skipped)
                 p.it = self.steps_per_epoch
                 break
-            x_q, x_k, *x_small = batch  # x_small: [multi-crop's small views] or []
+            x, index = batch
             lr = lr_at(p.step, p.total_steps, self.base_lr, cfg.optim.schedule, cfg.optim.milestones, self.warmup_steps)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            m = cfg.moco.m if cfg.moco.m_schedule == "constant" else cosine_momentum(cfg.moco.m, p.step / p.total_steps)
-            loss = moco_step(model, self.optimizer, x_q, x_k, m=m, T=cfg.moco.T, symmetric=cfg.moco.symmetric,
-                             autocast=self._autocast(), generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0,
-                             net=self.net, x_small=x_small[0] if x_small else None)
-            if cfg.run.skip_nonfinite and not math.isfinite(loss.item()):  # moco_step changed nothing
+            m = method.momentum(p.step / p.total_steps)
+            loss, step_logs = train_step(method, self.optimizer, x, m=m, index=index, autocast=self._autocast(),
+                                         generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0, net=self.net)
+            for k, v in step_logs.items():
+                logs.setdefault(k, []).append(v)
+            if cfg.run.skip_nonfinite and not math.isfinite(loss.item()):  # train_step changed nothing
                 self.skipped += 1
                 warnings.warn(f"skipped step {p.step + 1} (epoch {p.epoch}): loss {loss.item()} "
                               f"({self.skipped} of at most {cfg.run.skip_nonfinite})", stacklevel=2)
@@ -363,16 +354,28 @@ class Trainer:
                 mean_loss = window.mean().item() if losses else float("nan")
                 ips = n_log * B / (time.perf_counter() - t_log)
                 rec = {"epoch": p.epoch, "step": p.step, "loss": mean_loss, "lr": lr, "img_per_s": ips,
-                       "epoch_float": p.step / self.steps_per_epoch}
+                       "epoch_float": p.step / self.steps_per_epoch, **self._mean_logs(logs)}
+                if method.momentum_pairs():
+                    rec["m"] = m
                 self.logger.write(rec, p.step)
                 bar.set_postfix(ep=f"{rec['epoch_float']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
                 bar.update(n_log)
                 losses.clear()
+                logs.clear()
                 n_log, t_log = 0, time.perf_counter()
             if save_now:
                 self.save(f"step_{p.step:08d}.pth")  # the epoch ends of run.save_every are saved by fit()
         if losses:  # steps since the last log (the loop ended early): checked before fit() saves
             self._check_finite(torch.stack(losses))
+
+    def _mean_logs(self, logs: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+        """The log window's mean of each of the method's logs (over ranks too)."""
+        if not logs:
+            return {}
+        means = torch.stack([torch.stack(v).float().mean() for v in logs.values()])
+        if self.world > 1:
+            du.all_reduce(means, "mean")
+        return dict(zip(logs, means.tolist()))
 
     def _check_finite(self, window: torch.Tensor) -> None:
         """window: the losses of the steps that end at the current step. Stops at a NaN/Inf,

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import distributed as du
@@ -23,62 +21,21 @@ from .config import Config, ConfigError, apply_overrides, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .eval.knn import knn_evaluate
-from .models.moco import MoCo
+from .methods import build_method
+from .methods.base import Method
+from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
 from .shards import ShardStream, is_shard_pattern
 
 log = logging.getLogger("mocolab")
 
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name} but no CUDA device is available")
-    return dev
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AMX (Sapphire Rapids and later): bf16 convolutions beat float32 on the CPU."""
-    try:
-        return bool(torch._C._cpu._init_amx()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    if amp == "off":
-        return None
-    if amp == "bf16" or device.type == "cuda" or cpu_has_fast_bf16():
-        return torch.bfloat16
-    return None
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def check_out_dir(out: Path) -> None:
-    """Fails before any training if the run folder cannot be written or the disk is full."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_test"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as e:
-        raise OSError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
-    free = shutil.disk_usage(out).free
-    if free < 200 * 2**20:
-        raise OSError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")
+METHOD_NAMES = {"moco": "MoCo", "e2e": "end-to-end", "bank": "memory bank"}  # in tables and exports
 
 
 def knn_monitor(cfg: Config, train, test, device, autocast_dtype):
-    """A callable(model) -> {'knn_top1': %, ...}: train split as the bank, test split as queries
+    """A callable(method) -> {'knn_top1': %, ...}: train split as the bank, test split as queries
     (decoded tensors or file lists)."""
 
-    def run(model: MoCo) -> dict:
+    def run(model: Method) -> dict:
         net = model.encoder_q.backbone if cfg.run.knn_features == "backbone" else model.encoder_q
         kw = dict(device=device, channels_last=cfg.run.channels_last, autocast_dtype=autocast_dtype,
                   size=cfg.data.image_size, workers=cfg.data.workers,
@@ -89,14 +46,16 @@ def knn_monitor(cfg: Config, train, test, device, autocast_dtype):
     return run
 
 
-def build_model(cfg: Config, device: torch.device) -> MoCo:
-    model = MoCo(cfg).to(device)
+def build_model(cfg: Config, device: torch.device, n_train: int = 0) -> Method:
+    """The config's method (mocolab.methods.build_method) on `device`, compiled if asked.
+    n_train: the training set's size (the memory bank's)."""
+    model = build_method(cfg, n_train).to(device)
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compiles(cfg):  # in place: parameters, state_dict keys and checkpoints stay as they are
         mode = None if cfg.run.compile_mode == "default" else cfg.run.compile_mode
-        model.encoder_q.compile(mode=mode)
-        model.encoder_k.compile(mode=mode)
+        for enc in model.encoders():
+            enc.compile(mode=mode)
         model.compiled = True  # the Trainer compiles the augmentation along with them
         model.cudagraphs = uses_cudagraphs(cfg, device)
     return model
@@ -104,7 +63,7 @@ def build_model(cfg: Config, device: torch.device) -> MoCo:
 
 def uses_cudagraphs(cfg: Config, device: torch.device) -> bool:
     """Whether the compiled encoders run as CUDA graphs. Those replay from fixed memory, so
-    moco_step (and the kNN monitor, per batch) marks where each step begins (cudagraph trees)."""
+    train_step (and the kNN monitor, per batch) marks where each step begins (cudagraph trees)."""
     return device.type == "cuda" and cfg.run.compile_mode in ("reduce-overhead", "max-autotune")
 
 
@@ -170,7 +129,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         save_yaml(cfg, out / "config.yaml")
 
     seed_everything(cfg.run.seed)  # here: decoding (a DataLoader) draws from the RNG only without a cache
-    model = build_model(cfg, device)
+    model = build_model(cfg, device, len(train) if not isinstance(train, ShardStream) else 0)
     labeled = test is not None and int(torch.as_tensor(bank.labels).min()) >= 0
     monitor = knn_monitor(cfg, bank, test, device, autocast_dtype) if labeled else None
     trainer = Trainer(cfg, model, train, device, out, autocast_dtype, monitor)
@@ -190,6 +149,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     trainer.save("final.pth")
     meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
             "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,
+            "method": METHOD_NAMES[cfg.moco.method],
             "std": cfg.data.std, "load_with": "mocolab.models.backbones.torchvision_model"}
     if du.is_main():
         export_backbone(model, out / "backbone.pth", out / "backbone.json", meta)

@@ -22,7 +22,7 @@ from .data import DataError, cache_size_for, load_splits
 from .engine import MetricsLogger
 from .eval.classify import Classifier, FitConfig, evaluate, fit
 from .models.backbones import build_backbone, resolve_stem
-from .pretrain import check_out_dir, resolve_amp, resolve_device, seed_everything
+from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
 
 log = logging.getLogger("mocolab")
 

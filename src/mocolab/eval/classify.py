@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from ..augment import AugSpec, BatchAugment
 from ..data import TensorData
-from ..engine import NonFiniteLoss, epoch_order
+from ..runtime import NonFiniteLoss, epoch_order
 from ..schedules import StepBudget, lr_at
 from .features import extract_features
 

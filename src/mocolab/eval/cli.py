@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..config import command_line_overrides
-from ..pretrain import resolve_device
+from ..runtime import resolve_device
 
 TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo or supervised), a run folder, "
                "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "

@@ -11,7 +11,7 @@ import torch
 from ..checkpoint import CheckpointError, extract_backbone, safe_load
 from ..config import Config, from_dict
 from ..models.backbones import build_backbone, infer_arch
-from ..models.moco import MoCo
+from ..models.encoder import build_encoder
 
 
 def load_for_eval(path: str, features: str, image_size: int | None):
@@ -31,9 +31,10 @@ def load_for_eval(path: str, features: str, image_size: int | None):
         if "config" not in meta:
             raise CheckpointError("--features head needs a mocolab training checkpoint (it holds the head)")
         cfg.model.bn_splits = 1
-        model = MoCo(cfg)
-        model.load_state_dict(obj["model"])
-        return model.encoder_q, cfg
+        encoder, _ = build_encoder(cfg)  # f_q with its head, whatever the method
+        prefix = "encoder_q."
+        encoder.load_state_dict({k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)})
+        return encoder, cfg
     spec = infer_arch(sd)
     net, _ = build_backbone(spec["arch"], spec["width"], spec["stem"])
     try:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .. import distributed as du
 from ..data import DataError, Splits, cache_size_for, load_splits
-from ..pretrain import resolve_amp, resolve_device
+from ..runtime import resolve_amp, resolve_device
 from .classify import FitConfig
 from .features import extract_features
 from .finetune import finetune, finetune_defaults, protocol_name

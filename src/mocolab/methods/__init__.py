@@ -18,3 +18,25 @@ _SOME = set().union(*METHOD_KEYS.values())
 def applies(method: str, key: str) -> bool:
     """Whether `key` (group.name) changes what `method` does; keys no method owns always apply."""
     return key not in _SOME or key in METHOD_KEYS[method]
+
+
+def build_method(cfg, n_train: int = 0):
+    """The config's method on a fresh encoder. n_train: the training set's size (the bank's)."""
+    from ..models.encoder import build_encoder, build_query_predictor
+    from .bank import MemoryBank
+    from .e2e import EndToEnd
+    from .moco import MoCo
+
+    mc, enc_cfg = cfg.moco, cfg.model
+    encoder, info = build_encoder(cfg)
+    if mc.method == "moco":
+        method = MoCo(encoder, enc_cfg.dim, mc.queue_size, mc.m, mc.T, m_schedule=mc.m_schedule,
+                      shuffle_bn=mc.shuffle_bn, symmetric=mc.symmetric, predictor=build_query_predictor(cfg))
+    elif mc.method == "e2e":
+        method = EndToEnd(encoder, mc.T, shuffle_bn=mc.shuffle_bn)
+    else:
+        if n_train < 1:
+            raise ValueError("moco.method=bank needs the training set's size")
+        method = MemoryBank(encoder, n_train, enc_cfg.dim, mc.queue_size, mc.T, m=mc.bank_m, seed=cfg.run.seed)
+    method.stem, method.feature_dim = info["stem"], info["feature_dim"]
+    return method

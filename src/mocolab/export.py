@@ -1,0 +1,272 @@
+"""`mocolab export`: a backbone for torchvision, timm, detectron2 or safetensors.
+
+Reads anything `mocolab knn` reads (a run folder, a training checkpoint, a backbone.pth export,
+an official MoCo checkpoint, a torchvision state_dict) and writes one file (plus a .json
+sidecar for torchvision and timm), atomically, never over an existing file unless asked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError, extract_backbone, safe_load
+from .models.backbones import infer_arch, torchvision_model
+
+FORMATS = ("torchvision", "timm", "detectron2", "safetensors")
+FORMAT_VERSION = "1"
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+LOAD_WITH = "mocolab.models.backbones.torchvision_model(arch, width, stem)"
+
+
+def _source(src: str | Path) -> tuple[dict, dict]:
+    """CKPT -> (backbone state_dict with torchvision names, metadata)."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        if not (path / "backbone.pth").is_file():
+            raise CheckpointError(f"{path} is a folder without backbone.pth (not a finished run)")
+        path = path / "backbone.pth"
+    obj = safe_load(path)
+    sd, ck = extract_backbone(obj)
+    try:
+        meta = infer_arch(sd)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    ref = _reference(meta)
+    if {k: tuple(v.shape) for k, v in sd.items()} != ref:
+        bad = sorted(set(sd) ^ set(ref)) or [k for k in ref if tuple(sd[k].shape) != ref[k]]
+        raise CheckpointError(f"the weights in {path} do not fit a {meta['arch']} "
+                              f"(width {meta['width']}, {meta['stem']} stem): {', '.join(bad[:3])}")
+    meta["mean"], meta["std"] = IMAGENET
+    if "config" in ck:  # a training checkpoint
+        cfg = ck["config"]
+        data = cfg.get("data", {})
+        meta.update(mean=data.get("mean", meta["mean"]), std=data.get("std", meta["std"]),
+                    image_size=data.get("image_size"),
+                    method=cfg.get("moco", {}).get("method", "moco"))
+        meta["epochs"] = _progress_epochs(obj.get("progress"))
+    else:
+        side = path.with_suffix(".json")
+        try:
+            extra = json.loads(side.read_text()) if side.is_file() else {}
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"unreadable metadata {side}: {e}") from None
+        keys = ("mean", "std", "image_size", "method", "epochs")
+        meta.update({k: extra[k] for k in keys if k in extra})
+        summary = path.parent / "summary.json"
+        if "epochs" not in meta and path.name == "backbone.pth" and summary.is_file():
+            try:
+                meta["epochs"] = json.loads(summary.read_text()).get("epochs")
+            except (OSError, ValueError):
+                pass  # epochs are optional
+    return sd, {k: v for k, v in meta.items() if v is not None}
+
+
+def _reference(spec: dict) -> dict:
+    """Names and shapes of `torchvision_model(arch, width, stem)`, built on the meta device."""
+    with torch.device("meta"):
+        model = torchvision_model(spec["arch"], spec["width"], spec["stem"])
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _progress_epochs(p: dict | None) -> float | None:
+    if not p:
+        return None
+    if not p["it"]:
+        return float(p["epoch"])
+    if p["epoch"] and p["step"] > p["it"]:  # completed epochs tell the steps per epoch
+        return p["epoch"] + p["it"] * p["epoch"] / (p["step"] - p["it"])
+    return None
+
+
+def _write(path: Path, save) -> None:
+    """save(tmp) into a temporary file beside `path`, fsync, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Pickler(pickle.Pickler):
+    """Arrays as numpy.ndarray(shape, dtype, buffer): numpy 2's own array pickles name
+    numpy._core, which numpy < 1.26.1 (common beside detectron2) cannot import."""
+
+    def reducer_override(self, obj):
+        if type(obj) is np.ndarray:
+            a = np.ascontiguousarray(obj)
+            return np.ndarray, (a.shape, a.dtype.str, bytearray(a.tobytes()))
+        return NotImplemented
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _dumps(obj) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=4).dump(obj)
+    return buf.getvalue()
+
+
+def detectron2_name(k: str) -> str:
+    """torchvision -> detectron2 names, as MoCo's detection/convert-pretrain-to-detectron2.py."""
+    if "layer" not in k:
+        k = "stem." + k
+    for t in (1, 2, 3, 4):
+        k = k.replace(f"layer{t}", f"res{t + 1}")
+    for t in (1, 2, 3):
+        k = k.replace(f"bn{t}", f"conv{t}.norm")
+    return k.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+
+
+def _px(v) -> str:  # 0-1 mean/std -> detectron2's 0-255 pixel values
+    return "[" + ", ".join(f"{255 * x:.3f}" for x in v) + "]"
+
+
+def _detectron2(meta: dict, out: Path) -> str:
+    arch, w = meta["arch"], meta["width"]
+    if meta["stem"] == "cifar":
+        raise ValueError("detectron2 has no 3x3 stride-1 stem (CIFAR stem); "
+                         "use --format torchvision or safetensors")
+    if arch == "resnet10":
+        raise ValueError("detectron2 builds ResNet depths 18/34/50/101/152 only, not resnet10")
+    if arch != "resnet50" and w != 64:  # build_resnet_backbone asserts RES2_OUT_CHANNELS == 64
+        raise ValueError(f"detectron2's R18/R34 need 64 channels in res2 "
+                         f"(RES2_OUT_CHANNELS); this {arch} has width {w}")
+    if out.suffix != ".pkl":
+        raise ValueError("detectron2 reads pickled weights only from files named *.pkl")
+    lines = ["MODEL:", f'  WEIGHTS: "{out}"', f"  PIXEL_MEAN: {_px(meta['mean'])}",
+             f"  PIXEL_STD: {_px(meta['std'])}", "  RESNETS:", f"    DEPTH: {arch[6:]}",
+             "    STRIDE_IN_1X1: False",
+             '    NORM: "SyncBN"  # as the MoCo paper (FrozenBN or BN on one GPU)']
+    if arch == "resnet50":
+        if w != 64:  # stem w, bottleneck w, res2 out 4w (build_resnet_backbone's channel options)
+            lines += [f"    STEM_OUT_CHANNELS: {w}", f"    WIDTH_PER_GROUP: {w}",
+                      f"    RES2_OUT_CHANNELS: {4 * w}"]
+    else:
+        lines += ["    RES2_OUT_CHANNELS: 64  # R18/R34: an FPN config (C4 heads are bottlenecks)"]
+    return "\n".join(lines + ["INPUT:", '  FORMAT: "RGB"']) + "\n"
+
+
+def _timm(meta: dict) -> tuple[str, dict]:
+    """The timm.create_model name and kwargs that build this layout, or a refusal."""
+    if meta["stem"] == "cifar":
+        raise ValueError("timm's ResNet has no 3x3 stride-1 stem (CIFAR stem); "
+                         "use --format torchvision or safetensors")
+    if meta["width"] != 64:
+        raise ValueError(f"timm's ResNet fixes its 7x7 stem at 64 channels (stem_width sizes "
+                         f"only its deep stems), so width {meta['width']} cannot be built")
+    if meta["arch"] == "resnet10":  # timm's resnet10t is another network (deep stem, avg-pool down)
+        return "resnet18", {"layers": [1, 1, 1, 1]}
+    return meta["arch"], {}
+
+
+def export(src: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> dict:
+    """Writes the backbone of `src` as `fmt` to `out`; returns what was written."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    out = Path(out).expanduser()
+    side = out.with_suffix(".json") if fmt in ("torchvision", "timm") else None
+    if side == out:
+        raise ValueError(f"--out {out} is where its .json metadata goes; choose another name")
+    for p in (out, side):
+        if p is not None and p.is_dir():
+            raise ValueError(f"{p} is a folder; --out takes a file name")
+        if p is not None and p.exists() and not overwrite:
+            raise ValueError(f"{p} exists; pass --overwrite to replace it")
+    sd, meta = _source(src)
+    info = {"format": fmt, "path": str(out), **{k: meta[k] for k in ("arch", "width", "stem")}}
+    if fmt == "timm":
+        name, kwargs = _timm(meta)
+        info.update(timm_model=name, create_model_kwargs={"num_classes": 0, **kwargs})
+    elif fmt == "detectron2":
+        info["config"] = _detectron2(meta, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    if fmt == "detectron2":
+        model = {detectron2_name(k): _numpy(v) for k, v in sd.items()
+                 if not k.endswith("num_batches_tracked")}
+        obj = {"model": model, "__author__": "mocolab", "matching_heuristics": True}
+        _write(out, lambda p: p.write_bytes(_dumps(obj)))
+    elif fmt == "safetensors":
+        from safetensors.torch import save  # bytes, so the file gets the usual permissions
+
+        md = {"arch": meta["arch"], "width": str(meta["width"]), "stem": meta["stem"],
+              "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
+              "format_version": FORMAT_VERSION,
+              "load_with": f"mocolab.export.load_safetensors(path), then {LOAD_WITH}"}
+        md.update({k: str(meta[k]) for k in ("method", "epochs", "image_size") if k in meta})
+        weights = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+                   for k, v in sd.items()}  # own storage each: safetensors refuses shared ones
+        _write(out, lambda p: p.write_bytes(save(weights, metadata=md)))
+    else:  # torchvision and timm share the key names (verified by tests/test_export.py)
+        extra = {"format": fmt, "format_version": FORMAT_VERSION}
+        if fmt == "timm":
+            extra.update(timm_model=info["timm_model"],
+                         create_model_kwargs=info["create_model_kwargs"],
+                         load_with="timm.create_model(timm_model, pretrained=False, "
+                                   "**create_model_kwargs)")
+        else:
+            extra["load_with"] = LOAD_WITH
+        weights = {k: v.detach().cpu() for k, v in sd.items()}
+        _write(out, lambda p: torch.save(weights, p))
+        text = json.dumps({**meta, **extra}, indent=2)
+        _write(side, lambda p: p.write_text(text))
+        info["sidecar"] = str(side)
+    return info
+
+
+def load_safetensors(path: str | Path) -> tuple[dict, dict]:
+    """A safetensors export -> (state_dict for torchvision_model(arch, width, stem), metadata)."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        sd = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    for k, conv in (("width", int), ("image_size", int), ("epochs", float), ("mean", json.loads),
+                    ("std", json.loads)):
+        if k in meta:
+            meta[k] = conv(meta[k])
+    return sd, meta
+
+
+def cmd_export(args) -> int:
+    info = export(args.checkpoint, args.format, args.out, overwrite=args.overwrite)
+    what = f"{info['arch']}, width {info['width']}, {info['stem']} stem"
+    if "sidecar" in info:
+        what += f"; metadata in {info['sidecar']}"
+    print(f"wrote {info['path']} ({info['format']}: {what})")
+    if "timm_model" in info:
+        kw = "".join(f", {k}={v!r}" for k, v in info["create_model_kwargs"].items())
+        print(f"load with timm.create_model({info['timm_model']!r}, pretrained=False{kw})")
+    if "config" in info:
+        print(info["config"], end="")
+    return 0
+
+
+def add_command(sub) -> None:
+    p = sub.add_parser("export", help="write a backbone for torchvision, timm, detectron2 "
+                                      "or safetensors")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="run folder, mocolab checkpoint or backbone.pth, official MoCo "
+                        "or torchvision weights")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="file to write (detectron2: *.pkl)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out (and its .json) if they exist")
+    p.set_defaults(fn=cmd_export)

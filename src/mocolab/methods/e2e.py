@@ -1,0 +1,36 @@
+"""End-to-end (the paper's Figure 2a, as in SimCLR): the keys come from the query encoder
+itself, with gradients, and the negatives are the other keys of the (gathered) batch, so the
+dictionary is the batch: K = N - 1 for a global batch of N."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .. import distributed as du
+from ..losses import cross_entropy_at, pretext_top1
+from .base import Method
+
+
+class EndToEnd(Method):
+    def __init__(self, encoder: nn.Module, T: float = 0.07, *, shuffle_bn: bool = True):
+        super().__init__()
+        self.encoder_q = encoder
+        self.T, self.shuffle_bn = T, shuffle_bn
+
+    def encode_key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Keys N x C with gradient; with Shuffle BN computed on a shuffled batch (across ranks
+        under torchrun) and put back in order."""
+        if not self.shuffle_bn:
+            return self.encoder_q(x)
+        x_shuffled, idx_unshuffle = du.batch_shuffle(x, generator)
+        return du.batch_unshuffle_grad(self.encoder_q(x_shuffled), idx_unshuffle)
+
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, *, index: torch.Tensor | None = None,
+                generator: torch.Generator | None = None):
+        q = self.encoder_q(x_q)  # N x C
+        k = du.all_gather_grad(self.encode_key(x_k, generator))  # (W N) x C, the global batch's keys
+        with torch.autocast(q.device.type, enabled=False):
+            logits = q.float() @ k.float().t() / self.T  # N x (W N), q_i's positive at rank * N + i
+        labels = du.rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)  # N
+        return cross_entropy_at(logits, labels), {"logs": {"pretext_acc": pretext_top1(logits, labels)}}

@@ -1,0 +1,89 @@
+"""MoCo v1/v2 (He et al. 2019; Chen et al. 2020): query encoder f_q, key encoder f_k (its EMA
+copy) and a queue of K keys from earlier batches. `forward` and `after_step` together are the
+paper's Algorithm 1 (the SGD and momentum lines are the engine's: mocolab.step.train_step)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed as du
+from ..losses import contrastive_logits, cross_entropy_at, info_nce, pretext_top1
+from ..momentum import cosine_momentum
+from ..queue import KeyQueue
+from .base import Method
+
+
+class MoCo(Method):
+    STATE = ("queue",)
+
+    def __init__(self, encoder: nn.Module, dim: int, K: int, m: float = 0.999, T: float = 0.07, *,
+                 m_schedule: str = "constant", shuffle_bn: bool = True, symmetric: bool = False,
+                 predictor: nn.Module | None = None):
+        super().__init__()
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)  # f_k starts as a copy of f_q
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)  # f_k is updated by momentum only
+        # MoCo v3's predictor on the query side only (f_k has none: it is f_q's EMA without it)
+        self.predictor = predictor
+        self.queue = KeyQueue(K, dim)
+        self.m, self.T, self.m_schedule = m, T, m_schedule
+        self.shuffle_bn, self.symmetric = shuffle_bn, symmetric
+
+    def learnable_params(self) -> list[nn.Parameter]:
+        """f_q and the predictor."""
+        return [*self.encoder_q.parameters(), *(self.predictor.parameters() if self.predictor is not None else ())]
+
+    def momentum_pairs(self):
+        return [(self.encoder_q, self.encoder_k)]
+
+    def momentum(self, progress: float) -> float:
+        return self.m if self.m_schedule == "constant" else cosine_momentum(self.m, progress)
+
+    def encoders(self) -> list[nn.Module]:
+        return [self.encoder_q, self.encoder_k]
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        if self.predictor is None:
+            return self.encoder_q(x)  # N x C
+        return F.normalize(self.predictor(self.encoder_q(x, normalize=False)).float(), dim=1)  # N x C
+
+    @torch.no_grad()
+    def encode_key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Keys N x C, computed on a shuffled batch (Shuffle BN, across ranks under torchrun)
+        and put back in order."""
+        if not self.shuffle_bn:
+            return self.encoder_k(x)
+        x_shuffled, idx_unshuffle = du.batch_shuffle(x, generator)
+        return du.batch_unshuffle(self.encoder_k(x_shuffled), idx_unshuffle)
+
+    def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, x_small: torch.Tensor | None = None, *,
+                index: torch.Tensor | None = None, generator: torch.Generator | None = None):
+        """x_q, x_k: two augmented views, N x 3 x H x W. x_small: multi-crop's extra query views,
+        (n N) x 3 x h x w, crop j of image i at row j N + i; each is one more query for its
+        image's key (the loss is the mean over all). out["k"]: the keys to enqueue."""
+        negatives = self.queue.keys.detach()  # K x C, the keys of earlier batches
+        T = self.T
+        if not self.symmetric:
+            q = self.encode_query(x_q)  # N x C
+            k = self.encode_key(x_k, generator)  # N x C, no gradient
+            logits = contrastive_logits(q, k, negatives, T)  # N x (1+K), positive at 0
+            loss = cross_entropy_at(logits, 0)
+            if x_small is not None:
+                n = x_small.shape[0] // x_q.shape[0]
+                q_small = self.encode_query(x_small)  # nN x C
+                loss = (loss + n * info_nce(q_small, k.repeat(n, 1), negatives, T)) / (1 + n)
+            return loss, {"k": k, "logs": {"pretext_acc": pretext_top1(logits, 0)}}
+        # symmetric (official CIFAR demo): each view is a query for the other's key
+        q1, q2 = self.encode_query(x_q), self.encode_query(x_k)
+        k1, k2 = self.encode_key(x_q, generator), self.encode_key(x_k, generator)
+        logits = contrastive_logits(q1, k2, negatives, T)  # N x (1+K)
+        loss = cross_entropy_at(logits, 0) + info_nce(q2, k1, negatives, T)
+        return loss, {"k": torch.cat([k2, k1]), "logs": {"pretext_acc": pretext_top1(logits, 0)}}
+
+    def after_step(self, out: dict) -> None:
+        self.queue.enqueue(du.all_gather(out["k"]))  # the newest keys of all ranks replace the oldest

@@ -1,0 +1,73 @@
+"""What every command uses: the device, AMP, seeding, the output folder's checks, the data
+order of an epoch, and the errors that stop a run."""
+
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT: the current step was finished and a checkpoint written."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again" (a scheduler may requeue with --resume auto)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The data order of an epoch: a permutation that depends on (seed, epoch) only, so a
+    resumed run replays it exactly."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"run.device={name} but no CUDA device is available")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX (Sapphire Rapids and later): bf16 convolutions beat float32 on the CPU."""
+    try:
+        return bool(torch._C._cpu._init_amx()) and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "off":
+        return None
+    if amp == "bf16" or device.type == "cuda" or cpu_has_fast_bf16():
+        return torch.bfloat16
+    return None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def check_out_dir(out: Path) -> None:
+    """Fails before any training if the run folder cannot be written or the disk is full."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_test"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as e:
+        raise OSError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+    free = shutil.disk_usage(out).free
+    if free < 200 * 2**20:
+        raise OSError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")

@@ -1,0 +1,1 @@
+"""Transfer to detection and segmentation (DESIGN.md section 6): data, models and metrics."""
