@@ -16,7 +16,8 @@ def test_parse_grid_resolves_keys_and_keeps_bracketed_commas():
     grid = sw.parse_grid(["method=moco,e2e", "lr=0.03,1e-1", "data.crop_scale=[0.2,1.0],[0.5,1]",
                           "shuffle_bn=on,off"])
     assert grid == {"moco.method": ["moco", "e2e"], "optim.lr": ["0.03", "0.1"],
-                    "data.crop_scale": ["[0.2,1.0]", "[0.5,1.0]"], "moco.shuffle_bn": ["true", "false"]}
+                    "data.crop_scale": ["[0.2,1.0]", "[0.5,1.0]"],
+                    "moco.shuffle_bn": ["true", "false"]}
     assert sw.split_values("[0.2,1.0],[0.5,1.0]") == ["[0.2,1.0]", "[0.5,1.0]"]
 
 
@@ -56,6 +57,11 @@ def test_an_invalid_cell_fails_before_anything_runs(tmp_path):
     assert not ran and not (tmp_path / "sweep.json").exists()
     with pytest.raises(ConfigError, match="not both"):
         sw.plan("cifar10_cpu", ["seed=0,1"], [], seeds="0")
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def fake_runner(calls, codes=None):
@@ -98,7 +104,7 @@ def test_finished_cells_are_skipped_and_others_resumed(tmp_path):
     cmd = calls[0]
     assert cmd[1:4] == ["-m", "mocolab", "pretrain"] and cmd[cmd.index("--resume") + 1] == "auto"
     assert {"moco.queue_size=512", "run.epochs=1", "run.knn_every=1"} <= set(cmd)
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    rows = read_csv(tmp_path / "results.csv")
     assert [r["status"] for r in rows] == ["done"] * 3 and rows[0]["K"] == "256"
     assert rows[0]["final loss"] == "4.0" and rows[0]["pretext acc"] == "40.0"
     # the same command again runs nothing
@@ -112,7 +118,7 @@ def test_preempted_cell_stops_the_sweep(tmp_path):
     rc = sw.sweep("cifar10_cpu", "d", tmp_path, ["moco.queue_size=256,512,1024"], epochs=1,
                   linear=False, runner=fake_runner(calls, {2: sw.PREEMPTED}))
     assert rc == sw.PREEMPTED and len(calls) == 2  # the third cell is left for the rerun
-    rows = list(csv.DictReader(open(tmp_path / "results.csv")))
+    rows = read_csv(tmp_path / "results.csv")
     assert [r["status"] for r in rows] == ["done", "not run", "not run"] and rows[0]["kNN"]
     calls = []
     assert sw.sweep("cifar10_cpu", "d", tmp_path, ["moco.queue_size=256,512,1024"], epochs=1,
@@ -158,7 +164,7 @@ def test_table_and_plots(tmp_path):
     table = json.loads((tmp_path / "results.json").read_text())
     e2e = [r for r in table["rows"] if r["method"] == "e2e"]
     assert {r["K"] for r in e2e} == {127} and e2e[0]["m"] is None  # K = batch - 1
-    bank = [r for r in table["rows"] if r["method"] == "bank"][0]
+    bank = next(r for r in table["rows"] if r["method"] == "bank")
     assert bank["m"] is None and bank["shuffle"] is None
     assert bank["curves"] == {"loss": [[1, 5.0], [2, 4.0]], "pretext_acc": [[1, 20.0], [2, 40.0]],
                               "knn": [[1, bank["knn"] - 5], [2.0, bank["knn"]]]}
@@ -197,7 +203,7 @@ def test_sweep_end_to_end(cifar_dir, tmp_path):
             "--grid", "moco.queue_size=64,128", "--set", "optim.batch_size=32", "model.bn_splits=2",
             "run.threads=1", "run.amp=off", "run.compile=false", "data.workers=0"]
     assert _cli(argv) == 0
-    rows = list(csv.DictReader(open(out / "results.csv")))
+    rows = read_csv(out / "results.csv")
     assert [r["K"] for r in rows] == ["64", "128"]
     assert all(r["status"] == "done" and float(r["kNN"]) > 0 and float(r["linear (cached)"]) > 0
                for r in rows)
@@ -206,3 +212,9 @@ def test_sweep_end_to_end(cifar_dir, tmp_path):
     assert len(stamps) == 2
     assert _cli(argv) == 0  # finished cells are skipped
     assert [p.stat().st_mtime_ns for p in sorted(out.glob("cells/*/summary.json"))] == stamps
+
+
+def test_run_process_returns_the_exit_code():
+    import sys
+
+    assert sw.run_process([sys.executable, "-c", "import sys; sys.exit(3)"]) == 3

@@ -1,4 +1,5 @@
-"""`mocolab pretrain | knn | presets`: parse, build the config, call the library."""
+"""`mocolab pretrain | knn | linear | finetune | supervised | compare | export | sweep | shards |
+presets`: parse, build the config, call the library."""
 
 from __future__ import annotations
 
@@ -126,6 +127,12 @@ def parser() -> argparse.ArgumentParser:
     from .eval.cli import add_commands as add_eval_commands
 
     add_eval_commands(sub)  # linear | finetune | supervised | compare
+
+    from .export import add_command as add_export
+    from .sweep import add_command as add_sweep
+
+    add_export(sub)  # export CKPT --format torchvision|timm|detectron2|safetensors
+    add_sweep(sub)  # sweep --grid key=v1,v2 ...: the paper's ablations, one process per cell
 
     sh = sub.add_parser("shards", help="write an image folder into webdataset tar shards (for --data 'PREFIX-{000000..000099}.tar')")
     sh.add_argument("--data", required=True, help="ImageFolder (labels optional); train/ and test/ give PREFIX-train-*, PREFIX-test-*")

@@ -182,9 +182,11 @@ class Config:
 GROUPS = [f.name for f in fields(Config)]
 
 
-def _group_classes() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {name: hints[name] for name in GROUPS}
+def _group_classes(cls: type = Config) -> dict[str, type]:
+    """The groups of a config class (Config, or another dataclass of groups such as the
+    transfer commands'): {name: group dataclass}."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
 
 
 def preset_names() -> list[str]:
@@ -231,8 +233,8 @@ def _convert(value, typ, key: str):
     raise ConfigError(f"{key}={value!r} is not a valid {name}")
 
 
-def _set(cfg: Config, key: str, value) -> None:
-    classes = _group_classes()
+def _set(cfg, key: str, value) -> None:
+    classes = _group_classes(type(cfg))
     if "." in key:
         group, _, name = key.partition(".")
         if group not in classes:
@@ -255,14 +257,16 @@ def name_in(cls: type, key: str) -> bool:
     return any(f.name == key for f in fields(cls))
 
 
-def from_dict(data: dict, base: Config | None = None) -> Config:
-    """Builds a Config from a nested dict (a preset, a saved run); unknown keys are errors."""
-    cfg = base or Config()
+def from_dict(data: dict, base=None):
+    """Builds a Config (or `base`'s config class) from a nested dict (a preset, a saved run);
+    unknown keys are errors."""
+    cfg = base if base is not None else Config()
+    groups = list(_group_classes(type(cfg)))
     if not isinstance(data, dict):
-        raise ConfigError("a config must be a mapping of groups (model, moco, data, optim, run)")
+        raise ConfigError(f"a config must be a mapping of groups ({', '.join(groups)})")
     for group, values in data.items():
-        if group not in GROUPS:
-            raise ConfigError(f"unknown config group '{group}' (groups: {', '.join(GROUPS)})")
+        if group not in groups:
+            raise ConfigError(f"unknown config group '{group}' (groups: {', '.join(groups)})")
         if not isinstance(values, dict):
             raise ConfigError(f"config group '{group}' must be a mapping")
         for name, value in values.items():

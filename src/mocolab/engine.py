@@ -84,12 +84,19 @@ class MetricsLogger:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, method: Method, train: TensorData | FileList | ShardStream, device: torch.device,
-                 out: Path | None, autocast_dtype: torch.dtype | None, monitor=None):
-        if isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
+    def __init__(self, cfg: Config, method: Method, train, device: torch.device,
+                 out: Path | None, autocast_dtype: torch.dtype | None, monitor=None, feed=None):
+        """train: the contrastive views' images (TensorData | FileList | ShardStream), or None with
+        `feed`: an object with len() (samples) and batches(order, start, epoch) -> iterator of
+        (views, index) for this rank (the transfer tasks' images and targets). With a feed, cfg
+        needs only its optim and run groups (and to_dict)."""
+        self.feed = feed
+        if feed is not None:
+            train = feed
+        elif isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
             # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
             train = TensorData(train.images.to(device), train.labels, train.classes)
-        if method.STATE == ("bank",) and (isinstance(train, ShardStream) or cfg.data.backend != "tensor"):
+        if method.STATE == ("bank",) and (isinstance(train, ShardStream) or cfg.data.backend != "tensor") and not feed:
             raise ValueError("moco.method=bank needs each image's index: use data.backend=tensor (not tar shards)")
         self.cfg, self.method, self.train, self.device, self.out = cfg, method, train, device, out
         self.monitor = monitor  # callable(method) -> dict, run every knn_every epochs
@@ -99,9 +106,10 @@ class Trainer:
                                          momentum=o.momentum, weight_decay=o.weight_decay)
         self.batch = o.batch_size  # global: each of the W ranks takes its slice of every batch
         self.world, self.rank = du.world_size(), du.rank()
-        if self.batch % (self.world * cfg.model.bn_splits):
+        splits = 1 if feed is not None else cfg.model.bn_splits
+        if self.batch % (self.world * splits):
             raise ValueError(f"optim.batch_size={self.batch} must be divisible by the number of processes ({self.world}) "
-                             f"times model.bn_splits ({cfg.model.bn_splits})")
+                             f"times model.bn_splits ({splits})")
         self.local_batch = self.batch // self.world
         self.steps_per_epoch = len(train) // self.batch
         if self.steps_per_epoch == 0:
@@ -112,13 +120,6 @@ class Trainer:
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
         self.gen = torch.Generator()  # augmentation + shuffle BN; seeded by (seed, step, rank) each step
         self.net = method  # what the step calls: DistributedDataParallel(method) under torchrun (see fit)
-        spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size, cfg.data.crop_scale)
-        compiled = method.compiled  # then the augmentation is compiled too
-        self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last, compiled)
-        d = cfg.data  # multi-crop's small views: the same augmentation at their size and scale
-        self.aug_small = BatchAugment(preset(d.augment, d.small_crop_size, d.small_crop_scale), d.mean, d.std,
-                                      cfg.run.channels_last, compiled) if d.small_crops else None
-        self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
         self.history: list[dict] = []
@@ -126,6 +127,15 @@ class Trainer:
         self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
         self.budget_over = False  # under torchrun: rank 0's time budget is spent (agreed at log steps)
         self.skipped = 0  # non-finite steps skipped (run.skip_nonfinite)
+        if feed is not None:
+            return
+        spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size, cfg.data.crop_scale)
+        compiled = method.compiled  # then the augmentation is compiled too
+        self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last, compiled)
+        d = cfg.data  # multi-crop's small views: the same augmentation at their size and scale
+        self.aug_small = BatchAugment(preset(d.augment, d.small_crop_size, d.small_crop_scale), d.mean, d.std,
+                                      cfg.run.channels_last, compiled) if d.small_crops else None
+        self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -305,7 +315,7 @@ class Trainer:
         losses: list[torch.Tensor] = []  # this log window's losses, on the device; read at log time only
         logs: dict[str, list[torch.Tensor]] = {}  # the method's logs (pretext_acc), likewise
         n_log, t_log = 0, time.perf_counter()
-        views = self.views(order, p.it, p.epoch)
+        views = (self.feed.batches if self.feed is not None else self.views)(order, p.it, p.epoch)
         t0 = time.perf_counter()
         while p.it < self.steps_per_epoch and not self._done():
             self.gen.manual_seed(self._step_seed(p.step))

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from . import config as C
 from .config import Config, ConfigError
-from .engine import Preempted
 from .methods import applies
+from .runtime import Preempted
 
 log = logging.getLogger("mocolab")
 PREEMPTED = Preempted.exit_code  # 75: the cell saved a checkpoint and stopped (SIGTERM/SIGINT)
@@ -366,6 +366,8 @@ def table_columns(grid_keys: list[str]) -> list[tuple[str, str]]:
 def _cell_text(v) -> str:
     if v is None:
         return ""
+    if isinstance(v, bool):
+        return "on" if v else "off"
     if isinstance(v, float):
         return f"{v:.2f}" if abs(v) >= 1 or v == 0 else f"{v:.4g}"
     return str(v)
@@ -436,7 +438,7 @@ def write_plots(rows: list[dict], grid_keys: list[str], out: Path) -> list[str]:
             notes.append(f"{fname} not written yet: no finished cell has the values")
             continue
         fig.tight_layout()
-        fig.savefig(out / fname, dpi=120)
+        fig.savefig(out / fname, dpi=120, bbox_inches="tight")
         plt.close(fig)
     return notes
 
@@ -473,22 +475,35 @@ def _plot_vs(plt, rows, x: str, x_keys: set[str], xlabel: str, log2: bool = Fals
 
 
 def _plot_curves(plt, rows):
-    """Loss, pretext accuracy and kNN per epoch; solid: Shuffle BN on, dashed: off."""
-    rows = [r for r in rows if any(r["curves"].values())]
-    if not rows:
+    """Loss, pretext accuracy and kNN per epoch, mean over seeds; solid: Shuffle BN on, dashed:
+    off, a color per other setting."""
+    hide = {short(k) for k in ("moco.method", "moco.shuffle_bn", "run.seed")}
+    groups: dict[tuple, dict] = {}  # (setting, shuffle) -> curve -> {epoch: [values]}
+    for r in rows:
+        label = " ".join([r["method"]] + [f"{k}={v}" for k, v in r["axes"].items()
+                                          if k not in hide])
+        g = groups.setdefault((label, r["shuffle"]), {})
+        for key, pts in r["curves"].items():
+            for e, v in pts:
+                g.setdefault(key, {}).setdefault(e, []).append(v)
+    if not any(groups.values()):
         return None
+    colors = list(dict.fromkeys(label for label, _ in groups))
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for i, r in enumerate(rows):
-        style = {"color": f"C{i % 10}", "ls": "-" if r["shuffle"] else "--", "marker": "."}
+    for (label, on), g in groups.items():
+        style = {"color": f"C{colors.index(label) % 10}", "ls": "-" if on else "--", "marker": "."}
         for ax, key in zip(axes, ("loss", "pretext_acc", "knn")):
-            if r["curves"][key]:
-                ax.plot(*zip(*r["curves"][key]), label=r["cell"], **style)
+            pts = sorted(g.get(key, {}).items())
+            if pts:
+                ax.plot([e for e, _ in pts], [sum(v) / len(v) for _, v in pts],
+                        label=f"{label}, shuffle {'on' if on else 'off'}", **style)
     for ax, title in zip(axes, ("loss", "pretext accuracy (%)", "kNN top-1 (%)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    fig.suptitle("Shuffle BN: solid on, dashed off")
+    fig.legend(*max(axes, key=lambda a: len(a.lines)).get_legend_handles_labels(), fontsize=8,
+               loc="upper left", bbox_to_anchor=(1, 0.95))
+    fig.suptitle("Shuffle BN on (solid) and off (dashed), mean over seeds")
     return fig
 
 
