@@ -17,13 +17,18 @@ def _trainer(cfg, tmp_path, init_seed=0):
     data = TensorData(torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8, generator=g),
                       torch.zeros(48, dtype=torch.long), [])
     torch.manual_seed(init_seed)
-    return Trainer(cfg, build_method(cfg), data, torch.device("cpu"), tmp_path, None)
+    return Trainer(cfg, build_method(cfg, len(data)), data, torch.device("cpu"), tmp_path, None)
 
 
 
 @pytest.mark.parametrize("over", [{"moco.m_schedule": "constant"}, {"moco.m_schedule": "cosine"},
-                                  {"data.small_crops": 2, "data.small_crop_size": 8}])  # multi-crop too
+                                  {"data.small_crops": 2, "data.small_crop_size": 8},  # multi-crop too
+                                  {"moco.method": "e2e"},  # and the other two mechanisms
+                                  {"moco.method": "bank", "moco.queue_size": 16},
+                                  {"moco.method": "bank", "moco.queue_size": 0}])
 def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
+    """Queue and pointer, bank and its draws, weights, optimizer, progress and RNG: a resumed
+    run continues exactly as the uninterrupted one."""
     cfg = tiny_config(**{"run.epochs": 3, **over})
     (tmp_path / "a").mkdir()
     a = _trainer(cfg, tmp_path / "a")
@@ -33,7 +38,10 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     state = safe_load(path)
 
     b = _trainer(tiny_config(**{"run.epochs": 3, **over}), None, init_seed=99)  # different weights and queue
-    assert not torch.equal(b.method.queue.keys, a.method.queue.keys)
+    state_name = {"moco": "queue.keys", "bank": "bank.features", "e2e": "encoder_q.head.0.weight"}[cfg.moco.method]
+    assert not torch.equal(b.method.state_dict()[state_name], a.method.state_dict()[state_name])
+    if cfg.moco.method == "bank":
+        b.method.bank.gen.manual_seed(123)  # the draws' state comes from the checkpoint too
     b.load_state_dict(state)
     for t in (a, b):
         t.progress.total_steps = 18
@@ -45,6 +53,8 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     for field in ("epoch", "it", "step", "total_steps", "images"):
         assert getattr(a.progress, field) == getattr(b.progress, field)
     assert torch.equal(a.gen.get_state(), b.gen.get_state())
+    for name, g in a.method.generators().items():
+        assert torch.equal(g.get_state(), b.method.generators()[name].get_state()), name
     if "data.small_crops" in over:  # the small views: 2 per image, at their own size
         x_q, _, x_small = a._augment(a.train.images[:8])
         assert x_q.shape == (8, 3, 16, 16) and x_small.shape == (16, 3, 8, 8)

@@ -43,44 +43,56 @@ def _inputs(step):
 
 
 def _train(cfg, rank=0, world=1):
-    """STEPS MoCo steps on fixed views; rank r takes rows [r*n, (r+1)*n) of each global batch."""
+    """STEPS steps of the config's method on fixed views; rank r takes rows [r*n, (r+1)*n) of
+    each global batch (and their dataset indices, for the bank)."""
     torch.manual_seed(0)
-    model = build_method(cfg)
+    model = build_method(cfg, n_train=STEPS * 2 * B)
     net = du.ddp(model) if world > 1 else model
-    opt = torch.optim.SGD(model.encoder_q.parameters(), lr=0.5, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(model.learnable_params(), lr=0.5, momentum=0.9, weight_decay=5e-4)
     g, n, losses = torch.Generator().manual_seed(7), 2 * B // world, []
     for step in range(STEPS):
         x_q, x_k = (x[rank * n:(rank + 1) * n] for x in _inputs(step))
-        loss = train_step(model, opt, (x_q, x_k), m=0.9, generator=g, net=net)[0]
+        views = (x_q,) if model.num_views == 1 else (x_q, x_k)
+        index = step * 2 * B + rank * n + torch.arange(n)
+        loss = train_step(model, opt, views, m=0.9, index=index, generator=g, net=net)[0]
         losses.append(du.all_reduce(loss.clone(), "mean").item())  # the global batch's loss
     return model, losses
 
 
-def _equivalence_worker(rank, world, port, out):
+def _state(model) -> dict:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _equivalence_worker(rank, world, port, out, method):
     _init(rank, world, port)
-    model, losses = _train(tiny_config(**{"model.bn_splits": 1, "moco.queue_size": 40}), rank, world)
-    torch.save({"queue": model.queue.keys.clone(), "ptr": model.queue.ptr.clone(), "losses": losses,
-                "q": {k: v.clone() for k, v in model.encoder_q.state_dict().items()},
-                "k": {k: v.clone() for k, v in model.encoder_k.state_dict().items()}}, f"{out}/rank{rank}.pt")
+    model, losses = _train(tiny_config(**{"model.bn_splits": 1, "moco.queue_size": 40, "moco.method": method}),
+                           rank, world)
+    torch.save({"losses": losses, "state": _state(model)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
-def test_two_ranks_equal_one_process_with_two_bn_splits(tmp_path):
+@pytest.mark.parametrize("method", ["moco", "e2e", "bank"])
+def test_two_ranks_equal_one_process_with_two_bn_splits(tmp_path, method):
     """2 ranks x batch B with cross-rank Shuffle BN == 1 process x batch 2B with 2 BN splits:
-    same losses, same queue (keys gathered in rank order), same weights. Without the cross-rank
-    shuffle the keys' BN groups would differ; without the gather the queue would."""
-    mp.start_processes(_equivalence_worker, args=(2, _port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    same losses, same state (queue with keys gathered in rank order; one global bank), same
+    weights. Without the cross-rank shuffle the keys' BN groups would differ; without the
+    gathers the queue, the bank or end-to-end's negatives would."""
+    mp.start_processes(_equivalence_worker, args=(2, _port(), str(tmp_path), method), nprocs=2, start_method="spawn")
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert torch.equal(r0["queue"], r1["queue"]) and torch.equal(r0["ptr"], r1["ptr"])  # identical on both ranks
-    assert all(torch.equal(r0["k"][n], r1["k"][n]) for n in r0["k"] if "running" not in n)
+    for name in r0["state"]:  # queue, pointer, bank and f_k identical on both ranks
+        if name.startswith(("queue.", "bank.", "encoder_k.")) and "running" not in name:
+            assert torch.equal(r0["state"][name], r1["state"][name]), name
 
-    model, losses = _train(tiny_config(**{"model.bn_splits": 2, "moco.queue_size": 40}))
+    model, losses = _train(tiny_config(**{"model.bn_splits": 2, "moco.queue_size": 40, "moco.method": method}))
     assert losses == pytest.approx(r0["losses"], rel=1e-5, abs=1e-6)
-    assert int(model.queue.ptr) == int(r0["ptr"]) == (STEPS * 2 * B) % 40
-    torch.testing.assert_close(model.queue.keys, r0["queue"], rtol=1e-4, atol=1e-5)
-    for name, v in model.encoder_q.state_dict().items():
-        if "running" not in name and "num_batches" not in name:  # BN statistics are per rank
-            torch.testing.assert_close(v, r0["q"][name], rtol=1e-4, atol=1e-5, msg=name)
+    if method == "moco":
+        assert int(model.queue.ptr) == int(r0["state"]["queue.ptr"]) == (STEPS * 2 * B) % 40
+        torch.testing.assert_close(model.queue.keys, r0["state"]["queue.keys"], rtol=1e-4, atol=1e-5)
+    if method == "bank":
+        torch.testing.assert_close(model.bank.features, r0["state"]["bank.features"], rtol=1e-4, atol=1e-5)
+    for name, v in model.state_dict().items():
+        if name.startswith("encoder_") and "running" not in name and "num_batches" not in name:  # BN stats: per rank
+            torch.testing.assert_close(v, r0["state"][name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def _shuffle_worker(rank, world, port, out):

@@ -138,6 +138,8 @@ class Config:
             (self.moco.queue_size >= (0 if self.moco.method == "bank" else 1),
              "moco.queue_size must be >= 1 (>= 0 for moco.method=bank, where 0 uses every entry)"),
             (0.0 <= self.moco.bank_m < 1.0, "moco.bank_m must lie in [0, 1)"),
+            (self.moco.method == "moco" or not (self.moco.symmetric or self.data.small_crops or self.model.predictor_dim),
+             "moco.symmetric, data.small_crops and model.predictor_dim apply to moco.method=moco only"),
             (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
             (self.moco.T > 0, "moco.T must be positive"),
