@@ -37,7 +37,15 @@ from torchvision.transforms import v2
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from mocolab.augment import (  # noqa: E402
-    AugSpec, BatchAugment, _adjust_hue, blur_kernel_size, crop_resize, pil_transform, preset, sample_crop_boxes)
+    AugSpec,
+    BatchAugment,
+    _adjust_hue,
+    blur_kernel_size,
+    crop_resize,
+    pil_transform,
+    preset,
+    sample_crop_boxes,
+)
 from mocolab.config import build_config  # noqa: E402
 from mocolab.data import load_splits  # noqa: E402
 
@@ -125,7 +133,8 @@ def main(argv=None) -> dict:
                 fn()
             times[name].append((time.perf_counter() - t0) / args.reps * scale.get(name, 1.0))
     ms = {k: 1000 * statistics.median(v) for k, v in times.items()}
-    print(f"batch {B}, {S} px, augmentation '{cfg.data.augment}', {torch.get_num_threads()} threads; ms per batch (median of {args.rounds})")
+    print(f"batch {B}, {S} px, augmentation '{cfg.data.augment}', {torch.get_num_threads()} threads; "
+          f"ms per batch (median of {args.rounds})")
     for k, v in ms.items():
         print(f"{k:15s} {v:8.1f} ms")
     result = {"ms": ms,
@@ -139,7 +148,8 @@ def main(argv=None) -> dict:
               "views_kornia_over_mocolab": ms["views kornia"] / ms["views mocolab"] if "views kornia" in ms else None}
     print(f"crop: roi_align / grid = {result['crop_roi_align_over_grid']:.2f}; hue: table / mocolab = "
           f"{result['hue_table_over_mocolab']:.2f}; two views: {result['views_img_s']:.0f} views/s, "
-          f"two calls / one call = {result['two_calls_over_one']:.2f}, eager / compiled = {result['eager_over_compiled']:.2f}, "
+          f"two calls / one call = {result['two_calls_over_one']:.2f}, "
+          f"eager / compiled = {result['eager_over_compiled']:.2f}, "
           f"pil / mocolab = {result['views_pil_over_mocolab']:.1f}, torchvision v2 / mocolab = "
           f"{result['views_tv2_over_mocolab']:.1f}"
           + (f", kornia / mocolab = {result['views_kornia_over_mocolab']:.2f}" if "views kornia" in ms else ""))

@@ -1,6 +1,6 @@
 """Kill -9 a real pretraining at random moments, resume each time, compare with an uninterrupted run.
 
-    python benchmarks/faults.py --data ../shared/data/cifar10 [--kills 20] [--json faults.json]
+    python benchmarks/faults.py --data ../shared/data/cifar10 [--kills 20] [--method moco|e2e|bank] [--json faults.json]
 
 1. An uninterrupted reference run (small CIFAR subset, width-8 ResNet-18, one thread, so that
    the arithmetic is deterministic).
@@ -8,7 +8,8 @@
    at a random moment: once it has passed a random step (20 steps drawn over the run), a random
    fraction of a step later, or (every third kill) as soon as a checkpoint is being written.
 3. After the last kill it runs to the end; its final checkpoint is compared with the
-   reference's: both encoders, queue, optimizer, progress and RNG states, bit for bit.
+   reference's: the method's state (encoders, queue or bank), optimizer, progress and RNG states
+   (the bank's draws included), bit for bit.
 
 It prints how many resumes succeeded, how many checkpoint files failed to load, and whether the
 final state is bit-identical; --json also writes resumes_ok, resumes_total, corrupt_checkpoints
@@ -39,9 +40,9 @@ RUN = ["model.width=8", "model.hidden_dim=32", "model.dim=16", "model.bn_splits=
        "run.log_every=1", "run.amp=off", "run.channels_last=false", "run.threads=1", "data.workers=0"]
 
 
-def command(data: str, out: Path, epochs: int) -> list[str]:
+def command(data: str, out: Path, epochs: int, method: str = "moco") -> list[str]:
     return [sys.executable, "-m", "mocolab", "pretrain", "--data", data, "--out", str(out), "--epochs", str(epochs),
-            "--resume", "auto", *RUN]
+            "--resume", "auto", *RUN, f"moco.method={method}"]
 
 
 def start(cmd: list[str], log: Path, env: dict) -> subprocess.Popen:
@@ -93,6 +94,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="/tmp/mocolab_faults")
+    ap.add_argument("--method", default="moco", choices=["moco", "e2e", "bank"], help="moco.method of the run")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
     rng = random.Random(args.seed)
@@ -102,7 +104,7 @@ def main() -> int:
     env = {**os.environ, "MOCOLAB_CACHE": str(work / "cache"), "PYTHONPATH": str(ROOT / "src")}
 
     t0 = time.time()
-    ref = start(command(args.data, work / "ref", args.epochs), work / "ref.log", env)
+    ref = start(command(args.data, work / "ref", args.epochs, args.method), work / "ref.log", env)
     if ref.wait() != 0:
         print((work / "ref.log").read_text()[-2000:])
         return 1
@@ -116,7 +118,7 @@ def main() -> int:
     resumes_ok, kills, during_write, corrupt = 0, 0, 0, set()
     for i in range(args.kills + 1):
         log = work / f"attempt_{i:02d}.log"
-        p = start(command(args.data, out, args.epochs), log, env)
+        p = start(command(args.data, out, args.epochs, args.method), log, env)
         if i == args.kills:  # the last attempt runs to the end
             rc = p.wait()
             resumes_ok += rc == 0 and "Traceback" not in log.read_text()

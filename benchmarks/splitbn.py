@@ -54,7 +54,8 @@ class AutogradSplitBN(SplitBatchNorm):
             return super().forward(x)
         xs = x.view(self.splits, -1, *x.shape[1:]).float()
         var, mean = torch.var_mean(xs, dim=(1, 3, 4), correction=0, keepdim=True)
-        y = (xs - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, 1, -1, 1, 1) + self.bias.view(1, 1, -1, 1, 1)
+        y = ((xs - mean) * torch.rsqrt(var + self.eps) * self.weight.view(1, 1, -1, 1, 1)
+             + self.bias.view(1, 1, -1, 1, 1))
         return y.view_as(x).to(x.dtype)
 
 
@@ -72,9 +73,10 @@ class OpCounter(TorchDispatchMode):
 
 def build(kind: str, splits: int, cl: bool):
     net, _ = build_backbone("resnet18", 16, "cifar", bn_splits=1)
-    cls = {"chunked": SplitBatchNorm, "folded": SplitBatchNorm, "reshape": ReshapeSplitBN, "autograd": AutogradSplitBN}.get(kind)
+    cls = {"chunked": SplitBatchNorm, "folded": SplitBatchNorm, "reshape": ReshapeSplitBN,
+           "autograd": AutogradSplitBN}.get(kind)
     if cls is not None:  # swap every BatchNorm2d for the split variant
-        for name, mod in list(net.named_modules()):
+        for _name, mod in list(net.named_modules()):
             for child_name, child in list(mod.named_children()):
                 if type(child) is nn.BatchNorm2d:
                     setattr(mod, child_name, cls(child.num_features, splits))
@@ -116,7 +118,8 @@ def main():
                 step(net)
             times[k].append((time.perf_counter() - t0) / args.steps)
     base = statistics.median(times["plain"])
-    print(f"R18-w16, batch {args.batch_size}, splits {args.splits}, amp {args.amp}, channels_last {cl}, torch {torch.__version__}")
+    print(f"R18-w16, batch {args.batch_size}, splits {args.splits}, amp {args.amp}, channels_last {cl}, "
+          f"torch {torch.__version__}")
     for k, v in times.items():
         m = statistics.median(v)
         print(f"{k:9s} {m * 1000:7.1f} ms/step  {args.batch_size / m:6.0f} img/s  x{m / base:.2f} of plain  "

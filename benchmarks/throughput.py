@@ -121,7 +121,8 @@ def peer_row(cfg, data: TensorData, device, dtype):
         model = model.to(memory_format=torch.channels_last)
     crit = NTXentLoss(temperature=cfg.moco.T, memory_bank_size=(cfg.moco.queue_size, cfg.model.dim))
     opt = torch.optim.SGD(list(model.backbone.parameters()) + list(model.head.parameters()), lr=0.06, momentum=0.9)
-    tf = MoCoV2Transform(input_size=cfg.data.image_size, gaussian_blur=0.0, normalize={"mean": cfg.data.mean, "std": cfg.data.std})
+    tf = MoCoV2Transform(input_size=cfg.data.image_size, gaussian_blur=0.0,
+                         normalize={"mean": cfg.data.mean, "std": cfg.data.std})
     loader = torch.utils.data.DataLoader(TensorTwoViewDataset(data, tf), batch_size=cfg.optim.batch_size, shuffle=True,
                                          drop_last=True, num_workers=cfg.data.workers, persistent_workers=True)
     it = iter(loader)
@@ -283,7 +284,8 @@ def main(argv=None) -> dict:
                                   "compiled_cudagraphs / compiled"),
                                  ("mocolab_over_peer", "mocolab", "peer", "(b)/(d) mocolab / peer"),
                                  ("compiled_over_peer", "mocolab_compiled", "peer", "mocolab_compiled / peer"),
-                                 ("compiled_e2e_over_limit", "mocolab_compiled", "compiled", "mocolab_compiled / compiled"),
+                                 ("compiled_e2e_over_limit", "mocolab_compiled", "compiled",
+                                  "mocolab_compiled / compiled"),
                                  ("aug_compile_gain", "mocolab_compiled", "compiled_eager_aug",
                                   "mocolab_compiled / compiled_eager_aug")]:
         if num in ips and den in ips:

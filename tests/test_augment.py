@@ -9,7 +9,16 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from mocolab.augment import AugSpec, BatchAugment, _adjust_hue, _gaussian_blur, crop_resize, jitter_params, preset, sample_crop_boxes
+from mocolab.augment import (
+    AugSpec,
+    BatchAugment,
+    _adjust_hue,
+    _gaussian_blur,
+    crop_resize,
+    jitter_params,
+    preset,
+    sample_crop_boxes,
+)
 
 
 def test_crop_area_and_ratio_match_torchvision():
@@ -109,7 +118,8 @@ def test_jitter_gray_flip_effects_match_pil_pipeline():
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].repeat(n, 1, 1, 1)
     aug = BatchAugment(spec, [0, 0, 0], [1, 1, 1])
     ours = aug(x, torch.Generator().manual_seed(1))
-    no_crop = T.Compose([T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(0.2), T.ToTensor()])
+    no_crop = T.Compose([T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(0.2),
+                         T.ToTensor()])
     spec_nc = type(spec)(32, scale=(1.0, 1.0), ratio=(1.0, 1.0), p_blur=0.0, p_flip=0.0)
     ours_nc = BatchAugment(spec_nc, [0, 0, 0], [1, 1, 1])(x, torch.Generator().manual_seed(2))
     ref_nc = torch.stack([no_crop(img) for _ in range(n)])

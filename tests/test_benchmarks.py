@@ -25,7 +25,8 @@ def _load_benchmark(name: str):
 def test_gpu_check_dry_run_writes_its_figures(cifar_dir, tmp_path):
     data = cifar_subset(cifar_dir, tmp_path / "c10", 64)
     out = tmp_path / "out"
-    res = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--out", str(out), "--data", str(data)],
+    res = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--out", str(out),
+                          "--data", str(data)],
                          capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "torch" in (out / "env.txt").read_text()
@@ -60,8 +61,8 @@ def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp
     monkeypatch.setattr(tp, "step_fn", failing_rows)
     data = cifar_subset(cifar_dir, tmp_path / "c10", 32)
     res = tp.main(["--data", str(data), "--arch", "resnet10", "--width", "8", "--batch-size", "16", "--limit", "64",
-                   "--steps", "1", "--rounds", "2", "--rows", "limit,mocolab,pil,peer", "--json", str(tmp_path / "t.json"),
-                   "data.workers=0"])
+                   "--steps", "1", "--rounds", "2", "--rows", "limit,mocolab,pil,peer",
+                   "--json", str(tmp_path / "t.json"), "data.workers=0"])
     assert res["limit_img_s"] > 0 and res["mocolab_img_s"] is None and res["pil_img_s"] is None
     assert res["peer_img_s"] is None and "mocolab_over_limit" not in res
     written = json.loads((tmp_path / "t.json").read_text())
@@ -76,9 +77,9 @@ def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp
 def test_augment_library_rows_build_the_same_preset():
     """benchmarks/augment.py's torchvision-v2 row runs the preset it is compared on: with
     preset 'none' it returns the normalised image, and with v1 normalised crops of the size."""
-    import torch
-
     from dataclasses import replace
+
+    import torch
 
     from mocolab.augment import pil_transform, preset
     bench = _load_benchmark("augment")

@@ -3,13 +3,13 @@ import pickle
 
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from mocolab.checkpoint import CheckpointError, atomic_save, extract_backbone, safe_load
 from mocolab.data import TensorData
 from mocolab.engine import Trainer
-from mocolab.models.backbones import torchvision_model
 from mocolab.methods import build_method
+from mocolab.models.backbones import torchvision_model
 
 
 def _trainer(cfg, tmp_path, init_seed=0):

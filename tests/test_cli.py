@@ -19,7 +19,8 @@ FAST = ["model.width=8", "model.hidden_dim=64", "data.limit=320", "optim.batch_s
 @pytest.mark.slow
 def test_pretrain_smoke_then_knn_and_export(cifar_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["pretrain", "--preset", "cifar10_cpu", "--data", str(cifar_dir), "--out", str(out), "--epochs", "2", *FAST])
+    rc = main(["pretrain", "--preset", "cifar10_cpu", "--data", str(cifar_dir), "--out", str(out),
+               "--epochs", "2", *FAST])
     assert rc == 0
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "backbone.pth", "backbone.json",
                  "checkpoints/final.pth", "checkpoints/epoch_0002.pth"):
@@ -70,7 +71,8 @@ def test_empty_folder_is_one_clear_line(tmp_path):
 
 
 def test_bad_preset_and_key_are_one_clear_line(tmp_path):
-    _one_line_error(_run_cli("pretrain", "--preset", "nope", "--data", ".", "--out", str(tmp_path)), "unknown preset 'nope'")
+    _one_line_error(_run_cli("pretrain", "--preset", "nope", "--data", ".", "--out", str(tmp_path)),
+                    "unknown preset 'nope'")
     _one_line_error(_run_cli("pretrain", "--data", ".", "--out", str(tmp_path), "optim.lrr=2"), "unknown config key")
 
 

@@ -11,7 +11,8 @@ def test_every_preset_loads_and_validates(name):
 
 def test_paper_defaults():
     v1, v2, r18 = load_preset("mocov1_r50_imagenet"), load_preset("mocov2_r50_imagenet"), load_preset("cifar10_r18")
-    assert (v1.moco.queue_size, v1.moco.m, v1.moco.T, v1.model.head, v1.data.augment) == (65536, 0.999, 0.07, "linear", "v1")
+    assert (v1.moco.queue_size, v1.moco.m, v1.moco.T, v1.model.head, v1.data.augment) == (
+        65536, 0.999, 0.07, "linear", "v1")
     assert (v2.moco.T, v2.model.head, v2.optim.schedule, v2.data.augment) == (0.2, "mlp", "cosine", "v2")
     assert (r18.optim.batch_size, r18.optim.lr, r18.optim.weight_decay, r18.moco.queue_size, r18.moco.m,
             r18.moco.T, r18.model.bn_splits) == (512, 0.06, 5e-4, 4096, 0.99, 0.1, 8)

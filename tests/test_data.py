@@ -10,7 +10,7 @@ from mocolab.data import DataError, decode_to_tensor, load_image, load_splits, s
 
 def _img(path, mode="RGB", size=(12, 10), fmt=None):
     arr = (np.random.default_rng(0).random((size[1], size[0], 3)) * 255).astype(np.uint8)
-    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray((arr[..., 0].astype(np.uint16) * 257))
+    im = Image.fromarray(arr).convert(mode) if mode != "I;16" else Image.fromarray(arr[..., 0].astype(np.uint16) * 257)
     im.save(path, format=fmt)
 
 

@@ -153,7 +153,8 @@ def supervised_run(cifar_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_supervised_baseline_loss_falls_and_exports_like_pretraining(supervised_run):
     out = supervised_run
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "backbone.pth", "backbone.json", "checkpoints/final.pth"):
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "backbone.pth", "backbone.json",
+                 "checkpoints/final.pth"):
         assert (out / name).exists(), name
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) >= 10

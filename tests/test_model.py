@@ -1,13 +1,13 @@
 import pytest
 import torch
+from conftest import tiny_config
 from torch import nn
 
-from conftest import tiny_config
 from mocolab.data import TensorData
 from mocolab.distributed import batch_shuffle
 from mocolab.engine import Trainer
-from mocolab.models.backbones import build_backbone, infer_arch, torchvision_model
 from mocolab.methods import build_method
+from mocolab.models.backbones import build_backbone, infer_arch, torchvision_model
 from mocolab.models.splitbn import SplitBatchNorm, fold_groups, reference_split_bn, unfold_groups
 from mocolab.step import train_step
 
@@ -332,7 +332,8 @@ def test_knn_monitor_marks_cuda_graph_steps(monkeypatch, features, marks):
     model = build_method(cfg)
     model.cudagraphs = True
     g = torch.Generator().manual_seed(0)
-    split = TensorData(torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(10) % 2, ["a", "b"])
+    split = TensorData(torch.randint(0, 256, (10, 3, 16, 16), dtype=torch.uint8, generator=g), torch.arange(10) % 2,
+                       ["a", "b"])
     out = knn_monitor(cfg, split, split, torch.device("cpu"), None)(model)
     assert len(calls) == marks and 0 <= out["knn_top1"] <= 100  # one batch of the bank, one of the queries
 

@@ -152,7 +152,8 @@ def test_step_checkpoints_fill_in_the_epoch_ends_fit_does_not_save(tmp_path):
 
 
 def test_queue_smaller_than_the_batch_is_refused():
-    with pytest.raises(ConfigError, match=r"moco.queue_size \(K=128\) is smaller than the keys enqueued per step \(256\)"):
+    with pytest.raises(ConfigError,
+                       match=r"moco.queue_size \(K=128\) is smaller than the keys enqueued per step \(256\)"):
         build_config("cifar10_cpu", ["moco.queue_size=128", "optim.batch_size=256"])
     with pytest.raises(ConfigError, match=r"\(512\)"):
         build_config("cifar10_cpu", ["moco.queue_size=300", "moco.symmetric=true", "optim.batch_size=256"])
@@ -190,7 +191,8 @@ def test_queue_smaller_than_the_batch_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,backend", [(signal.SIGTERM, "tensor"), (signal.SIGINT, "tensor"), (signal.SIGTERM, "pil")])
+@pytest.mark.parametrize("sig,backend",
+                         [(signal.SIGTERM, "tensor"), (signal.SIGINT, "tensor"), (signal.SIGTERM, "pil")])
 def test_signal_finishes_the_step_saves_and_resumes(cifar_dir, tmp_path, sig, backend):
     out = tmp_path / "run"
     args = ["pretrain", "--data", str(cifar_dir), "--out", str(out), "--epochs", "50", *SMALL]
@@ -234,7 +236,8 @@ def test_a_run_does_not_depend_on_the_decoded_cache(tmp_path, monkeypatch):
         for cls in ("a", "b"):
             (tmp_path / "data" / split / cls).mkdir(parents=True)
             for i in range(12):
-                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "data" / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / cls / f"{i}.png")
     monkeypatch.setenv("MOCOLAB_CACHE", str(tmp_path / "cache"))
     finals = []
     for run in ("fresh", "cached"):

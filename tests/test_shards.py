@@ -38,7 +38,8 @@ def test_shards_round_trip_every_image_once_per_epoch_with_labels(small_folder, 
     (pattern,) = write_shards(small_folder, tmp_path / "sh" / "cifar", shard_size=5)
     assert pattern.endswith("cifar-{000000..000005}.tar")  # 27 images in shards of 5
     meta = json.loads((tmp_path / "sh" / "cifar.json").read_text())
-    assert meta["count"] == 27 and meta["counts"] == [5, 5, 5, 5, 5, 2] and meta["classes"] == ["airplane", "cat", "ship"]
+    assert (meta["count"] == 27 and meta["counts"] == [5, 5, 5, 5, 5, 2]
+            and meta["classes"] == ["airplane", "cat", "ship"])
     ref = decode_to_tensor(scan_folder(small_folder), 32, workers=0, cache_dir=tmp_path / "cache")
     expected = sorted((_key(x), int(y)) for x, y in zip(ref.images, ref.labels, strict=True))
     orders = []
@@ -82,10 +83,12 @@ def test_missing_shard_is_a_clear_error(tmp_path):
 def test_pretrain_streams_shards_from_the_cli(cifar_dir, tmp_path):
     data = cifar_subset(cifar_dir, tmp_path / "data", 48)
     res = subprocess.run([sys.executable, "-m", "mocolab", "shards", "--data", str(data), "--out",
-                          str(tmp_path / "sh" / "c"), "--shard-size", "20"], capture_output=True, text=True, timeout=300)
+                          str(tmp_path / "sh" / "c"), "--shard-size", "20"],
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "c-train-{000000..000004}.tar" in res.stdout and "c-test-{000000..000004}.tar" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "mocolab", "pretrain", "--data", str(tmp_path / "sh" / "c-train-{000000..000004}.tar"),
+    res = subprocess.run([sys.executable, "-m", "mocolab", "pretrain",
+                          "--data", str(tmp_path / "sh" / "c-train-{000000..000004}.tar"),
                           "--out", str(tmp_path / "run"), "--epochs", "2", "model.width=8", "model.hidden_dim=32",
                           "optim.batch_size=16", "moco.queue_size=64", "data.workers=2", f"data.knn_data={data}"],
                          capture_output=True, text=True, timeout=600)

@@ -331,7 +331,8 @@ def _blend_op(x: torch.Tensor, f: torch.Tensor, op: torch.Tensor) -> torch.Tenso
     adjust_*: clamp(t + f (x - t)) with t = 0, the mean of the gray image, the gray image.
     x: B x 3 x H x W, f, op: B"""
     gray = _gray(x)  # B x 1 x H x W
-    t = torch.where((op == 2).view(-1, 1, 1, 1), gray, (op == 1).view(-1, 1, 1, 1) * gray.mean(dim=(1, 2, 3), keepdim=True))
+    t = torch.where((op == 2).view(-1, 1, 1, 1), gray,
+                    (op == 1).view(-1, 1, 1, 1) * gray.mean(dim=(1, 2, 3), keepdim=True))
     return _blend(x, t, f)
 
 

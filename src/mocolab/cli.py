@@ -102,8 +102,10 @@ def parser() -> argparse.ArgumentParser:
 
     pt = sub.add_parser("pretrain", help="self-supervised MoCo pretraining on an image folder")
     pt.add_argument("--preset", default="cifar10_cpu",
-                    help=f"one of: {', '.join(preset_names())}, or a YAML file (ignored with --resume: the run's config is used)")
-    pt.add_argument("--data", required=True, help="image folder (train/ test/ splits or one ImageFolder), or cifar10[:ROOT]")
+                    help=f"one of: {', '.join(preset_names())}, or a YAML file "
+                         "(ignored with --resume: the run's config is used)")
+    pt.add_argument("--data", required=True,
+                    help="image folder (train/ test/ splits or one ImageFolder), or cifar10[:ROOT]")
     pt.add_argument("--out", required=True, help="run folder")
     pt.add_argument("--budget-minutes", type=float, help="a complete run (schedule included) within M minutes")
     pt.add_argument("--epochs", type=int)
@@ -113,7 +115,8 @@ def parser() -> argparse.ArgumentParser:
     pt.set_defaults(fn=cmd_pretrain)
 
     kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's features")
-    kn.add_argument("--checkpoint", required=True, help="mocolab checkpoint or backbone.pth, official MoCo or torchvision weights")
+    kn.add_argument("--checkpoint", required=True,
+                    help="mocolab checkpoint or backbone.pth, official MoCo or torchvision weights")
     kn.add_argument("--data", required=True, help="folder with labeled train/ and test/ (or val/)")
     kn.add_argument("--k", type=int, default=200)
     kn.add_argument("--t", type=float, default=0.1)
@@ -134,8 +137,10 @@ def parser() -> argparse.ArgumentParser:
     add_export(sub)  # export CKPT --format torchvision|timm|detectron2|safetensors
     add_sweep(sub)  # sweep --grid key=v1,v2 ...: the paper's ablations, one process per cell
 
-    sh = sub.add_parser("shards", help="write an image folder into webdataset tar shards (for --data 'PREFIX-{000000..000099}.tar')")
-    sh.add_argument("--data", required=True, help="ImageFolder (labels optional); train/ and test/ give PREFIX-train-*, PREFIX-test-*")
+    sh = sub.add_parser("shards", help="write an image folder into webdataset tar shards "
+                                       "(for --data 'PREFIX-{000000..000099}.tar')")
+    sh.add_argument("--data", required=True,
+                    help="ImageFolder (labels optional); train/ and test/ give PREFIX-train-*, PREFIX-test-*")
     sh.add_argument("--out", required=True, help="PREFIX of the shards (folder and name start)")
     sh.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
     sh.add_argument("--seed", type=int, default=0, help="the order in which images are written (shuffled)")

@@ -95,7 +95,7 @@ class RunConfig:
     amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA and on CPUs with fast bf16, AMX / AVX-512-BF16)
     channels_last: bool = True
     compile: bool = False  # torch.compile both encoders (~1 min cold on this CPU, seconds warm; benchmarks/RESULTS.md)
-    compile_min_minutes: float = 0.0  # with compile: only under a time budget of at least this many minutes (0 = always)
+    compile_min_minutes: float = 0.0  # with compile: only under a time budget of at least this many minutes (0: always)
     # torch.compile's mode for the encoders: default | reduce-overhead (CUDA graphs: one replay per
     # encoder call instead of a launch per kernel, on CUDA) | max-autotune (tuned kernels, CUDA
     # graphs too) | max-autotune-no-cudagraphs
@@ -138,7 +138,8 @@ class Config:
             (self.moco.queue_size >= (0 if self.moco.method == "bank" else 1),
              "moco.queue_size must be >= 1 (>= 0 for moco.method=bank, where 0 uses every entry)"),
             (0.0 <= self.moco.bank_m < 1.0, "moco.bank_m must lie in [0, 1)"),
-            (self.moco.method == "moco" or not (self.moco.symmetric or self.data.small_crops or self.model.predictor_dim),
+            (self.moco.method == "moco"
+             or not (self.moco.symmetric or self.data.small_crops or self.model.predictor_dim),
              "moco.symmetric, data.small_crops and model.predictor_dim apply to moco.method=moco only"),
             (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
@@ -154,19 +155,22 @@ class Config:
             (len(self.data.mean) == 3 and len(self.data.std) == 3, "data.mean and data.std need 3 values"),
             (self.data.small_crops >= 0 and self.data.small_crop_size >= 8,
              "data.small_crops must be >= 0 and data.small_crop_size >= 8"),
-            (len(self.data.small_crop_scale) == 2 and 0 < self.data.small_crop_scale[0] <= self.data.small_crop_scale[1] <= 1,
+            (len(self.data.small_crop_scale) == 2
+             and 0 < self.data.small_crop_scale[0] <= self.data.small_crop_scale[1] <= 1,
              "data.small_crop_scale must be [min, max] with 0 < min <= max <= 1"),
             (not self.data.small_crops or (self.data.backend == "tensor" and not self.moco.symmetric),
              "data.small_crops needs data.backend=tensor and moco.symmetric=false"),
             (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
-            (self.moco.method != "moco" or self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),
+            (self.moco.method != "moco"
+             or self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),
              f"moco.queue_size (K={self.moco.queue_size}) is smaller than the keys enqueued per step "
              f"({self.optim.batch_size * (2 if self.moco.symmetric else 1)}): the queue would not hold one batch"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (min(self.run.checkpoint_every, self.run.save_every, self.run.skip_nonfinite) >= 0,
              "run.checkpoint_every, run.save_every and run.skip_nonfinite must be >= 0"),
             (self.optim.batch_size % self.model.bn_splits == 0,
-             f"optim.batch_size ({self.optim.batch_size}) must be divisible by model.bn_splits ({self.model.bn_splits})"),
+             f"optim.batch_size ({self.optim.batch_size}) must be divisible by "
+             f"model.bn_splits ({self.model.bn_splits})"),
             (self.optim.lr > 0, "optim.lr must be positive"),
             (self.optim.schedule in ("step", "cosine"), "optim.schedule must be step or cosine"),
             (self.run.epochs >= 1 or self.run.budget_minutes > 0, "run.epochs must be >= 1"),
@@ -315,7 +319,8 @@ def command_line_overrides(args) -> list[str]:
     """The `key=value` overrides of a command, with --epochs, --budget-minutes and --batch-size
     turned into their keys."""
     overrides = list(args.overrides)
-    for flag, key in (("epochs", "run.epochs"), ("budget_minutes", "run.budget_minutes"), ("batch_size", "optim.batch_size")):
+    for flag, key in (("epochs", "run.epochs"), ("budget_minutes", "run.budget_minutes"),
+                      ("batch_size", "optim.batch_size")):
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     return overrides

@@ -26,7 +26,6 @@ from .checkpoint import atomic_save, rng_state, set_rng_state
 from .config import Config
 from .data import (
     DataError,
-    FileList,
     PILFileDataset,
     TensorData,
     TensorTwoViewDataset,
@@ -108,8 +107,8 @@ class Trainer:
         self.world, self.rank = du.world_size(), du.rank()
         splits = 1 if feed is not None else cfg.model.bn_splits
         if self.batch % (self.world * splits):
-            raise ValueError(f"optim.batch_size={self.batch} must be divisible by the number of processes ({self.world}) "
-                             f"times model.bn_splits ({splits})")
+            raise ValueError(f"optim.batch_size={self.batch} must be divisible by the number of processes "
+                             f"({self.world}) times model.bn_splits ({splits})")
         self.local_batch = self.batch // self.world
         self.steps_per_epoch = len(train) // self.batch
         if self.steps_per_epoch == 0:
@@ -255,8 +254,8 @@ class Trainer:
         if self.stop_agreed or (self.world == 1 and self.stop_signal is not None):
             du.broadcast_buffers(self.method)
             path = self.save(f"step_{p.step:08d}.pth")
-            raise Preempted(f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} after step {p.step}; "
-                            f"checkpoint {path}; continue with --resume auto")
+            raise Preempted(f"stopped by {signal.Signals(self.stop_signal or signal.SIGTERM).name} "
+                            f"after step {p.step}; checkpoint {path}; continue with --resume auto")
         return p
 
     def views(self, order: torch.Tensor, start: int, epoch: int):
@@ -277,16 +276,19 @@ class Trainer:
         mine = [order[it * B + r * b:it * B + (r + 1) * b] for it in range(start, self.steps_per_epoch)]
         if self.cfg.data.backend == "tensor":
             for idx in mine:
-                x = self.train.images[du.to_device(idx, self.train.images.device)].to(dev, non_blocking=True)  # b x 3 x H x W uint8
+                # b x 3 x H x W uint8
+                x = self.train.images[du.to_device(idx, self.train.images.device)].to(dev, non_blocking=True)
                 yield self._augment(x), du.to_device(idx, dev)
             return
         # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
         seed = self.cfg.run.seed * 1_000_003 + epoch
-        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILFileDataset)(self.train, self.pil_views, seed)
+        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILFileDataset)(
+            self.train, self.pil_views, seed)
         loader = torch.utils.data.DataLoader(
             ds, batch_size=b, sampler=torch.cat(mine).tolist() if mine else [], drop_last=True,
             num_workers=self.cfg.data.workers, collate_fn=collate_skip_none, pin_memory=dev.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None, worker_init_fn=ignore_signals,
+            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None,
+            worker_init_fn=ignore_signals,
             generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
         fmt = torch.channels_last if self.cfg.run.channels_last else torch.contiguous_format
         for batch in loader:
@@ -296,7 +298,8 @@ class Trainer:
             if x_q.shape[0] < b:  # unreadable images were skipped: repeat others (same shape on every rank)
                 fill = torch.arange(b) % x_q.shape[0]
                 x_q, x_k = x_q[fill], x_k[fill]
-            yield (x_q.to(dev, non_blocking=True, memory_format=fmt), x_k.to(dev, non_blocking=True, memory_format=fmt)), None
+            yield (x_q.to(dev, non_blocking=True, memory_format=fmt),
+                   x_k.to(dev, non_blocking=True, memory_format=fmt)), None
 
     def _augment(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """uint8 b x 3 x H x W -> (x_q, x_k), plus x_small ((n b) x 3 x s x s, crop j of image i
@@ -358,7 +361,8 @@ class Trainer:
                 if self.world > 1:  # every rank sees the global mean loss and any rank's signal
                     du.all_reduce(window, "mean")
                     over = self.budget.spent(p.elapsed)
-                    flags = du.all_reduce(torch.tensor([float(self.stop_signal is not None), float(over)], device=dev), "max")
+                    flags = du.all_reduce(
+                        torch.tensor([float(self.stop_signal is not None), float(over)], device=dev), "max")
                     self.stop_agreed, self.budget_over = (bool(f) for f in flags.tolist())
                 self._check_finite(window)  # the only host sync, at log intervals
                 mean_loss = window.mean().item() if losses else float("nan")
@@ -368,7 +372,8 @@ class Trainer:
                 if method.momentum_pairs():
                     rec["m"] = m
                 self.logger.write(rec, p.step)
-                bar.set_postfix(ep=f"{rec['epoch_float']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}", img_s=f"{ips:.0f}")
+                bar.set_postfix(ep=f"{rec['epoch_float']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}",
+                                img_s=f"{ips:.0f}")
                 bar.update(n_log)
                 losses.clear()
                 logs.clear()

@@ -72,7 +72,8 @@ def compiles(cfg: Config) -> bool:
     > 0 only a time budget at least that long compiles (epoch runs and short budgets stay eager)."""
     r = cfg.run
     if r.compile and r.compile_min_minutes > 0 and r.budget_minutes < r.compile_min_minutes:
-        log.info("run.compile: off for this run (needs --budget-minutes >= run.compile_min_minutes=%g)", r.compile_min_minutes)
+        log.info("run.compile: off for this run (needs --budget-minutes >= run.compile_min_minutes=%g)",
+                 r.compile_min_minutes)
         return False
     if r.compile and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
         log.warning("run.compile: no C++ compiler found (torch.compile's inductor needs one); training eagerly")
@@ -104,7 +105,8 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     else:
         check_out_dir(out)
     if cfg.model.sync_bn and du.is_dist() and device.type != "cuda":
-        raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm); on CPUs shuffle BN across ranks is used")
+        raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm); "
+                          "on CPUs shuffle BN across ranks is used")
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     autocast_dtype = resolve_amp(cfg.run.amp, device)

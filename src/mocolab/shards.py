@@ -50,7 +50,8 @@ def write_shards(data: str | Path, prefix: str | Path, shard_size: int, seed: in
         with wds.ShardWriter(f"{base}-%06d.tar", maxcount=shard_size, verbose=0) as sink:
             for n, i in enumerate(order):
                 path = fl.files[i]
-                sample = {"__key__": f"{n:09d}", path.suffix.lower().lstrip(".").replace("jpeg", "jpg"): path.read_bytes()}
+                sample = {"__key__": f"{n:09d}",
+                          path.suffix.lower().lstrip(".").replace("jpeg", "jpg"): path.read_bytes()}
                 if fl.labeled:
                     sample["cls"] = int(fl.labels[i])
                 sink.write(sample)

@@ -99,7 +99,8 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
     images = train.images.to(device) if device.type == "cuda" else train.images
     labels = train.labels.to(device)
     gen = torch.Generator().manual_seed(fc.seed + 1)
-    autocast = {"device_type": device.type, "dtype": autocast_dtype or torch.bfloat16, "enabled": autocast_dtype is not None}
+    autocast = {"device_type": device.type, "dtype": autocast_dtype or torch.bfloat16,
+                "enabled": autocast_dtype is not None}
     step = epoch = 0
     elapsed = 0.0
     history: list[dict] = []

@@ -47,7 +47,8 @@ def _common(p, target: bool = True) -> None:
         p.epilog = TARGET_HELP
         g = p.add_mutually_exclusive_group(required=True)
         g.add_argument("--checkpoint", help="weights to evaluate, or a run folder (its backbone.pth)")
-        g.add_argument("--random-init", metavar="PRESET", help="evaluate an untrained backbone of PRESET's architecture")
+        g.add_argument("--random-init", metavar="PRESET",
+                       help="evaluate an untrained backbone of PRESET's architecture")
         p.add_argument("--image-size", type=int, help="default: the checkpoint's (or preset's) image size")
         p.add_argument("--results-dir", help="where the result JSON goes (default: beside the checkpoint; "
                                              "random init: the current folder)")
@@ -70,7 +71,8 @@ def cmd_linear(args) -> int:
     else:
         fc = FitConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay or 0.0, schedule=args.schedule,
-                       milestones=[m / args.epochs for m in args.milestones] if args.milestones else [0.6, 0.8], warmup_epochs=args.warmup_epochs,
+                       milestones=[m / args.epochs for m in args.milestones] if args.milestones else [0.6, 0.8],
+                       warmup_epochs=args.warmup_epochs,
                        budget_minutes=args.budget_minutes or 0.0, seed=args.seed)
         rec = run_linear_paper(tg, ctx, fc, tuple(args.crop_scale))
         detail = f"{rec['epochs']:.1f} epochs, lr {args.lr:g}, batch {rec['batch_size']}"
@@ -152,7 +154,8 @@ def add_commands(sub) -> None:
                     help="paper mode: epochs of lr x0.1 (default: 60%% and 80%% of --epochs, i.e. 60 80)")
     li.add_argument("--warmup-epochs", type=float, default=0.0, help="paper mode")
     li.add_argument("--budget-minutes", type=float, help="paper mode: fit the schedule to M minutes")
-    li.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], help="paper mode: random-resized-crop scale")
+    li.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0],
+                    help="paper mode: random-resized-crop scale")
     li.set_defaults(fn=cmd_linear)
 
     ft = sub.add_parser("finetune", help="semi-supervised fine-tuning of the whole network on a fraction of the labels",

@@ -93,7 +93,8 @@ def bar_chart(table: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(2.2 * len(cols) + 2, 4.5))
     for i, r in enumerate(rows):
         vals = [r["top1"][c] for c in cols]
-        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * w, vals, w, label=r["name"] if r["method"] in r["name"] else f"{r['name']} ({r['method']})")
+        bars = ax.bar(x + (i - (len(rows) - 1) / 2) * w, vals, w,
+                      label=r["name"] if r["method"] in r["name"] else f"{r['name']} ({r['method']})")
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks(x, cols)
     ax.set_ylabel("test top-1 (%)")
