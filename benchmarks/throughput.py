@@ -11,6 +11,7 @@ Rows:
   mocolab_compiled  (b) with run.compile=true: encoders and augmentation compiled (likewise)
   compiled_eager_aug  mocolab_compiled with the augmentation left eager (likewise)
   compiled_cudagraphs  compiled with run.compile_mode=reduce-overhead (CUDA graphs on CUDA; likewise)
+  limit_e2e, e2e, limit_bank, bank  (a) and (b) for moco.method=e2e and moco.method=bank
 
 Rows are measured in --rows order. A row that fails to build, in its warm-up (3 steps) or
 while timed is reported (table, and failed_rows in the JSON); the others are still measured.
@@ -70,7 +71,7 @@ def count_syncs(fn, device) -> int | None:
 
 def make_trainer(cfg, data, device, dtype):
     torch.manual_seed(0)
-    return Trainer(cfg, build_model(cfg, device), data, device, None, dtype)
+    return Trainer(cfg, build_model(cfg, device, len(data)), data, device, None, dtype)
 
 
 def step_fn(tr: Trainer):
@@ -196,6 +197,11 @@ def main(argv=None) -> dict:
         "mocolab_compiled": (COMPILE, False, False),
         "compiled_eager_aug": (COMPILE, False, True),
         "pil": (["data.backend=pil"], False, False),
+        # the other dictionary mechanisms (issue 17): compute limit and end to end
+        "limit_e2e": (["moco.method=e2e"], True, False),
+        "e2e": (["moco.method=e2e"], False, False),
+        "limit_bank": (["moco.method=bank"], True, False),
+        "bank": (["moco.method=bank"], False, False),
     }
     unknown = [name for name in wanted if name not in [*specs, "peer"]]
     if unknown:

@@ -7,6 +7,7 @@ with `torch.load(weights_only=True)`: a file handed in by a user can never run c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import random
@@ -117,3 +118,17 @@ def extract_backbone(obj: dict) -> tuple[dict, dict]:
             "no ResNet backbone found: expected a mocolab checkpoint or export, an official MoCo "
             f"checkpoint (module.encoder_q.*) or a torchvision ResNet state_dict; got keys: {keys}")
     return sd, meta
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    """The newest checkpoint in RUN_DIR/checkpoints that loads (for --resume auto)."""
+    ckdir = out / "checkpoints"
+    if not ckdir.is_dir():
+        return None
+    for path in sorted(ckdir.glob("*.pth"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            safe_load(path)
+            return path
+        except CheckpointError:
+            logging.getLogger("mocolab").warning("skipping unreadable checkpoint %s", path)
+    return None

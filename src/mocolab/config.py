@@ -185,6 +185,18 @@ class Config:
         return self
 
 
+@dataclass
+class LoopConfig:
+    """The engine's own settings (optim + run), for the loops that are not pretraining:
+    the classifier loops of eval/ and the transfer tasks' runs."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 GROUPS = [f.name for f in fields(Config)]
 
 

@@ -118,10 +118,14 @@ class Trainer:
         self.budget = StepBudget(self.budget_s, start_step=0)  # restarted by fit() from the resumed step
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
         self.gen = torch.Generator()  # augmentation + shuffle BN; seeded by (seed, step, rank) each step
+        if feed is not None:
+            feed.generator = self.gen  # the feed's augmentation draws from it (exact resume)
         self.net = method  # what the step calls: DistributedDataParallel(method) under torchrun (see fit)
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
-        self.history: list[dict] = []
+        self.history: list[dict] = []  # monitor results (saved in checkpoints)
+        self.records: list[dict] = []  # this process's log lines (first and final loss for reports)
+        self.on_log = None  # optional callable(record) for each log line
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: finish the step, save, exit
         self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
         self.budget_over = False  # under torchrun: rank 0's time budget is spent (agreed at log steps)
@@ -329,7 +333,7 @@ class Trainer:
             x, index = batch
             lr = lr_at(p.step, p.total_steps, self.base_lr, cfg.optim.schedule, cfg.optim.milestones, self.warmup_steps)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             m = method.momentum(p.step / p.total_steps)
             loss, step_logs = train_step(method, self.optimizer, x, m=m, index=index, autocast=self._autocast(),
                                          generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0, net=self.net)
@@ -372,6 +376,9 @@ class Trainer:
                 if method.momentum_pairs():
                     rec["m"] = m
                 self.logger.write(rec, p.step)
+                self.records.append(rec)
+                if self.on_log is not None:
+                    self.on_log(rec)
                 bar.set_postfix(ep=f"{rec['epoch_float']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}",
                                 img_s=f"{ips:.0f}")
                 bar.update(n_log)

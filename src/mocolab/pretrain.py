@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as du
-from .checkpoint import CheckpointError, export_backbone, safe_load
+from .checkpoint import CheckpointError, export_backbone, latest_checkpoint, safe_load
 from .config import Config, ConfigError, apply_overrides, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
@@ -182,17 +182,3 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     trainer.logger.close()
     return summary
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest checkpoint in RUN_DIR/checkpoints that loads (for --resume auto)."""
-    ckdir = out / "checkpoints"
-    if not ckdir.is_dir():
-        return None
-    for path in sorted(ckdir.glob("*.pth"), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            safe_load(path)
-            return path
-        except CheckpointError:
-            log.warning("skipping unreadable checkpoint %s", path)
-    return None

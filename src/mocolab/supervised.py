@@ -19,7 +19,6 @@ from .augment import BatchAugment, preset
 from .checkpoint import atomic_save
 from .config import Config, build_config, save_yaml
 from .data import DataError, cache_size_for, load_splits
-from .engine import MetricsLogger
 from .eval.classify import Classifier, FitConfig, evaluate, fit
 from .models.backbones import build_backbone, resolve_stem
 from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
@@ -44,8 +43,10 @@ def supervised_config(preset_name: str, overrides: list[str], lr: float | None =
     return cfg.validate()
 
 
-def train_supervised(cfg: Config, data: str, out: str | Path) -> dict:
-    """Trains the baseline into `out` (cfg.optim.lr is the supervised lr at base_batch_size)."""
+def train_supervised(cfg: Config, data: str, out: str | Path, resume: bool = False) -> dict:
+    """Trains the baseline into `out` (cfg.optim.lr is the supervised lr at base_batch_size) on
+    the engine: checkpoints in out/checkpoints, continued when `resume` and their config is this
+    one; SIGTERM writes one and exits 75."""
     out = Path(out)
     check_out_dir(out)
     if cfg.run.threads:
@@ -74,17 +75,10 @@ def train_supervised(cfg: Config, data: str, out: str | Path) -> dict:
                    milestones=list(o.milestones), warmup_epochs=o.warmup_epochs,
                    budget_minutes=cfg.run.budget_minutes, seed=cfg.run.seed, log_every=cfg.run.log_every)
     aug = BatchAugment(preset(cfg.data.augment, size, cfg.data.crop_scale), mean, std, cfg.run.channels_last)
-    logger = MetricsLogger(out)
     t0 = time.perf_counter()
-    try:
-        stats = fit(model, [{"params": model.parameters()}], train, aug, fc, device, dtype,
-                    logger=lambda rec: logger.write(rec, rec["step"]), desc="supervised")
-    finally:
-        logger.close()
-    (out / "checkpoints").mkdir(exist_ok=True)
-    # a training record (not a MoCo checkpoint): evaluate backbone.pth
-    atomic_save({"classifier": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                 "config": cfg.to_dict(), "steps": stats["steps"]}, out / "checkpoints" / "final.pth")
+    # metrics.jsonl, tb/, checkpoints/ (final.pth too), as a pretraining run has them
+    stats = fit(model, [{"params": model.parameters()}], train, aug, fc, device, dtype, desc="supervised",
+                out=out, resume=resume, cfg=cfg, settings={"data": str(Path(data).expanduser().resolve())})
     atomic_save({k: v.detach().cpu().clone() for k, v in net.state_dict().items()}, out / "backbone.pth")
     meta = {"arch": mc.arch, "width": mc.width, "stem": stem, "feature_dim": feat_dim, "image_size": size,
             "mean": mean, "std": std, "load_with": "mocolab.models.backbones.torchvision_model",

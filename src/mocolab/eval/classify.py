@@ -4,20 +4,23 @@ augmentation on cached uint8 batches, bf16 autocast, channels_last."""
 
 from __future__ import annotations
 
-import math
-import time
+import json
+import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from ..augment import AugSpec, BatchAugment
+from ..checkpoint import latest_checkpoint, safe_load
+from ..config import LoopConfig, OptimConfig, RunConfig
 from ..data import TensorData
-from ..runtime import NonFiniteLoss, epoch_order
-from ..schedules import StepBudget, lr_at
+from ..methods.base import Method
 from .features import extract_features
+
+log = logging.getLogger("mocolab")
 
 
 def crop_flip(size: int, scale=(0.08, 1.0)) -> AugSpec:
@@ -78,81 +81,96 @@ class FitConfig:
         return asdict(self)
 
 
+class Classification(Method):
+    """Cross-entropy training of a classifier as a method of the engine (supervised baseline,
+    linear protocol, fine-tuning). groups: SGD parameter groups, each with an "lr_scale"."""
+
+    def __init__(self, model: nn.Module, groups: list[dict]):
+        super().__init__()
+        self.encoder_q = model
+        self.groups = [{"params": list(g["params"]), "lr_scale": g.get("lr_scale", 1.0)} for g in groups]
+
+    def learnable_params(self) -> list[dict]:
+        return self.groups
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, *, index=None, generator=None):
+        logits = self.encoder_q(x)  # B x C
+        top1 = (logits.detach().argmax(1) == y).float().mean() * 100
+        return F.cross_entropy(logits.float(), y), {"logs": {"train_top1": top1}}
+
+
+class LabeledFeed:
+    """Augmented, labeled batches from cached uint8 images: ((x B x 3 x S x S, y B), index).
+    `generator` is the Trainer's, seeded per step (exact resume)."""
+
+    def __init__(self, data: TensorData, aug: BatchAugment, batch: int, device: torch.device):
+        self.images = data.images.to(device) if device.type == "cuda" else data.images
+        self.labels, self.aug, self.batch, self.device = data.labels.to(device), aug, batch, device
+        self.generator: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, order: torch.Tensor, start: int, epoch: int):
+        B = self.batch
+        for it in range(start, len(self) // B):
+            idx = order[it * B:(it + 1) * B].to(self.images.device)
+            x = self.aug(self.images[idx].to(self.device, non_blocking=True), self.generator)  # normalised
+            yield (x, self.labels[idx.to(self.labels.device)]), None
+
+
+def loop_config(fc: FitConfig, batch_size: int) -> LoopConfig:
+    """FitConfig -> the engine's optim/run settings (fc.lr is the lr of the batch as given)."""
+    optim = OptimConfig(batch_size=batch_size, lr=fc.lr, base_batch_size=batch_size, momentum=fc.momentum,
+                        weight_decay=fc.weight_decay, schedule=fc.schedule, milestones=list(fc.milestones),
+                        warmup_epochs=fc.warmup_epochs)
+    run = RunConfig(epochs=fc.epochs, budget_minutes=fc.budget_minutes, seed=fc.seed, log_every=fc.log_every,
+                    amp="off", channels_last=False, knn_every=0, save_every=1, keep_checkpoints=1)
+    return LoopConfig(optim, run)
+
+
 def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugment, fc: FitConfig,
-        device: torch.device, autocast_dtype: torch.dtype | None = None, logger=None, desc: str = "train") -> dict:
-    """Trains `model` with cross-entropy on `train` (uint8 images, labels).
+        device: torch.device, autocast_dtype: torch.dtype | None = None, logger=None, desc: str = "train",
+        out: Path | None = None, resume: bool = True, cfg=None, settings: dict | None = None) -> dict:
+    """Trains `model` with cross-entropy on `train` (uint8 images, labels) on the engine: the
+    budget, SIGTERM (checkpoint + exit 75), NaN checks and, with `out`, checkpoints in
+    out/checkpoints (resumed when `resume` and they were made with these `settings`, a JSON-able
+    dict naming the weights and data, kept in out/settings.json, and this cfg).
     groups: [{"params": [...], "lr_scale": s}, ...]: each group's lr is s x the schedule's lr.
-    logger: optional callable(record dict). Returns {"steps", "epochs", "images", "train_seconds",
-    "history": [log records]}."""
+    logger: optional callable(log record). cfg: the engine's settings when the caller has them (the
+    supervised baseline's Config, saved in its checkpoints); default: from fc.
+    Returns {"steps", "epochs", "images", "batch_size", "train_seconds", "history": [log records]}."""
+    from ..engine import Trainer
+
     n = len(train)
     B = min(fc.batch_size, n)
     if B < fc.batch_size and B >= 16:
         B = B // 16 * 16  # oneDNN's bf16 kernels are several times slower on odd batch sizes
-    steps_per_epoch = n // B
-    warmup = round(fc.warmup_epochs * steps_per_epoch)
-    total = steps_per_epoch * fc.epochs
-    budget_s = fc.budget_minutes * 60.0
-    if budget_s > 0:
-        total = 10**9  # set from the measured step time after a few steps
-    opt = torch.optim.SGD([{"params": g["params"], "lr_scale": g.get("lr_scale", 1.0)} for g in groups],
-                          lr=fc.lr, momentum=fc.momentum, weight_decay=fc.weight_decay)
-    images = train.images.to(device) if device.type == "cuda" else train.images
-    labels = train.labels.to(device)
-    gen = torch.Generator().manual_seed(fc.seed + 1)
-    autocast = {"device_type": device.type, "dtype": autocast_dtype or torch.bfloat16,
-                "enabled": autocast_dtype is not None}
-    step = epoch = 0
-    elapsed = 0.0
-    history: list[dict] = []
-    loss_sum, n_log = torch.zeros((), device=device), 0
-    t_log = time.perf_counter()
-    budget = StepBudget(budget_s, start_step=0)
-    model.train()
-    bar = tqdm(total=None if budget_s > 0 else total, desc=desc, unit="step", mininterval=2.0, dynamic_ncols=True)
-
-    def done() -> bool:
-        return step >= total or budget.spent(elapsed)
-
-    while not done():
-        order = epoch_order(n, fc.seed, epoch).to(images.device)
-        for it in range(steps_per_epoch):
-            if done():
-                break
-            t0 = time.perf_counter()
-            idx = order[it * B:(it + 1) * B]
-            x = aug(images[idx].to(device, non_blocking=True), gen)  # B x 3 x S x S, normalised
-            y = labels[idx.to(labels.device)]
-            lr = lr_at(step, total, fc.lr, fc.schedule, fc.milestones, warmup)
-            for g in opt.param_groups:
-                g["lr"] = lr * g["lr_scale"]
-            with torch.autocast(**autocast):
-                logits = model(x)  # B x C
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            n_log += 1
-            step += 1
-            elapsed += time.perf_counter() - t0
-            total = budget.total_steps(step, elapsed, elapsed) or total
-            if n_log == fc.log_every or it == steps_per_epoch - 1 or done():
-                mean_loss = (loss_sum / n_log).item()  # the only host sync, at log intervals
-                if not math.isfinite(mean_loss):
-                    raise NonFiniteLoss(f"loss became {mean_loss} at step {step}; try a lower lr")
-                rec = {"step": step, "epoch": step / steps_per_epoch, "loss": mean_loss, "lr": lr,
-                       "img_per_s": n_log * B / (time.perf_counter() - t_log)}
-                history.append(rec)
-                if logger is not None:
-                    logger(rec)
-                bar.set_postfix(ep=f"{rec['epoch']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}")
-                bar.update(n_log)
-                loss_sum.zero_()
-                n_log, t_log = 0, time.perf_counter()
-        epoch += 1
-    bar.close()
-    return {"steps": step, "epochs": step / steps_per_epoch, "images": step * B, "batch_size": B,
-            "train_seconds": elapsed, "history": history}
+    cfg = cfg or loop_config(fc, B)
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    method = Classification(model, groups)
+    trainer = Trainer(cfg, method, None, device, out, autocast_dtype, feed=LabeledFeed(train, aug, B, device))
+    if out is not None:
+        marker = Path(out) / "settings.json"
+        same = marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(settings or {}))
+        path = latest_checkpoint(Path(out)) if resume and same else None
+        state = safe_load(path) if path is not None else None
+        if state is not None and state.get("config") == cfg.to_dict():
+            log.info("%s: continuing from %s", desc, path)
+            trainer.load_state_dict(state)
+        elif path is not None:
+            log.info("%s: %s holds other settings; starting afresh", desc, path)
+        marker.write_text(json.dumps(settings or {}, indent=2))
+    trainer.on_log = logger
+    try:
+        p = trainer.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
+    finally:
+        trainer.logger.close()
+    if out is not None:
+        trainer.save("final.pth")
+    return {"steps": p.step, "epochs": p.step / trainer.steps_per_epoch, "images": p.images, "batch_size": B,
+            "train_seconds": p.train_seconds, "history": trainer.records}
 
 
 @torch.no_grad()

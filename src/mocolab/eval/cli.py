@@ -103,7 +103,7 @@ def cmd_supervised(args) -> int:
     overrides = command_line_overrides(args)
     cfg = supervised_config(args.preset, overrides, args.lr)
     cfg.model.bn_splits = 1  # plain BN: no shuffle BN to emulate
-    s = train_supervised(cfg, args.data, args.out)
+    s = train_supervised(cfg, args.data, args.out, resume=args.resume == "auto")
     test = f", test top-1 {s['test_top1']:.2f}%" if "test_top1" in s else ""
     print(f"done: {s['epochs']:.2f} epochs, {s['images_per_second']:.0f} img/s, train top-1 {s['train_top1']:.2f}%"
           f"{test}; backbone in {args.out}/backbone.pth")
@@ -190,6 +190,8 @@ def add_commands(sub) -> None:
     su.add_argument("--epochs", type=int)
     su.add_argument("--batch-size", type=int)
     su.add_argument("--lr", type=float, help="at optim.base_batch_size (default 0.1)")
+    su.add_argument("--resume", choices=["auto"], help="continue from the newest checkpoint in --out "
+                    "(made with the same config and data)")
     su.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.limit=1000")
     su.set_defaults(fn=cmd_supervised)
 

@@ -38,9 +38,11 @@ def finetune_defaults(n: int, batch_size: int | None = None, epochs: int | None 
 
 def finetune(net: nn.Module, train, test, fraction: float, mean, std, size: int, fc: FitConfig | None,
              device: torch.device, autocast_dtype=None, channels_last: bool = False,
-             backbone_lr_scale: float = 1.0, crop_scale=(0.2, 1.0), seed: int = 0) -> dict:
+             backbone_lr_scale: float = 1.0, crop_scale=(0.2, 1.0), seed: int = 0, out=None,
+             settings: dict | None = None) -> dict:
     """Fine-tunes `net` (modified in place) on label_subset(train, fraction, seed) ->
-    {top1, top5 on the whole test split, subset size, steps, ...}. fc=None: finetune_defaults."""
+    {top1, top5 on the whole test split, subset size, steps, ...}. fc=None: finetune_defaults.
+    out: a folder for the loop's checkpoints (resumed when made with the same `settings`)."""
     idx = label_subset(train.labels, fraction, seed)
     labeled = subset(train, idx)
     fc = fc or finetune_defaults(len(labeled))
@@ -53,7 +55,8 @@ def finetune(net: nn.Module, train, test, fraction: float, mean, std, size: int,
     aug = BatchAugment(crop_flip(size, crop_scale), mean, std, channels_last)
     groups = [{"params": model.backbone.parameters(), "lr_scale": backbone_lr_scale},
               {"params": model.fc.parameters()}]
-    stats = fit(model, groups, labeled, aug, fc, device, autocast_dtype, desc=f"finetune {fraction:g}")
+    stats = fit(model, groups, labeled, aug, fc, device, autocast_dtype, desc=f"finetune {fraction:g}", out=out,
+                settings=settings)
     res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last)
     return {**res, "labeled_images": len(labeled), "fit": fc.to_dict(),
             **{k: v for k, v in stats.items() if k != "history"}, "final_loss": stats["history"][-1]["loss"]}

@@ -99,13 +99,16 @@ def paper_defaults() -> FitConfig:
 
 
 def linear_paper(net: nn.Module, train, test, mean, std, size: int, fc: FitConfig, device: torch.device,
-                 autocast_dtype=None, channels_last: bool = False, crop_scale=(0.08, 1.0)) -> dict:
-    """The paper's linear protocol on a frozen `net` (pooled features N x D)."""
+                 autocast_dtype=None, channels_last: bool = False, crop_scale=(0.08, 1.0), out=None,
+                 settings: dict | None = None) -> dict:
+    """The paper's linear protocol on a frozen `net` (pooled features N x D). out: a folder for
+    the loop's checkpoints (resumed when made with the same `settings`), or None."""
     num_classes = len(train.classes) or int(train.labels.max()) + 1
     model = Classifier(net, feature_dim_of(net, size), num_classes, frozen=True).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     aug = BatchAugment(crop_flip(size, crop_scale), mean, std, channels_last)
-    stats = fit(model, [{"params": model.fc.parameters()}], train, aug, fc, device, autocast_dtype, desc="linear")
+    stats = fit(model, [{"params": model.fc.parameters()}], train, aug, fc, device, autocast_dtype, desc="linear",
+                out=out, settings=settings)
     res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last)
     return {**res, **{k: v for k, v in stats.items() if k != "history"}, "final_loss": stats["history"][-1]["loss"]}

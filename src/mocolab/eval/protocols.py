@@ -158,6 +158,13 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
     return out
 
 
+def loop_dir(result: Path) -> Path:
+    """The folder beside a result JSON that holds its training loop's checkpoints, metrics.jsonl
+    and tb/ (`backbone.linear_paper.json` -> `backbone.linear_paper.run/`): a stopped protocol
+    run resumes there when started again with the same settings."""
+    return result.with_suffix(".run")
+
+
 def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.08, 1.0), reuse: bool = False) -> dict:
     net, cfg, device, dtype = _prepare(target, ctx)
     fc.seed = ctx.seed
@@ -170,7 +177,7 @@ def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.
     torch.manual_seed(ctx.seed)  # the linear layer's init
     t0 = time.perf_counter()
     numbers = linear_paper(net, splits.train, splits.test, cfg.data.mean, cfg.data.std, cfg.data.image_size, fc,
-                           device, dtype, cfg.run.channels_last, crop_scale)
+                           device, dtype, cfg.run.channels_last, crop_scale, out=loop_dir(path), settings=st)
     rec = _record(target, ctx, PAPER, st, numbers, splits, time.perf_counter() - t0, device)
     write_result(path, rec)
     return rec
@@ -199,7 +206,8 @@ def run_finetune(target: Target, ctx: Context, fraction: float, *, epochs: int |
         return old
     t0 = time.perf_counter()
     numbers = finetune(net, splits.train, splits.test, fraction, cfg.data.mean, cfg.data.std, cfg.data.image_size,
-                       fc, device, dtype, cfg.run.channels_last, backbone_lr_scale, crop_scale, ctx.seed)
+                       fc, device, dtype, cfg.run.channels_last, backbone_lr_scale, crop_scale, ctx.seed,
+                       out=loop_dir(path), settings=st)
     rec = _record(target, ctx, protocol_name(fraction), st, numbers, splits, time.perf_counter() - t0, device)
     rec["label_fraction"] = fraction
     write_result(path, rec)
