@@ -3,10 +3,11 @@
 - `BatchAugment`: batched, on the model's device, from uint8 batches. Every image draws its
   own parameters, following torchvision's per-image sampling rules (RandomResizedCrop's 10
   tries, ColorJitter's random order). Written by hand because torchvision.transforms.v2
-  draws one set of parameters per batch (image by image it ran 10-16x slower), kornia, which
-  draws per image, ran 2.0-2.5x slower on 2 cores, and per-image batching is what makes
-  augmentation cheap next to the model (benchmarks/augment.py: ~13-14k views/s on 2 cores,
-  7-10x the PIL pipeline in one process).
+  draws one set of parameters per batch (image by image it ran an order of magnitude slower),
+  kornia, which draws per image, ran about twice as slow on 2 cores, and per-image batching is
+  what makes augmentation cheap next to the model, several times faster than the PIL pipeline
+  in one process (benchmarks/augment.py; benchmarks/RESULTS.md, session 8, 'Maintained
+  libraries for the batched augmentation: kornia and torchvision v2').
 - `pil_transform`: torchvision's classic per-image pipeline, the reference.
 """
 
@@ -83,8 +84,9 @@ def _adjust_hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     h6 = torch.remainder(h6 + 6.0 * h.view(-1, 1, 1), 6.0)
     # HSV -> RGB in closed form, channel c = V - V*S*clamp(min(k, 4 - k), 0, 1) with
     # k = (n_c + h6) mod 6, n = (5, 3, 1): the same values as torchvision's 6-way table,
-    # without building and gathering it (written by hand: 10x faster than torchvision's
-    # adjust_hue image by image, see benchmarks/augment.py)
+    # without building and gathering it (written by hand: several times faster than
+    # torchvision's adjust_hue image by image, see benchmarks/augment.py; benchmarks/RESULTS.md,
+    # session 4, 'Tensor augmentation', and 'Figures moved from code comments')
     k = torch.stack([h6 + 5.0, h6 + 3.0, h6 + 1.0], 1)  # B x 3 x H x W, in [1, 11)
     k = torch.where(k >= 6.0, k - 6.0, k)
     return (maxc.unsqueeze(1) - cr.unsqueeze(1) * torch.minimum(k, 4.0 - k).clamp_(0, 1)).clamp_(0, 1)
@@ -145,8 +147,8 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, fits: bool | No
     roi_align with an adaptive sampling ratio averages ceil(box / size)^2 samples per output
     pixel (antialiasing when a box is larger than the output). When no box is (`fits`; None:
     computed from the boxes), that is one bilinear sample at each bin centre, which grid_sample
-    computes identically and 3x faster on this 2-core CPU (5.2 vs 1.8 ms for 256 CIFAR
-    images): the CIFAR case, every step."""
+    computes identically and faster on this 2-core CPU (benchmarks/RESULTS.md, session 4,
+    'Tensor augmentation'): the CIFAR case, every step."""
     B, _, H, W = x.shape
     boxes = boxes.to(x)
     x0, y0, x1, y1 = boxes.unbind(1)
@@ -201,9 +203,9 @@ class BatchAugment:
     two forms: on a CPU, each op on the subset of images that draws it; on an accelerator, or
     with `compile=True`, each op on every image, kept with torch.where, so that the whole
     augmentation is one graph without host syncs. torch.compile fuses that graph's elementwise
-    ops into a few loops (on this 2-core CPU 1.1-1.5x faster than the subset form in
-    benchmarks/augment.py, 1.11x end to end in benchmarks/throughput.py) and, on a GPU, into a
-    few kernels instead of one launch per op."""
+    ops into a few loops (on this 2-core CPU faster than the subset form, in benchmarks/augment.py
+    and end to end in benchmarks/throughput.py: benchmarks/RESULTS.md, session 7, 'The
+    augmentation as one graph') and, on a GPU, into a few kernels instead of one launch per op."""
 
     def __init__(self, spec: AugSpec, mean, std, channels_last: bool = False, compile: bool = False):
         self.spec = spec
@@ -223,7 +225,8 @@ class BatchAugment:
     def two_views(self, images: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The query and key views of a batch (B each), from one call on the 2B images: every op
         runs once on twice the images instead of twice, and at CIFAR size the per-op overhead
-        is much of the cost (benchmarks/augment.py: 1.26x faster at batch 128)."""
+        is much of the cost (benchmarks/augment.py: faster at batch 128; benchmarks/RESULTS.md,
+        session 6, 'Augmentation')."""
         v = self(torch.cat([images, images]), g)  # 2B x 3 x S x S: views of image i at i and B + i
         return v[:images.shape[0]], v[images.shape[0]:]
 
@@ -253,7 +256,8 @@ class BatchAugment:
         if dev not in self._norm:
             self._norm[dev] = (self.mean.to(dev), self.std.to(dev))
         mean, std = self._norm[dev]
-        # the crop stays eager: inductor's grid_sample (gathers) ran 6x slower than aten's on this CPU
+        # the crop stays eager: inductor's grid_sample (gathers) ran several times slower than aten's
+        # on this CPU (benchmarks/RESULTS.md, session 7, 'The augmentation as one graph')
         x = crop_resize(images.float().div_(255), P[:, _BOX], self.spec.size, fits)
         if dense and self.compile:
             if self._compiled is None:

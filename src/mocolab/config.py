@@ -94,7 +94,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA and on CPUs with fast bf16, AMX / AVX-512-BF16)
     channels_last: bool = True
-    compile: bool = False  # torch.compile both encoders (~1 min cold on this CPU, seconds warm; benchmarks/RESULTS.md)
+    # torch.compile both encoders (a cold compile takes a sizeable share of a short budget on this
+    # CPU, a warm one seconds: benchmarks/RESULTS.md, session 6, 'torch.compile, cold and warm')
+    compile: bool = False
     compile_min_minutes: float = 0.0  # with compile: only under a time budget of at least this many minutes (0: always)
     # torch.compile's mode for the encoders: default | reduce-overhead (CUDA graphs: one replay per
     # encoder call instead of a launch per kernel, on CUDA) | max-autotune (tuned kernels, CUDA

@@ -8,11 +8,12 @@ that the backbone exports to torchvision unchanged.
 Each chunk is a free view of the batch (in NCHW and channels_last alike) and goes through
 PyTorch's native batch-norm kernel, which keeps bf16 inputs in bf16; the only extra work is
 one concatenation. This was measured against the official demo's reshape to (N/S, C*S, H, W)
-(a copy in channels_last) and against hand-written statistics (2.2x slower than plain BN):
-see benchmarks/RESULTS.md. Under torch.compile the same maths runs as one broadcast over a
-grouped view (`_grouped`), which inductor fuses. On a GPU, where the S kernel launches per
-layer are the cost at CIFAR size, the groups are folded into channels (`_folded`): one
-batch-norm call on n x (S C) x H x W between two copies.
+(a copy in channels_last) and against hand-written statistics (much slower than plain BN):
+see benchmarks/RESULTS.md, 'SplitBatchNorm implementations' and 'cifar10_cpu tuning'. Under
+torch.compile the same maths runs as one broadcast over a grouped view (`_grouped`), which
+inductor fuses. On a GPU, where the S kernel launches per layer are the cost at CIFAR size,
+the groups are folded into channels (`_folded`): one batch-norm call on n x (S C) x H x W
+between two copies.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
     def _grouped(self, x: torch.Tensor) -> torch.Tensor:
         """The same maths as one broadcast over an S x n x C x ... view, for torch.compile:
         inductor fuses it, where the per-chunk calls above put splits x as many BN ops in the
-        graph (their cold compile took 3.4x longer, see benchmarks/RESULTS.md)."""
+        graph (their cold compile took several times longer, see benchmarks/RESULTS.md, session
+        4, 'SplitBatchNorm under torch.compile')."""
         S, C = self.splits, x.shape[1]
         xs = x.view(S, x.shape[0] // S, *x.shape[1:]).float()  # S x n x C x ...
         dims = (1, *range(3, xs.dim()))
