@@ -1,5 +1,5 @@
-"""`mocolab pretrain | knn | linear | finetune | supervised | compare | export | sweep | shards |
-presets`: parse, build the config, call the library."""
+"""`mocolab pretrain | knn | linear | finetune | supervised | detect | segment | compare | export |
+sweep | shards | presets`: parse, build the config, call the library."""
 
 from __future__ import annotations
 
@@ -133,6 +133,9 @@ def parser() -> argparse.ArgumentParser:
 
     from .export import add_command as add_export
     from .sweep import add_command as add_sweep
+    from .transfer.run import add_commands as add_transfer_commands
+
+    add_transfer_commands(sub)  # detect | segment: fine-tune a backbone for detection / segmentation
 
     add_export(sub)  # export CKPT --format torchvision|timm|detectron2|safetensors
     add_sweep(sub)  # sweep --grid key=v1,v2 ...: the paper's ablations, one process per cell

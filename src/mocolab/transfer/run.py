@@ -13,13 +13,12 @@ import json
 import logging
 import math
 import os
-import time
 from pathlib import Path
 
 import torch
 
 from .. import distributed as du
-from ..checkpoint import CheckpointError, safe_load
+from ..checkpoint import CheckpointError, latest_checkpoint, safe_load
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
 from ..engine import Trainer
 from ..runtime import check_out_dir, resolve_amp, resolve_device
@@ -34,8 +33,6 @@ def resume_config(resume: str, out: str | Path, overrides: list[str],
                   kind: str) -> tuple[TransferConfig | None, dict | None]:
     """The config of the run being resumed with the command line's overrides on top, and its
     checkpoint ('auto': the newest valid one in RUN_DIR; (None, None) when there is none)."""
-    from ..pretrain import latest_checkpoint
-
     path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
     if path is None:
         return None, None
@@ -247,7 +244,3 @@ def add_commands(sub) -> None:
         p.add_argument("--resume", help="a checkpoint to continue from, or 'auto' (newest valid in --out)")
         p.add_argument("overrides", nargs="*", help="config overrides key=value")
         p.set_defaults(fn=cmd_transfer, kind=kind)
-
-
-def elapsed(t0: float) -> float:
-    return time.perf_counter() - t0
