@@ -6,7 +6,8 @@ import torch
 
 from mocolab.config import build_config
 from mocolab.data import load_splits
-from mocolab.pretrain import build_model, knn_monitor, pretrain, resolve_amp, seed_everything
+from mocolab.pretrain import build_model, knn_monitor, pretrain
+from mocolab.runtime import resolve_amp, seed_everything
 
 # ~310 steps on 4,000 images (the preset's ResNet-10): measured here +11.6 points in float32 and +10.3 in
 # bf16 (AMX); with session 4's ResNet-18 preset +3.2 and +5.1.

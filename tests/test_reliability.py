@@ -249,7 +249,7 @@ def test_a_run_does_not_depend_on_the_decoded_cache(tmp_path, monkeypatch):
 def test_unwritable_output_folder_or_a_full_disk_fail_before_training(tmp_path, monkeypatch):
     import shutil
 
-    from mocolab.pretrain import check_out_dir
+    from mocolab.runtime import check_out_dir
 
     (tmp_path / "taken").write_text("a file where the run folder should be")
     with pytest.raises(OSError, match="cannot write to the output folder"):
