@@ -112,24 +112,42 @@ def cmd_supervised(args) -> int:
 
 def cmd_compare(args) -> int:
     _check(args)
-    from .compare import compare
+    from .compare import TransferSpec, compare, markdown
     from .linear import paper_defaults
     from .protocols import Context
 
+    protocols = [p for p in args.protocols if p != "none"]
+    if "none" in args.protocols and protocols:
+        raise ValueError("--protocols none stands alone (only the transfer columns)")
+    if protocols and not args.data:
+        raise ValueError(f"--data is needed for the protocols {' '.join(protocols)} (--protocols none: "
+                         "only the --detect / --segment columns)")
+    if args.transfer_budget_minutes is not None and args.transfer_budget_minutes <= 0:
+        raise ValueError(f"--transfer-budget-minutes must be positive, got {args.transfer_budget_minutes}")
+    bad = [o for o in args.transfer_set if "=" not in o]
+    if bad:
+        raise ValueError(f"--transfer-set takes key=value items, not {' '.join(bad)} (give the entries first)")
+    try:
+        seeds = [int(s) for s in args.seeds.replace(",", " ").split()]
+    except ValueError:
+        raise ValueError(f"--seeds takes seeds separated by commas (e.g. 0,1,2), not {args.seeds!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds needs distinct seeds >= 0, got {args.seeds!r}")
+    transfer = [TransferSpec(kind, data, preset, list(args.transfer_set), args.transfer_budget_minutes or 0.0)
+                for kind, data, preset in (("detect", args.detect, args.detect_preset),
+                                           ("segment", args.segment, args.segment_preset)) if data]
     paper = None
-    if "linear_paper" in args.protocols:
+    if "linear_paper" in protocols:
         paper = paper_defaults()
         paper.epochs = args.paper_epochs
         paper.budget_minutes = args.paper_budget_minutes or 0.0
     ctx = Context(args.data, args.limit, args.seed, args.device, args.amp)
-    table = compare(args.entries, ctx, args.out, protocols=args.protocols, fractions=args.fractions,
+    table = compare(args.entries, ctx, args.out, protocols=protocols, fractions=args.fractions,
                     finetune_budget_minutes=args.budget_minutes_finetune or 0.0, finetune_epochs=args.epochs_finetune,
-                    paper_fit=paper, k=args.k, t=args.t, reuse=not args.force)
-    from .compare import markdown
-
+                    paper_fit=paper, k=args.k, t=args.t, reuse=not args.force, transfer=transfer, seeds=seeds)
     print(markdown(table), end="")
     print(f"written: {args.out}/compare.md, compare.json, compare.png")
-    return 0
+    return 1 if table["failed"] else 0
 
 
 def add_commands(sub) -> None:
@@ -199,12 +217,22 @@ def add_commands(sub) -> None:
                         description="ENTRY: random:PRESET (an untrained backbone), a run folder (its backbone.pth) "
                         "or a checkpoint file. Each result is written beside its checkpoint (random init: in --out) "
                         "and reused when its settings match (--force recomputes). Writes OUT/compare.md, "
-                        "compare.json and compare.png.")
+                        "compare.json and compare.png. --detect / --segment add transfer columns (detect AP50, "
+                        "detect AP, segment mIoU): every entry fine-tuned with the same recipe (the preset, "
+                        "--transfer-set, --transfer-budget-minutes) at each of --seeds (random:PRESET: a new init "
+                        "per seed too), mean +- std (n) over the seeds; each fine-tune is a `mocolab detect | "
+                        "segment` process in OUT/transfer/TASK/ENTRY/seedS/, reused when finished with the same "
+                        "weights, data, seed and settings, continued (--resume auto) when interrupted. SIGTERM: "
+                        "the running fine-tune saves a checkpoint, the table so far is written, exit 75; the same "
+                        "command goes on.")
     co.add_argument("entries", nargs="+", metavar="ENTRY")
     _common(co, target=False)
+    data = next(a for a in co._actions if a.dest == "data")
+    data.required, data.help = False, data.help + " (needed by the protocols; not with --protocols none)"
     co.add_argument("--out", required=True, help="folder for compare.md, compare.json, compare.png")
     co.add_argument("--protocols", nargs="+", default=["knn", "linear_cached", "finetune"],
-                    choices=["knn", "linear_cached", "linear_paper", "finetune"])
+                    choices=["knn", "linear_cached", "linear_paper", "finetune", "none"],
+                    help="none: only the transfer columns")
     co.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1], help="fine-tune label fractions")
     co.add_argument("--budget-minutes-finetune", type=float, help="per fine-tuning run")
     co.add_argument("--epochs-finetune", type=int, help="default: ~1000 steps (see finetune --help)")
@@ -212,5 +240,18 @@ def add_commands(sub) -> None:
     co.add_argument("--paper-budget-minutes", type=float, help="linear_paper, per entry")
     co.add_argument("--k", type=int, default=200)
     co.add_argument("--t", type=float, default=0.1)
-    co.add_argument("--force", action="store_true", help="recompute even when a matching result exists")
+    co.add_argument("--detect", metavar="DIR", help="detection data as `mocolab detect --data` takes it "
+                                                    "(VOC or COCO folder): adds detect AP50 and AP")
+    co.add_argument("--segment", metavar="DIR", help="segmentation data as `mocolab segment --data` takes it: "
+                                                     "adds segment mIoU")
+    co.add_argument("--detect-preset", default="bccd_cpu", help="transfer preset or YAML file for --detect")
+    co.add_argument("--segment-preset", default="camvid_cpu", help="transfer preset or YAML file for --segment")
+    co.add_argument("--transfer-budget-minutes", type=float, metavar="M",
+                    help="each fine-tune's time budget (default: the preset's epochs, the same steps for every "
+                         "backbone; bccd_cpu 6 epochs, camvid_cpu 10)")
+    co.add_argument("--transfer-set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="overrides for every detect/segment fine-tune, e.g. run.threads=1 task.iters=100")
+    co.add_argument("--seeds", default="0,1,2", help="transfer seeds, e.g. 0,1,2 (fine-tune and random init)")
+    co.add_argument("--force", action="store_true", help="recompute even when a matching result exists "
+                                                         "(transfer: start every cell over)")
     co.set_defaults(fn=cmd_compare)
