@@ -6,11 +6,11 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10}
 MOCOLAB=${MOCOLAB:-.venv/bin/mocolab}
 COMMON=(--preset cifar10_cpu --data "$DATA" --set data.limit=10000 run.threads=2 --knn-every 1)
-# 1. dictionary size K per mechanism (the paper's Figure 3); e2e's K is the batch - 1
-$MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_k --epochs 3 \
-  --grid method=moco,bank,e2e moco.queue_size=256,1024,4096
-# 2. momentum m of the key encoder (the paper's Table 1 row)
+# 1. momentum m of the key encoder (the paper's Table 1 row)
 $MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_m --epochs 3 --grid moco.m=0,0.9,0.98,0.99,0.999
-# 3. Shuffle BN on and off, MoCo and end-to-end, two seeds (appendix A.9)
+# 2. Shuffle BN on and off, MoCo and end-to-end, two seeds (appendix A.9)
 $MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_shuffle --epochs 5 --seeds 0,1 \
   --grid method=moco,e2e moco.shuffle_bn=true,false
+# 3. dictionary size K per mechanism (the paper's Figure 3), two seeds; e2e's K is the batch - 1
+$MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_k --epochs 3 --seeds 0,1 \
+  --grid method=moco,bank,e2e moco.queue_size=256,1024,4096
