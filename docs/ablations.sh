@@ -12,5 +12,9 @@ $MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_m --epochs 3 --grid moco.m=0,0
 $MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_shuffle --epochs 5 --seeds 0,1 \
   --grid method=moco,e2e moco.shuffle_bn=true,false
 # 3. dictionary size K per mechanism (the paper's Figure 3), two seeds; e2e's K is the batch - 1
+#    (cells first run without --seeds are seed 0: named so, they are reused)
+for d in runs/ablation_k/cells/*; do
+  case "$d" in *seed=*) ;; *) [ -d "$d" ] && mv "$d" "${d}__seed=0" ;; esac
+done
 $MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_k --epochs 3 --seeds 0,1 \
   --grid method=moco,bank,e2e moco.queue_size=256,1024,4096
