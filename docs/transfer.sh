@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The paper's transfer comparison at CPU scale (README "Transfer"; results in benchmarks/RESULTS.md):
+# backbones (random init, supervised and MoCo on Imagenette, MoCo on the target's own unlabeled
+# training images), then detection on BCCD and segmentation on CamVid, 3 seeds each.
+# Every step skips what is finished and resumes what was interrupted: rerun after a stop.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared/data}
+M=${MOCOLAB:-.venv/bin/mocolab}
+T=(run.threads=${THREADS:-1})
+EPOCHS=${EPOCHS:-5}
+ITERS=${ITERS:-150}  # per fine-tune, the same for every backbone and seed
+
+done_run() { [ -f "$1/summary.json" ]; }
+
+# 1. backbones (the imagenette_cpu preset: ResNet-18 width 32, ImageNet stem)
+done_run runs/inette_moco || $M pretrain --preset imagenette_cpu --data "$SHARED/imagenette" --out runs/inette_moco \
+  --epochs "$EPOCHS" --resume auto "${T[@]}"
+done_run runs/inette_sup || $M supervised --preset imagenette_cpu --data "$SHARED/imagenette" --out runs/inette_sup \
+  --epochs "$EPOCHS" --resume auto "${T[@]}"
+# the targets' own training images, unlabeled (BCCD trainval; CamVid train)
+mkdir -p runs/bccd_trainval_images
+while read -r id; do
+  ln -sf "$(realpath "$SHARED/bccd/BCCD/JPEGImages/$id.jpg")" "runs/bccd_trainval_images/$id.jpg"
+done < "$SHARED/bccd/BCCD/ImageSets/Main/trainval.txt"
+SMALL=(optim.batch_size=64 moco.queue_size=256 --epochs 75)  # 292-367 images: 4-5 steps an epoch
+done_run runs/bccd_moco || $M pretrain --preset imagenette_cpu --data runs/bccd_trainval_images --out runs/bccd_moco \
+  --resume auto "${SMALL[@]}" "${T[@]}"
+done_run runs/camvid_moco || $M pretrain --preset imagenette_cpu --data "$SHARED/camvid/train/images" \
+  --out runs/camvid_moco --resume auto "${SMALL[@]}" "${T[@]}"
+
+# 2. the comparison: the same fine-tuning recipe (preset, ITERS iterations) for every backbone
+SET=(--transfer-set task.iters=$ITERS "${T[@]}")
+$M compare random:imagenette_cpu runs/inette_sup runs/inette_moco runs/bccd_moco --out runs/compare_bccd \
+  --protocols none --detect "$SHARED/bccd/BCCD" --seeds 0,1,2 "${SET[@]}"
+$M compare random:imagenette_cpu runs/inette_sup runs/inette_moco runs/camvid_moco --out runs/compare_camvid \
+  --protocols none --segment "$SHARED/camvid" --seeds 0,1,2 "${SET[@]}"
