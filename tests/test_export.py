@@ -87,7 +87,7 @@ def test_torchvision_export_loads_strict(tmp_path, arch, width, stem, source):
     side = json.loads((tmp_path / "tv.json").read_text())
     assert (side["arch"], side["width"], side["stem"]) == (arch, width, stem)
     if source is _training_ckpt:  # the run's preprocessing, method and progress
-        assert (side["mean"], side["std"], side["method"]) == (CIFAR_MEAN, CIFAR_STD, "moco")
+        assert (side["mean"], side["std"], side["method"]) == (CIFAR_MEAN, CIFAR_STD, "MoCo")
         assert side["epochs"] == 2.5 and side["image_size"] == 16
     else:
         assert side["mean"] == [0.485, 0.456, 0.406] and "epochs" not in side
@@ -210,7 +210,7 @@ def test_safetensors_round_trip(tmp_path):
     assert all(isinstance(v, str) for v in raw.values())
     sd, meta = load_safetensors(tmp_path / "b.safetensors")
     spec = (meta["arch"], meta["width"], meta["stem"], meta["method"])
-    assert spec == ("resnet18", 8, "cifar", "moco")
+    assert spec == ("resnet18", 8, "cifar", "MoCo")
     assert (meta["mean"], meta["std"], meta["epochs"]) == (CIFAR_MEAN, CIFAR_STD, 2.5)
     ref = net.state_dict()
     assert set(sd) == set(ref) and all(torch.equal(sd[k], ref[k]) for k in ref)

@@ -73,3 +73,10 @@ def test_group_lr_scale_zero_freezes_its_group(tmp_path):
     _fit(None, model, lr_scale=0.0)
     assert all(torch.equal(backbone[k], v) for k, v in model.backbone.named_parameters())
     assert not torch.equal(fc, model.fc.weight)
+
+
+def test_rerunning_a_finished_loop_trains_nothing_and_reports_its_losses(tmp_path):
+    first = _fit(tmp_path, _model())
+    again = _fit(tmp_path, _model(seed=3))  # resumed from final.pth: 0 steps to go
+    assert again["steps"] == first["steps"] == 12 and again["history"] == []
+    assert again["first_loss"] == first["first_loss"] and again["final_loss"] == first["final_loss"]

@@ -149,3 +149,36 @@ def test_method_keys_and_config_checks():
         tiny_config(**{"moco.queue_size": 0})  # MoCo needs a queue
     with pytest.raises(ConfigError, match="bank_m"):
         tiny_config(**{"moco.method": "bank", "moco.bank_m": 1.0})
+
+
+def test_end_to_end_shuffle_bn_changes_the_keys_bn_groups(identity_randperm):
+    """With split BN (2 groups, as 2 devices) the keys' BN statistics depend on which images share
+    a group: Shuffle BN changes the loss; without it q_i and k_i sit in matching groups."""
+    cfg = tiny_config(**{"moco.method": "e2e", "model.bn_splits": 2})
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    method.train()
+    x_q, x_k = torch.randn(8, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    method.shuffle_bn = False
+    plain = method(x_q, x_k)[0]
+    method.shuffle_bn = True
+    shuffled = method(x_q, x_k, generator=torch.Generator().manual_seed(1))[0]
+    assert not torch.allclose(plain, shuffled)
+    identity = method(x_q, x_k, generator=_IdentityPerm())[0]  # a shuffle that moves nothing
+    torch.testing.assert_close(identity, plain)
+
+
+class _IdentityPerm(torch.Generator):
+    """A generator whose randperm is the identity (patched below through torch.randperm)."""
+
+
+@pytest.fixture
+def identity_randperm(monkeypatch):
+    real = torch.randperm
+
+    def randperm(n, *a, generator=None, **k):
+        if isinstance(generator, _IdentityPerm):
+            return torch.arange(n)
+        return real(n, *a, generator=generator, **k)
+
+    monkeypatch.setattr(torch, "randperm", randperm)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed as du
+
 
 class FeatureBank(nn.Module):
     def __init__(self, n: int, dim: int, seed: int = 0):
@@ -25,7 +27,7 @@ class FeatureBank(nn.Module):
         """Indices of K entries drawn uniformly with replacement (one draw for the whole batch),
         as a tensor on the bank's device."""
         idx = torch.randint(self.size, (K,), generator=self.gen)
-        return idx.to(self.features.device)
+        return du.to_device(idx, self.features.device)  # pinned, non-blocking on CUDA
 
     @torch.no_grad()
     def update(self, idx: torch.Tensor, f: torch.Tensor, m: float) -> None:

@@ -166,9 +166,3 @@ def batch_unshuffle(y: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tenso
     y_all = all_gather(y)  # (W*N) x ..., in shuffled order
     return y_all[idx_unshuffle.view(world_size(), -1)[rank()]]
 
-
-def batch_unshuffle_grad(y: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
-    """batch_unshuffle for outputs that need their gradient (end-to-end's keys)."""
-    if not is_dist():
-        return y[idx_unshuffle]
-    return all_gather_grad(y)[idx_unshuffle.view(world_size(), -1)[rank()]]

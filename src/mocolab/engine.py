@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import distributed as du
 from .augment import BatchAugment, TwoViews, pil_transform, preset
-from .checkpoint import atomic_save, rng_state, set_rng_state
+from .checkpoint import CheckpointError, atomic_save, rng_state, set_rng_state
 from .config import Config
 from .data import (
     DataError,
@@ -124,7 +124,9 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
         self.history: list[dict] = []  # monitor results (saved in checkpoints)
-        self.records: list[dict] = []  # this process's log lines (first and final loss for reports)
+        self.records: list[dict] = []  # this process's log lines
+        self.first_log: dict | None = None  # the run's first and latest log lines (saved: a resumed or
+        self.last_log: dict | None = None  # finished run still reports its first and final loss)
         self.on_log = None  # optional callable(record) for each log line
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: finish the step, save, exit
         self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
@@ -150,15 +152,22 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "history": self.history,
             "skipped": self.skipped,
+            "logs": {"first": self.first_log, "last": self.last_log},
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.method.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.method.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:  # another method, backbone, bank size or task
+            raise CheckpointError(f"the checkpoint does not fit this run (another method, model, data size or "
+                                  f"task setting?): {str(e).splitlines()[0]}") from None
         self.progress = Progress(**state["progress"])
         set_rng_state(state["rng"], {"aug": self.gen, **self.method.generators()})
         self.history = list(state.get("history", []))
         self.skipped = int(state.get("skipped", 0))
+        logs = state.get("logs") or {}
+        self.first_log, self.last_log = logs.get("first"), logs.get("last")
 
     def save(self, name: str) -> Path | None:
         if self.out is None or not du.is_main():
@@ -377,6 +386,7 @@ class Trainer:
                     rec["m"] = m
                 self.logger.write(rec, p.step)
                 self.records.append(rec)
+                self.first_log, self.last_log = self.first_log or rec, rec
                 if self.on_log is not None:
                     self.on_log(rec)
                 bar.set_postfix(ep=f"{rec['epoch_float']:.2f}", loss=f"{mean_loss:.3f}", lr=f"{lr:.3g}",

@@ -49,7 +49,7 @@ def _source(src: str | Path) -> tuple[dict, dict]:
         data = cfg.get("data", {})
         meta.update(mean=data.get("mean", meta["mean"]), std=data.get("std", meta["std"]),
                     image_size=data.get("image_size"),
-                    method=cfg.get("moco", {}).get("method", "moco"))
+                    method=_method_name(cfg, obj.get("model", {})))
         meta["epochs"] = _progress_epochs(obj.get("progress"))
     else:
         side = path.with_suffix(".json")
@@ -270,3 +270,13 @@ def add_command(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out (and its .json) if they exist")
     p.set_defaults(fn=cmd_export)
+
+
+def _method_name(cfg: dict, model: dict) -> str:
+    """The method of a training checkpoint, named as the exports name it: a `mocolab supervised`
+    run's holds its classifier (encoder_q.fc), a pretraining's names its method in its config."""
+    from .methods import METHOD_NAMES
+
+    if any(k.startswith("encoder_q.fc.") for k in model):
+        return "supervised"
+    return METHOD_NAMES.get(cfg.get("moco", {}).get("method", "moco"), "MoCo")

@@ -21,14 +21,12 @@ from .config import Config, ConfigError, apply_overrides, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .eval.knn import knn_evaluate
-from .methods import build_method
+from .methods import METHOD_NAMES, build_method
 from .methods.base import Method
 from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
 from .shards import ShardStream, is_shard_pattern
 
 log = logging.getLogger("mocolab")
-
-METHOD_NAMES = {"moco": "MoCo", "e2e": "end-to-end", "bank": "memory bank"}  # in tables and exports
 
 
 def knn_monitor(cfg: Config, train, test, device, autocast_dtype):
@@ -114,6 +112,9 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     t_load = time.perf_counter()
     size = cache_size_for(cfg.data.image_size)
     with du.main_first():  # rank 0 decodes into the shared cache; the others then read it
+        if is_shard_pattern(data) and cfg.moco.method == "bank":
+            raise ConfigError("moco.method=bank needs each image's index: use an image folder with "
+                              "data.backend=tensor, not tar shards")
         if is_shard_pattern(data):  # streamed; the kNN monitor reads data.knn_data if given
             train, bank, test = ShardStream(data, size, cfg.data.shuffle_buffer), None, None
             if cfg.data.knn_data:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +74,35 @@ def check_out_dir(out: Path) -> None:
     free = shutil.disk_usage(out).free
     if free < 200 * 2**20:
         raise OSError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")
+
+
+def run_process(cmd: list[str]) -> int:
+    """Runs a mocolab command as a child process (a sweep's or compare's cell) -> its exit code.
+    SIGTERM is passed on (-> 75 once the child has saved); on Ctrl-C (which the child, in the
+    same process group, gets too) the child is asked to stop and waited for, so it writes its
+    checkpoint, then KeyboardInterrupt is raised."""
+    proc = subprocess.Popen(cmd)
+    stopped, interrupted = False, False
+    main = threading.current_thread() is threading.main_thread()
+
+    def on_term(signum, frame):
+        nonlocal stopped
+        stopped = True
+        proc.send_signal(signal.SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, on_term) if main else None
+    try:
+        while True:
+            try:
+                rc = proc.wait()
+                break
+            except KeyboardInterrupt:
+                interrupted = True
+                if proc.poll() is None:  # SIGTERM (not a 2nd SIGINT): stop after the step
+                    proc.send_signal(signal.SIGTERM)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, old)
+    if interrupted:
+        raise KeyboardInterrupt
+    return Preempted.exit_code if stopped else rc

@@ -16,17 +16,14 @@ import itertools
 import json
 import logging
 import re
-import signal
-import subprocess
 import sys
-import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import config as C
 from .config import Config, ConfigError
 from .methods import applies
-from .runtime import Preempted
+from .runtime import Preempted, run_process
 
 log = logging.getLogger("mocolab")
 PREEMPTED = Preempted.exit_code  # 75: the cell saved a checkpoint and stopped (SIGTERM/SIGINT)
@@ -150,36 +147,6 @@ def plan(preset: str, grid_items: list[str], fixed: list[str],
 
 
 # -- running ----------------------------------------------------------------------------------
-def run_process(cmd: list[str]) -> int:
-    """Runs one cell. SIGTERM is passed on; on Ctrl-C (which the cell, in the same process
-    group, gets too) the cell is asked to stop and waited for, so it writes its checkpoint."""
-    proc = subprocess.Popen(cmd)
-    stopped, interrupted = False, False
-    main = threading.current_thread() is threading.main_thread()
-
-    def on_term(signum, frame):
-        nonlocal stopped
-        stopped = True
-        proc.send_signal(signal.SIGTERM)
-
-    old = signal.signal(signal.SIGTERM, on_term) if main else None
-    try:
-        while True:
-            try:
-                rc = proc.wait()
-                break
-            except KeyboardInterrupt:
-                interrupted = True
-                if proc.poll() is None:  # SIGTERM (not a 2nd SIGINT): stop after the step
-                    proc.send_signal(signal.SIGTERM)
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, old)
-    if interrupted:
-        raise KeyboardInterrupt
-    return PREEMPTED if stopped else rc
-
-
 def pretrain_command(preset: str, data: str, cell_dir: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, "-m", "mocolab", "pretrain", "--preset", preset, "--data", data,
             "--out", str(cell_dir), "--resume", "auto", *overrides]

@@ -4,8 +4,10 @@ augmentation on cached uint8 batches, bf16 autocast, channels_last."""
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed as du
 from ..augment import AugSpec, BatchAugment
 from ..checkpoint import latest_checkpoint, safe_load
 from ..config import LoopConfig, OptimConfig, RunConfig
@@ -114,7 +117,7 @@ class LabeledFeed:
     def batches(self, order: torch.Tensor, start: int, epoch: int):
         B = self.batch
         for it in range(start, len(self) // B):
-            idx = order[it * B:(it + 1) * B].to(self.images.device)
+            idx = du.to_device(order[it * B:(it + 1) * B], self.images.device)  # no host sync on CUDA
             x = self.aug(self.images[idx].to(self.device, non_blocking=True), self.generator)  # normalised
             yield (x, self.labels[idx.to(self.labels.device)]), None
 
@@ -139,13 +142,17 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
     groups: [{"params": [...], "lr_scale": s}, ...]: each group's lr is s x the schedule's lr.
     logger: optional callable(log record). cfg: the engine's settings when the caller has them (the
     supervised baseline's Config, saved in its checkpoints); default: from fc.
-    Returns {"steps", "epochs", "images", "batch_size", "train_seconds", "history": [log records]}."""
+    Returns {"steps", "epochs", "images", "batch_size", "train_seconds", "first_loss", "final_loss",
+    "history": [this call's log records]}."""
     from ..engine import Trainer
 
     n = len(train)
     B = min(fc.batch_size, n)
     if B < fc.batch_size and B >= 16:
         B = B // 16 * 16  # oneDNN's bf16 kernels are several times slower on odd batch sizes
+    if cfg is not None and cfg.optim.batch_size != B:  # the caller's config, with the batch the data allows
+        cfg = copy.deepcopy(cfg)
+        cfg.optim.batch_size = B
     cfg = cfg or loop_config(fc, B)
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -155,6 +162,8 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
         marker = Path(out) / "settings.json"
         same = marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(settings or {}))
         path = latest_checkpoint(Path(out)) if resume and same else None
+        if path is None:  # a fresh start: the checkpoints of another run must never be resumed
+            shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)
         state = safe_load(path) if path is not None else None
         if state is not None and state.get("config") == cfg.to_dict():
             log.info("%s: continuing from %s", desc, path)
@@ -169,8 +178,10 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
         trainer.logger.close()
     if out is not None:
         trainer.save("final.pth")
+    loss = {k: (rec or {}).get("loss", float("nan")) for k, rec in
+            (("first_loss", trainer.first_log), ("final_loss", trainer.last_log))}
     return {"steps": p.step, "epochs": p.step / trainer.steps_per_epoch, "images": p.images, "batch_size": B,
-            "train_seconds": p.train_seconds, "history": trainer.records}
+            "train_seconds": p.train_seconds, **loss, "history": trainer.records}
 
 
 @torch.no_grad()

@@ -19,8 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime import Preempted
-from ..sweep import run_process
+from ..runtime import Preempted, run_process
 from .linear import CACHED, PAPER
 from .protocols import Context, Target, knn_and_linear_cached, run_finetune, run_linear_paper
 from .results import result_path

@@ -59,4 +59,4 @@ def finetune(net: nn.Module, train, test, fraction: float, mean, std, size: int,
                 settings=settings)
     res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last)
     return {**res, "labeled_images": len(labeled), "fit": fc.to_dict(),
-            **{k: v for k, v in stats.items() if k != "history"}, "final_loss": stats["history"][-1]["loss"]}
+            **{k: v for k, v in stats.items() if k != "history"}}

@@ -111,4 +111,4 @@ def linear_paper(net: nn.Module, train, test, mean, std, size: int, fc: FitConfi
     stats = fit(model, [{"params": model.fc.parameters()}], train, aug, fc, device, autocast_dtype, desc="linear",
                 out=out, settings=settings)
     res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last)
-    return {**res, **{k: v for k, v in stats.items() if k != "history"}, "final_loss": stats["history"][-1]["loss"]}
+    return {**res, **{k: v for k, v in stats.items() if k != "history"}}

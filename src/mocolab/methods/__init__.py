@@ -13,6 +13,7 @@ METHOD_KEYS = {
     "bank": {"moco.queue_size", "moco.bank_m"},  # no key encoder: no m, no Shuffle BN
 }
 _SOME = set().union(*METHOD_KEYS.values())
+METHOD_NAMES = {"moco": "MoCo", "e2e": "end-to-end", "bank": "memory bank"}  # in tables and exports
 
 
 def applies(method: str, key: str) -> bool:

@@ -18,18 +18,18 @@ class EndToEnd(Method):
         self.encoder_q = encoder
         self.T, self.shuffle_bn = T, shuffle_bn
 
-    def encode_key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Keys N x C with gradient; with Shuffle BN computed on a shuffled batch (across ranks
-        under torchrun) and put back in order."""
+    def encode_keys(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The global batch's keys (W N) x C in rank order, with gradient (one differentiable
+        gather); with Shuffle BN computed on a batch shuffled across ranks, then put back."""
         if not self.shuffle_bn:
-            return self.encoder_q(x)
-        x_shuffled, idx_unshuffle = du.batch_shuffle(x, generator)
-        return du.batch_unshuffle_grad(self.encoder_q(x_shuffled), idx_unshuffle)
+            return du.all_gather_grad(self.encoder_q(x))
+        x_shuffled, idx_unshuffle = du.batch_shuffle(x, generator)  # idx_unshuffle: over the W N images
+        return du.all_gather_grad(self.encoder_q(x_shuffled))[idx_unshuffle]
 
     def forward(self, x_q: torch.Tensor, x_k: torch.Tensor, *, index: torch.Tensor | None = None,
                 generator: torch.Generator | None = None):
         q = self.encoder_q(x_q)  # N x C
-        k = du.all_gather_grad(self.encode_key(x_k, generator))  # (W N) x C, the global batch's keys
+        k = self.encode_keys(x_k, generator)  # (W N) x C, the global batch's keys
         with torch.autocast(q.device.type, enabled=False):
             logits = q.float() @ k.float().t() / self.T  # N x (W N), q_i's positive at rank * N + i
         labels = du.rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)  # N

@@ -71,7 +71,11 @@ class _SegmentationSamples(Dataset):
         return len(self.data)
 
     def __getitem__(self, i: int):
-        x, y = self.data.read_pair(i)  # uint8 3 x H x W, int64 H x W
+        try:
+            x, y = self.data.read_pair(i)  # uint8 3 x H x W, int64 H x W
+        except Exception as e:  # a truncated image, a mask of another size: one warning, skipped
+            warnings.warn(f"skipped unreadable pair {self.data.images[i]} ({type(e).__name__}: {e})", stacklevel=2)
+            return None
         t = self.task
         if not self.train:
             if t.test_scale != 1.0:

@@ -73,11 +73,7 @@ def train(cfg: TransferConfig, method, feed, device: torch.device, out: Path,
     if cfg.task.warmup_iters:
         trainer.warmup_steps = cfg.task.warmup_iters
     if state is not None:
-        try:
-            trainer.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise CheckpointError(f"the checkpoint does not fit this model (another --backbone or "
-                                  f"task setting?): {str(e).splitlines()[0]}") from None
+        trainer.load_state_dict(state)  # a CheckpointError if it is another model's
         log.info("continuing at step %d", trainer.progress.step)
     if cfg.run.budget_minutes <= 0:  # iterations or epochs (--epochs may change on resume)
         trainer.progress.total_steps = cfg.task.iters or trainer.steps_per_epoch * cfg.run.epochs
