@@ -41,9 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mocolab.config import build_config  # noqa: E402
 from mocolab.data import TensorData, load_splits  # noqa: E402
-from mocolab.engine import Trainer, epoch_order  # noqa: E402
+from mocolab.engine import Trainer  # noqa: E402
 from mocolab.pretrain import build_model  # noqa: E402
-from mocolab.runtime import resolve_amp, resolve_device  # noqa: E402
+from mocolab.runtime import epoch_order, resolve_amp, resolve_device  # noqa: E402
 from mocolab.step import train_step  # noqa: E402
 
 COMPILE = ["run.compile=true", "run.compile_min_minutes=0"]  # compile here whatever the preset's threshold

@@ -132,3 +132,18 @@ def latest_checkpoint(out: Path) -> Path | None:
         except CheckpointError:
             logging.getLogger("mocolab").warning("skipping unreadable checkpoint %s", path)
     return None
+
+
+def load_training_checkpoint(resume: str, out: str | Path) -> tuple[Path | None, dict | None]:
+    """--resume: 'auto' (the newest valid checkpoint in RUN_DIR `out`; (None, None) when there is
+    none) or a checkpoint path -> (path, state), checked to be a training checkpoint."""
+    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
+    if path is None:
+        return None, None
+    state = safe_load(path)
+    if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
+        raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys model, "
+                              "optimizer, progress, config); `mocolab knn` evaluates plain weights")
+    logging.getLogger("mocolab").info("resuming from %s", path)
+    return path, state
+

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as du
-from .checkpoint import CheckpointError, export_backbone, latest_checkpoint, safe_load
+from .checkpoint import CheckpointError, export_backbone, load_training_checkpoint
 from .config import Config, ConfigError, apply_overrides, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
@@ -82,14 +82,11 @@ def compiles(cfg: Config) -> bool:
 def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[Config | None, dict | None]:
     """The config of the run being resumed, with the command line's overrides on top, and the
     loaded checkpoint ('auto': the newest valid one in RUN_DIR; (None, None) when there is none)."""
-    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
-    if path is None:
+    path, state = load_training_checkpoint(resume, out)
+    if state is None:
         return None, None
-    state = safe_load(path)
-    if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
-        raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys model, "
-                              "optimizer, progress, config); `mocolab knn` evaluates plain weights")
-    log.info("resuming from %s", path)
+    if "task" in state["config"]:
+        raise CheckpointError(f"{path} is a `mocolab detect/segment` run's checkpoint, not a pretraining's")
     return apply_overrides(from_dict(state["config"]), overrides).validate(), state
 
 

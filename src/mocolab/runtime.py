@@ -3,6 +3,7 @@ order of an epoch, and the errors that stop a run."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
@@ -106,3 +107,27 @@ def run_process(cmd: list[str]) -> int:
     if interrupted:
         raise KeyboardInterrupt
     return Preempted.exit_code if stopped else rc
+
+
+def data_id(data: str) -> str:
+    """A data argument as results record it: the resolved path of a folder, else as given
+    (cifar10, a shard pattern)."""
+    p = Path(data).expanduser()
+    return str(p.resolve()) if p.exists() else data
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON file's object, or {} when it is missing or unreadable (a result still being written)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def check_positive(args, names) -> None:
+    """Command-line numbers that must be > 0 (when given), as one-line errors (ValueError)."""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and v <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+

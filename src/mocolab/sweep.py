@@ -23,7 +23,7 @@ from pathlib import Path
 from . import config as C
 from .config import Config, ConfigError
 from .methods import applies
-from .runtime import Preempted, run_process
+from .runtime import Preempted, data_id, read_json, run_process
 
 log = logging.getLogger("mocolab")
 PREEMPTED = Preempted.exit_code  # 75: the cell saved a checkpoint and stopped (SIGTERM/SIGINT)
@@ -152,16 +152,11 @@ def pretrain_command(preset: str, data: str, cell_dir: Path, overrides: list[str
             "--out", str(cell_dir), "--resume", "auto", *overrides]
 
 
-def _data_id(data: str) -> str:
-    p = Path(data).expanduser()
-    return str(p.resolve()) if p.exists() else data
-
-
 def check_meta(out: Path, preset: str, data: str, fixed: list[str], grid_items: list[str]) -> None:
     """OUT/sweep.json: a later sweep into OUT must use the same preset, data and fixed settings
     (so finished cells mean the same); another grid is fine (new cells are added)."""
     path = out / "sweep.json"
-    meta = {"preset": preset, "data": _data_id(data), "set": list(fixed)}
+    meta = {"preset": preset, "data": data_id(data), "set": list(fixed)}
     if path.is_file():
         old = json.loads(path.read_text())
         for k, v in meta.items():
@@ -257,17 +252,10 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[float, float]]:
     return steps, knn
 
 
-def _json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def cell_row(cell: Cell, cell_dir: Path, rc: int | None = None) -> dict:
     """One results row: the cell's settings (from its config) and what its folder holds."""
     cfg, method = cell.cfg, cell.cfg.moco.method
-    summary = _json(cell_dir / "summary.json")
+    summary = read_json(cell_dir / "summary.json")
     steps, knn = read_metrics(cell_dir / "metrics.jsonl")
     last = steps[max(steps)] if steps else {}
     per_epoch: dict[int, list] = {}
@@ -318,7 +306,7 @@ class LinearProbe:
 
 def saved_linear(cell_dir: Path) -> float | None:
     """A linear probe result already beside the cell's backbone (none is computed)."""
-    return _json(cell_dir / "backbone.linear_cached.json").get("top1")
+    return read_json(cell_dir / "backbone.linear_cached.json").get("top1")
 
 
 def table_columns(grid_keys: list[str]) -> list[tuple[str, str]]:
@@ -368,10 +356,10 @@ def write_results(out: Path, cells: list[Cell], grid_keys: list[str], failed: di
         w.writerow([t for _, t in cols])
         w.writerows([[_value(r, k) for k, _ in cols] for r in rows])
     notes = write_plots(rows, grid_keys, out)
-    table = {"preset": preset, "data": _data_id(data), "grid": grid_keys, "rows": rows,
+    table = {"preset": preset, "data": data_id(data), "grid": grid_keys, "rows": rows,
              "notes": notes}
     (out / "results.json").write_text(json.dumps(table, indent=2))
-    title = (f"Sweep of preset {preset} on {_data_id(data)}: kNN and linear (cached features) "
+    title = (f"Sweep of preset {preset} on {data_id(data)}: kNN and linear (cached features) "
              "top-1 % on the test split; pretext acc and final loss from the last logged step.")
     (out / "results.md").write_text(markdown(rows, cols, notes, title))
     return table

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..config import command_line_overrides
-from ..runtime import resolve_device
+from ..runtime import check_positive, resolve_device
 
 TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo or supervised), a run folder, "
                "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "
@@ -15,11 +15,8 @@ TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo 
 
 def _check(args) -> None:
     """Values argparse cannot check, as one-line errors (cli.main prints ValueError that way)."""
-    for name in ("epochs", "batch_size", "lr", "budget_minutes", "budget_minutes_finetune", "epochs_finetune",
-                 "paper_epochs", "paper_budget_minutes"):
-        v = getattr(args, name, None)
-        if v is not None and v <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    check_positive(args, ("epochs", "batch_size", "lr", "budget_minutes", "budget_minutes_finetune",
+                          "epochs_finetune", "paper_epochs", "paper_budget_minutes"))
     for f in [getattr(args, "label_fraction", None), *(getattr(args, "fractions", None) or [])]:
         if f is not None and not 0.0 < f <= 1.0:
             raise ValueError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")

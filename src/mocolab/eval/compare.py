@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime import Preempted, run_process
+from ..runtime import Preempted, data_id, read_json, run_process
 from .linear import CACHED, PAPER
 from .protocols import Context, Target, knn_and_linear_cached, run_finetune, run_linear_paper
 from .results import result_path
@@ -78,21 +78,9 @@ class TransferSpec:
         cfg = self.config()
         schedule = (f"{self.budget_minutes:g} minutes" if self.budget_minutes else
                     f"{cfg.task.iters} iterations" if cfg.task.iters else f"{cfg.run.epochs} epochs")
-        return {"data": _data_id(self.data), "preset": self.preset, "set": list(self.overrides),
+        return {"data": data_id(self.data), "preset": self.preset, "set": list(self.overrides),
                 "budget_minutes": self.budget_minutes or None, "schedule": schedule, "head": cfg.task.head,
                 "norm": cfg.task.norm, "metric": cfg.task.eval_metric if self.kind == "detect" else "mIoU"}
-
-
-def _data_id(data: str) -> str:
-    p = Path(data).expanduser()
-    return str(p.resolve()) if p.exists() else data
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _comparable(settings: dict) -> dict:
@@ -144,13 +132,13 @@ def cell_spec(tg: Target, spec: TransferSpec, seed: int) -> dict:
     fine-tuning settings; its result is reused only when all of them match."""
     source = f"{tg.entry} (seed {seed})" if tg.path is None else str(tg.path.resolve())
     return json.loads(json.dumps({"task": spec.kind, "weights": tg.identity(), "source": source,
-                                  "data": _data_id(spec.data), "seed": seed,
+                                  "data": data_id(spec.data), "seed": seed,
                                   "config": _comparable(spec.config(seed).to_dict())}))
 
 
 def finished_result(cell: Path, want: dict) -> dict | None:
     """The cell's detect.json / segment.json if it records `want`'s backbone, seed and settings."""
-    res = _read(cell / f"{want['task']}.json")
+    res = read_json(cell / f"{want['task']}.json")
     ok = (res and res.get("seed") == want["seed"] and res.get("backbone", {}).get("source") == want["source"]
           and _comparable(res.get("settings", {})) == want["config"])
     return res if ok else None
@@ -159,7 +147,7 @@ def finished_result(cell: Path, want: dict) -> dict | None:
 def transfer_cell(tg: Target, spec: TransferSpec, seed: int, cell: Path, runner, force: bool = False):
     """Reuses, continues or runs one fine-tune -> (result or None, exit code)."""
     want = cell_spec(tg, spec, seed)
-    old = _read(cell / "cell.json").get("spec")
+    old = read_json(cell / "cell.json").get("spec")
     if cell.is_dir() and any(cell.iterdir()) and (force or old != want):
         log.warning("%s: %s; starting it over", cell, "--force" if force else "made for other settings")
         shutil.rmtree(cell)

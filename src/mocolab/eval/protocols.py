@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .. import distributed as du
 from ..data import DataError, Splits, cache_size_for, load_splits
-from ..runtime import resolve_amp, resolve_device
+from ..runtime import data_id, resolve_amp, resolve_device
 from .classify import FitConfig
 from .features import extract_features
 from .finetune import finetune, finetune_defaults, protocol_name
@@ -89,8 +89,7 @@ class Context:
         return self._splits[size]
 
     def data_id(self) -> str:
-        p = Path(self.data).expanduser()
-        return str(p.resolve()) if p.exists() else self.data
+        return data_id(self.data)
 
 
 def _prepare(target: Target, ctx: Context):

@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from .. import distributed as du
-from ..checkpoint import CheckpointError, latest_checkpoint, safe_load
+from ..checkpoint import CheckpointError, load_training_checkpoint
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
 from ..engine import Trainer
-from ..runtime import check_out_dir, resolve_amp, resolve_device
+from ..runtime import check_out_dir, check_positive, resolve_amp, resolve_device
 from .config import TransferConfig, build_transfer_config, check_kind, preset_names
 
 log = logging.getLogger("mocolab")
@@ -33,19 +33,14 @@ def resume_config(resume: str, out: str | Path, overrides: list[str],
                   kind: str) -> tuple[TransferConfig | None, dict | None]:
     """The config of the run being resumed with the command line's overrides on top, and its
     checkpoint ('auto': the newest valid one in RUN_DIR; (None, None) when there is none)."""
-    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
-    if path is None:
+    path, state = load_training_checkpoint(resume, out)
+    if state is None:
         return None, None
-    state = safe_load(path)
-    if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
-        raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys model, "
-                              "optimizer, progress, config)")
     if "task" not in state["config"]:
         raise CheckpointError(f"{path} is a pretraining checkpoint, not a `mocolab {kind}` run's; "
                               "pass it as --backbone instead")
     cfg = apply_overrides(from_dict(state["config"], base=TransferConfig()), overrides).validate()
     check_kind(cfg, kind)
-    log.info("resuming from %s", path)
     return cfg, state
 
 
@@ -159,15 +154,8 @@ def command_overrides(args) -> list[str]:
     return out
 
 
-def _check(args) -> None:
-    for name in ("epochs", "iters", "budget_minutes", "batch_size"):
-        v = getattr(args, name, None)
-        if v is not None and v <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
-
-
 def cmd_transfer(args) -> int:
-    _check(args)
+    check_positive(args, ("epochs", "iters", "budget_minutes", "batch_size"))
     kind = args.kind
     overrides = command_overrides(args)
     cfg, state = resume_config(args.resume, args.out, overrides, kind) if args.resume else (None, None)
