@@ -11,7 +11,10 @@ $MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_m --epochs 3 --grid moco.m=0,0
 # 2. Shuffle BN on and off, MoCo and end-to-end, two seeds (appendix A.9)
 $MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_shuffle --epochs 5 --seeds 0,1 \
   --grid method=moco,e2e moco.shuffle_bn=true,false
-# 3. dictionary size K per mechanism (the paper's Figure 3), two seeds; e2e's K is the batch - 1
+# 3. end-to-end against the batch: its dictionary is the batch (K = batch - 1), lr scaled linearly
+$MOCOLAB sweep "${COMMON[@]}" --out runs/ablation_e2e_batch --epochs 3 \
+  --grid method=e2e optim.batch_size=64,128,256
+# 4. dictionary size K per mechanism (the paper's Figure 3), two seeds; e2e's K is the batch - 1
 #    (cells first run without --seeds are seed 0: named so, they are reused)
 for d in runs/ablation_k/cells/*; do
   case "$d" in *seed=*) ;; *) [ -d "$d" ] && mv "$d" "${d}__seed=0" ;; esac
