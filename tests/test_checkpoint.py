@@ -25,7 +25,8 @@ def _trainer(cfg, tmp_path, init_seed=0):
                                   {"data.small_crops": 2, "data.small_crop_size": 8},  # multi-crop too
                                   {"moco.method": "e2e"},  # and the other two mechanisms
                                   {"moco.method": "bank", "moco.queue_size": 16},
-                                  {"moco.method": "bank", "moco.queue_size": 0}])
+                                  {"moco.method": "bank", "moco.queue_size": 0},
+                                  {"moco.method": "mocov3", "model.head": "mlp3_bn", "model.predictor_dim": 32}])
 def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     """Queue and pointer, bank and its draws, weights, optimizer, progress and RNG: a resumed
     run continues exactly as the uninterrupted one."""
@@ -38,7 +39,7 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     state = safe_load(path)
 
     b = _trainer(tiny_config(**{"run.epochs": 3, **over}), None, init_seed=99)  # different weights and queue
-    state_name = {"moco": "queue.keys", "bank": "bank.features", "e2e": "encoder_q.head.0.weight"}[cfg.moco.method]
+    state_name = {"moco": "queue.keys", "bank": "bank.features"}.get(cfg.moco.method, "encoder_q.head.0.weight")
     assert not torch.equal(b.method.state_dict()[state_name], a.method.state_dict()[state_name])
     if cfg.moco.method == "bank":
         b.method.bank.gen.manual_seed(123)  # the draws' state comes from the checkpoint too

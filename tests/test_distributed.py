@@ -71,7 +71,7 @@ def _equivalence_worker(rank, world, port, out, method):
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("method", ["moco", "e2e", "bank"])
+@pytest.mark.parametrize("method", ["moco", "e2e", "bank", "mocov3"])
 def test_two_ranks_equal_one_process_with_two_bn_splits(tmp_path, method):
     """2 ranks x batch B with cross-rank Shuffle BN == 1 process x batch 2B with 2 BN splits:
     same losses, same state (queue with keys gathered in rank order; one global bank), same
@@ -90,9 +90,11 @@ def test_two_ranks_equal_one_process_with_two_bn_splits(tmp_path, method):
         torch.testing.assert_close(model.queue.keys, r0["state"]["queue.keys"], rtol=1e-4, atol=1e-5)
     if method == "bank":
         torch.testing.assert_close(model.bank.features, r0["state"]["bank.features"], rtol=1e-4, atol=1e-5)
+    # mocov3: its last update differs by float32 summation order (~4e-5 at lr 0.5), the losses not at all
+    tol = {"rtol": 1e-4, "atol": 1e-4 if method == "mocov3" else 1e-5}
     for name, v in model.state_dict().items():
         if name.startswith("encoder_") and "running" not in name and "num_batches" not in name:  # BN stats: per rank
-            torch.testing.assert_close(v, r0["state"][name], rtol=1e-4, atol=1e-5, msg=name)
+            torch.testing.assert_close(v, r0["state"][name], **tol, msg=name)
 
 
 def _shuffle_worker(rank, world, port, out):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+HEADS = ("linear", "mlp", "mlp_bn", "mlp2_bn", "mlp3_bn")  # mocolab.models.heads
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
@@ -28,22 +29,25 @@ class ModelConfig:
     arch: str = "resnet18"  # resnet10 (one block per stage) | resnet18 | resnet34 | resnet50
     width: int = 64  # channels of the first stage (64 = torchvision's ResNet)
     stem: str = "auto"  # auto | cifar | imagenet ("auto": cifar below 96 px)
-    head: str = "mlp"  # linear (MoCo v1) | mlp (MoCo v2) | mlp_bn (MLP with BN, as v3's projector)
+    # linear (MoCo v1) | mlp (MoCo v2) | mlp_bn (MLP with BN after the hidden layer) | mlp2_bn, mlp3_bn
+    # (MoCo v3's official projectors, ResNet and ViT: BN after every layer, the last one without affine)
+    head: str = "mlp"
     dim: int = 128  # feature dimension of the head's output
     hidden_dim: int = 2048  # MLP head's hidden width
-    predictor_dim: int = 0  # hidden width of a MoCo v3 / BYOL predictor MLP on the query side (0 = none)
+    predictor_dim: int = 0  # hidden width of a MoCo v3 / BYOL predictor MLP on the query side (0 = none; mocov3 too)
     bn_splits: int = 8  # SplitBatchNorm groups per process (1 = plain BN); under torchrun each rank is a group too
     zero_init_residual: bool = False  # last BN of each residual block starts at 0 (Goyal et al. 2017)
     sync_bn: bool = False  # SyncBatchNorm over all ranks (GPUs; MoCo v3 style, instead of shuffle BN)
 
 
-METHODS = ("moco", "e2e", "bank")  # the paper's three dictionary mechanisms (mocolab.methods)
+METHODS = ("moco", "e2e", "bank", "mocov3")  # the paper's three dictionary mechanisms, and MoCo v3 (mocolab.methods)
 
 
 @dataclass
 class MocoConfig:
     # how the dictionary is built: moco (queue + momentum key encoder) | e2e (keys from f_q with
     # gradient, negatives = the other keys of the batch) | bank (memory bank of every image, InstDisc)
+    # | mocov3 (symmetric, negatives = the gathered batch's keys, no queue; m from moco.m to 1 by cosine)
     method: str = "moco"
     queue_size: int = 65536  # K: the queue's size (moco); negatives drawn from the bank (bank; 0 = every entry)
     m: float = 0.999  # momentum of the key encoder
@@ -131,7 +135,7 @@ class Config:
             (self.model.arch in ("resnet10", "resnet18", "resnet34", "resnet50"),
              "model.arch must be resnet10, resnet18, resnet34 or resnet50"),
             (self.model.stem in ("auto", "cifar", "imagenet"), "model.stem must be auto, cifar or imagenet"),
-            (self.model.head in ("linear", "mlp", "mlp_bn"), "model.head must be linear, mlp or mlp_bn"),
+            (self.model.head in HEADS, f"model.head must be one of: {', '.join(HEADS)}"),
             (self.model.width > 0 and self.model.dim > 0, "model.width and model.dim must be positive"),
             (self.model.bn_splits >= 1, "model.bn_splits must be >= 1"),
             (self.model.predictor_dim >= 0, "model.predictor_dim must be >= 0"),
@@ -140,9 +144,10 @@ class Config:
             (self.moco.queue_size >= (0 if self.moco.method == "bank" else 1),
              "moco.queue_size must be >= 1 (>= 0 for moco.method=bank, where 0 uses every entry)"),
             (0.0 <= self.moco.bank_m < 1.0, "moco.bank_m must lie in [0, 1)"),
-            (self.moco.method == "moco"
-             or not (self.moco.symmetric or self.data.small_crops or self.model.predictor_dim),
-             "moco.symmetric, data.small_crops and model.predictor_dim apply to moco.method=moco only"),
+            (self.moco.method == "moco" or not (self.moco.symmetric or self.data.small_crops),
+             "moco.symmetric and data.small_crops apply to moco.method=moco only (mocov3 is symmetric always)"),
+            (self.moco.method in ("moco", "mocov3") or not self.model.predictor_dim,
+             "model.predictor_dim applies to moco.method=moco or mocov3 only"),
             (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
             (self.moco.T > 0, "moco.T must be positive"),

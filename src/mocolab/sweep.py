@@ -269,7 +269,7 @@ def cell_row(cell: Cell, cell_dir: Path, rc: int | None = None) -> dict:
                 if all(key in r for r in rs)]
 
     return {"cell": cell.name, "method": method,
-            "K": cfg.optim.batch_size - 1 if method == "e2e" else cfg.moco.queue_size,
+            "K": cfg.optim.batch_size - 1 if method in ("e2e", "mocov3") else cfg.moco.queue_size,
             "m": cfg.moco.m if applies(method, "moco.m") else None,
             "shuffle": cfg.moco.shuffle_bn if applies(method, "moco.shuffle_bn") else None,
             "seed": cfg.run.seed, "axes": {short(k): v for k, v in cell.overrides.items()},

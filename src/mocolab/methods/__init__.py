@@ -11,9 +11,11 @@ METHOD_KEYS = {
              "model.predictor_dim", "data.small_crops"},
     "e2e": {"moco.shuffle_bn"},  # K = batch - 1: the dictionary is the (gathered) batch
     "bank": {"moco.queue_size", "moco.bank_m"},  # no key encoder: no m, no Shuffle BN
+    "mocov3": {"moco.m", "model.predictor_dim"},  # K = batch - 1, no queue; m always by cosine; no Shuffle BN
 }
 _SOME = set().union(*METHOD_KEYS.values())
-METHOD_NAMES = {"moco": "MoCo", "e2e": "end-to-end", "bank": "memory bank"}  # in tables and exports
+METHOD_NAMES = {"moco": "MoCo", "e2e": "end-to-end", "bank": "memory bank",  # in tables and exports
+                "mocov3": "MoCo v3"}
 
 
 def applies(method: str, key: str) -> bool:
@@ -27,12 +29,15 @@ def build_method(cfg, n_train: int = 0):
     from .bank import MemoryBank
     from .e2e import EndToEnd
     from .moco import MoCo
+    from .mocov3 import MoCoV3
 
     mc, enc_cfg = cfg.moco, cfg.model
     encoder, info = build_encoder(cfg)
     if mc.method == "moco":
         method = MoCo(encoder, enc_cfg.dim, mc.queue_size, mc.m, mc.T, m_schedule=mc.m_schedule,
                       shuffle_bn=mc.shuffle_bn, symmetric=mc.symmetric, predictor=build_query_predictor(cfg))
+    elif mc.method == "mocov3":
+        method = MoCoV3(encoder, build_query_predictor(cfg), mc.T, mc.m)
     elif mc.method == "e2e":
         method = EndToEnd(encoder, mc.T, shuffle_bn=mc.shuffle_bn)
     else:

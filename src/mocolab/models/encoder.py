@@ -8,7 +8,7 @@ from torch import nn
 
 from ..config import Config
 from .backbones import build_backbone, resolve_stem
-from .heads import build_head, build_predictor
+from .heads import build_head, build_predictor, v3_mlp
 
 
 class Encoder(nn.Module):
@@ -36,9 +36,13 @@ def build_encoder(cfg: Config) -> tuple[Encoder, dict]:
 
 
 def build_query_predictor(cfg: Config) -> nn.Module | None:
-    """MoCo v3's predictor MLP on the query side (model.predictor_dim > 0), else None."""
+    """MoCo v3's predictor MLP on the query side (model.predictor_dim > 0), else None;
+    moco.method=mocov3: the official one (v3_mlp), else build_predictor."""
     mc = cfg.model
     if not mc.predictor_dim:
         return None
-    pred = build_predictor(mc.dim, mc.predictor_dim, mc.bn_splits)
+    if cfg.moco.method == "mocov3":
+        pred = v3_mlp(2, mc.dim, mc.predictor_dim, mc.dim, last_bn=False, bn_splits=mc.bn_splits)
+    else:
+        pred = build_predictor(mc.dim, mc.predictor_dim, mc.bn_splits)
     return nn.SyncBatchNorm.convert_sync_batchnorm(pred) if mc.sync_bn else pred

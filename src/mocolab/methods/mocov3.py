@@ -1,0 +1,66 @@
+"""MoCo v3 (Chen, Xie and He 2021): no queue. Each of two views is a query for the other's key;
+the negatives are the keys of the global batch (gathered across ranks); the loss is
+2T (ctr(q1, k2) + ctr(q2, k1)), as in the official code. The query side is f_q (backbone,
+projector) then a predictor; the key encoder f_k is f_q's EMA without the predictor, its
+momentum rising from m to 1 along a half cosine."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import distributed as du
+from ..losses import cross_entropy_at, pretext_top1
+from ..momentum import cosine_momentum
+from .base import Method
+
+
+class MoCoV3(Method):
+    def __init__(self, encoder: nn.Module, predictor: nn.Module | None = None, T: float = 0.2, m: float = 0.99):
+        super().__init__()
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)  # f_k starts as a copy of f_q
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)  # f_k is updated by momentum only
+        self.predictor = predictor  # query side only (None: the ablation without one)
+        self.T, self.m = T, m
+
+    def learnable_params(self) -> list[nn.Parameter]:
+        """f_q and the predictor."""
+        return [*self.encoder_q.parameters(), *(self.predictor.parameters() if self.predictor is not None else ())]
+
+    def momentum_pairs(self):
+        return [(self.encoder_q, self.encoder_k)]
+
+    def momentum(self, progress: float) -> float:
+        return cosine_momentum(self.m, progress)
+
+    def encoders(self) -> list[nn.Module]:
+        return [self.encoder_q, self.encoder_k]
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        if self.predictor is None:
+            return self.encoder_q(x)  # N x C
+        return F.normalize(self.predictor(self.encoder_q(x, normalize=False)).float(), dim=1)  # N x C
+
+    def ctr(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: N x C queries, k: N x C keys (L2-normalised, no gradient) -> (2T x the mean
+        cross-entropy over the W N gathered keys, logits N x (W N), q_i's positive at rank N + i)."""
+        k_all = du.all_gather(k)  # (W N) x C, rank order
+        with torch.autocast(q.device.type, enabled=False):
+            logits = q.float() @ k_all.float().t() / self.T  # N x (W N)
+        labels = du.rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)  # N
+        return cross_entropy_at(logits, labels) * (2 * self.T), pretext_top1(logits, labels)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor, *, index: torch.Tensor | None = None,
+                generator: torch.Generator | None = None):
+        """x1, x2: two augmented views, N x 3 x H x W."""
+        q1, q2 = self.encode_query(x1), self.encode_query(x2)  # N x C each
+        with torch.no_grad():
+            k1, k2 = self.encoder_k(x1), self.encoder_k(x2)  # N x C each
+        loss1, acc = self.ctr(q1, k2)
+        loss2, _ = self.ctr(q2, k1)
+        return loss1 + loss2, {"logs": {"pretext_acc": acc}}
