@@ -80,6 +80,9 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    # pretraining's optimizer (mocolab.optim): sgd (decay on every parameter) | lars (timm's; MoCo v3
+    # ResNets) | adamw (MoCo v3 ViTs); lars and adamw exclude biases and norm parameters from decay
+    name: str = "sgd"
     batch_size: int = 256  # global batch
     lr: float = 0.03  # learning rate at base_batch_size; scaled linearly with batch_size
     base_batch_size: int = 256
@@ -180,6 +183,7 @@ class Config:
              f"model.bn_splits ({self.model.bn_splits})"),
             (self.optim.lr > 0, "optim.lr must be positive"),
             (self.optim.schedule in ("step", "cosine"), "optim.schedule must be step or cosine"),
+            (self.optim.name in ("sgd", "lars", "adamw"), "optim.name must be sgd, lars or adamw"),
             (self.run.epochs >= 1 or self.run.budget_minutes > 0, "run.epochs must be >= 1"),
             (self.run.amp in ("auto", "bf16", "off"), "run.amp must be auto, bf16 or off"),
             (self.run.compile_min_minutes >= 0, "run.compile_min_minutes must be >= 0"),

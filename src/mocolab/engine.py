@@ -33,6 +33,7 @@ from .data import (
     ignore_signals,
 )
 from .methods.base import Method
+from .optim import build_optimizer
 from .runtime import NonFiniteLoss, Preempted, epoch_order
 from .schedules import StepBudget, lr_at, scaled_lr
 from .shards import ShardStream
@@ -101,8 +102,7 @@ class Trainer:
         self.monitor = monitor  # callable(method) -> dict, run every knn_every epochs
         o = cfg.optim
         self.base_lr = scaled_lr(o.lr, o.batch_size, o.base_batch_size)
-        self.optimizer = torch.optim.SGD(method.learnable_params(), lr=self.base_lr,
-                                         momentum=o.momentum, weight_decay=o.weight_decay)
+        self.optimizer = build_optimizer(method.learnable_params(), o, self.base_lr)
         self.batch = o.batch_size  # global: each of the W ranks takes its slice of every batch
         self.world, self.rank = du.world_size(), du.rank()
         splits = 1 if feed is not None else cfg.model.bn_splits
