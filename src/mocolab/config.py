@@ -16,6 +16,8 @@ from pathlib import Path
 
 import yaml
 
+ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50",  # mocolab.models.backbones
+         "vit_small_patch16", "vit_base_patch16", "vit_tiny_patch4")  # mocolab.models.vit
 HEADS = ("linear", "mlp", "mlp_bn", "mlp2_bn", "mlp3_bn")  # mocolab.models.heads
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
@@ -26,7 +28,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18"  # resnet10 (one block per stage) | resnet18 | resnet34 | resnet50
+    # resnet10 (one block per stage) | resnet18 | resnet34 | resnet50 | vit_small_patch16 | vit_base_patch16 |
+    # vit_tiny_patch4 (CIFAR size): MoCo v3's ViTs from timm (frozen patch projection, sin-cos positions)
+    arch: str = "resnet18"
     width: int = 64  # channels of the first stage (64 = torchvision's ResNet)
     stem: str = "auto"  # auto | cifar | imagenet ("auto": cifar below 96 px)
     # linear (MoCo v1) | mlp (MoCo v2) | mlp_bn (MLP with BN after the hidden layer) | mlp2_bn, mlp3_bn
@@ -135,8 +139,7 @@ class Config:
     def validate(self) -> Config:
         """Checks the values that a type alone cannot; raises ConfigError."""
         checks = [
-            (self.model.arch in ("resnet10", "resnet18", "resnet34", "resnet50"),
-             "model.arch must be resnet10, resnet18, resnet34 or resnet50"),
+            (self.model.arch in ARCHS, f"model.arch must be one of: {', '.join(ARCHS)}"),
             (self.model.stem in ("auto", "cifar", "imagenet"), "model.stem must be auto, cifar or imagenet"),
             (self.model.head in HEADS, f"model.head must be one of: {', '.join(HEADS)}"),
             (self.model.width > 0 and self.model.dim > 0, "model.width and model.dim must be positive"),

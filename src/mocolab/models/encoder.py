@@ -28,7 +28,12 @@ def build_encoder(cfg: Config) -> tuple[Encoder, dict]:
     {"stem", "feature_dim"} (the backbone's pooled width)."""
     mc = cfg.model
     stem = resolve_stem(mc.stem, cfg.data.image_size)
-    backbone, feat_dim = build_backbone(mc.arch, mc.width, stem, mc.bn_splits, mc.zero_init_residual)
+    if mc.arch.startswith("vit"):  # the class token N x D
+        from .vit import build_vit
+
+        backbone, feat_dim = build_vit(mc.arch, cfg.data.crop_size or cfg.data.image_size)
+    else:
+        backbone, feat_dim = build_backbone(mc.arch, mc.width, stem, mc.bn_splits, mc.zero_init_residual)
     enc = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim, mc.bn_splits))
     if mc.sync_bn:  # BN statistics over the global batch (torch's SyncBatchNorm, GPUs only)
         enc = nn.SyncBatchNorm.convert_sync_batchnorm(enc)

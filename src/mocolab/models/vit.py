@@ -1,0 +1,53 @@
+"""Vision Transformers for MoCo v3, from timm (its VisionTransformer, not a copy): the class token
+(after the final norm) is the backbone's output, N x D, for the head and every evaluation.
+
+The v3 stability trick, as the official vits.py: the patch projection is random (the official
+uniform init) and frozen (stop-gradient), and the position embedding is a fixed 2-D sin-cos one
+(timm's build_sincos2d_pos_embed: the official embedding up to a fixed order of its channels),
+zero for the class token. Other weights use timm's 'moco' init (the official one).
+
+Since the backbone is a timm VisionTransformer with num_classes=0, its state_dict loads with
+strict=True into `timm_vit(arch, img_size)` (the export)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+# MoCo v3's ViT-S has 12 heads (timm's vit_small_patch16_224 has 6); the CIFAR one is ViT-Ti/4
+VITS = {
+    "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=12),
+    "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    "vit_tiny_patch4": dict(patch_size=4, embed_dim=192, depth=12, num_heads=3),
+}
+
+
+def timm_vit(arch: str, img_size: int = 224, **kw) -> VisionTransformer:
+    """timm's VisionTransformer of `arch` without a classifier (the class token N x D out).
+    dynamic_img_size: evaluations at another size than training resample the position embedding."""
+    if arch not in VITS:
+        raise ValueError(f"unknown ViT '{arch}'; choose one of {', '.join(VITS)}")
+    return VisionTransformer(img_size=img_size, num_classes=0, global_pool="token", class_token=True,
+                             dynamic_img_size=True, **VITS[arch], **kw)
+
+
+def build_vit(arch: str, img_size: int = 224, *, freeze_patch: bool = True) -> tuple[VisionTransformer, int]:
+    """MoCo v3's ViT -> (model, feature dim D)."""
+    vit = timm_vit(arch, img_size, weight_init="moco")
+    h, w = vit.patch_embed.grid_size
+    with torch.no_grad():
+        pos = build_sincos2d_pos_embed([h, w], vit.embed_dim)  # (h w) x D
+        vit.pos_embed.copy_(torch.cat([torch.zeros(1, vit.embed_dim), pos])[None])  # 1 x (1 + h w) x D
+    vit.pos_embed.requires_grad_(False)
+    if freeze_patch:
+        proj = vit.patch_embed.proj  # Conv2d 3 -> D, kernel p x p
+        val = math.sqrt(6.0 / float(3 * proj.kernel_size[0] * proj.kernel_size[1] + vit.embed_dim))
+        nn.init.uniform_(proj.weight, -val, val)
+        nn.init.zeros_(proj.bias)
+        proj.weight.requires_grad_(False)
+        proj.bias.requires_grad_(False)
+    return vit, vit.embed_dim
