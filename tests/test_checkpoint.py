@@ -26,7 +26,8 @@ def _trainer(cfg, tmp_path, init_seed=0):
                                   {"moco.method": "e2e"},  # and the other two mechanisms
                                   {"moco.method": "bank", "moco.queue_size": 16},
                                   {"moco.method": "bank", "moco.queue_size": 0},
-                                  {"moco.method": "mocov3", "model.head": "mlp3_bn", "model.predictor_dim": 32}])
+                                  {"moco.method": "mocov3", "model.head": "mlp3_bn", "model.predictor_dim": 32,
+                                   "optim.name": "lars"}])
 def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     """Queue and pointer, bank and its draws, weights, optimizer, progress and RNG: a resumed
     run continues exactly as the uninterrupted one."""

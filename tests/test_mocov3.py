@@ -138,3 +138,18 @@ def test_two_ranks_take_the_global_batchs_keys_as_negatives(tmp_path):
         q1, q2 = method.encoder_q(x1[r * 3:(r + 1) * 3]).tolist(), method.encoder_q(x2[r * 3:(r + 1) * 3]).tolist()
         got = torch.load(tmp_path / f"rank{r}.pt")["loss"]
         assert got == pytest.approx(_hand_loss(q1, q2, k1, k2, 0.2, offset=3 * r), rel=1e-5)
+
+
+def test_presets_hold_the_official_defaults():
+    from mocolab.config import load_preset
+
+    r50, vit, cpu = (load_preset(n) for n in ("mocov3_r50_imagenet", "mocov3_vit_small_imagenet", "cifar10_vit_cpu"))
+    assert {c.moco.method for c in (r50, vit, cpu)} == {"mocov3"}
+    assert (r50.optim.name, r50.optim.lr, r50.optim.weight_decay, r50.optim.warmup_epochs, r50.moco.T) == \
+        ("lars", 0.6, 1e-6, 10, 1.0)
+    assert (vit.optim.name, vit.optim.lr, vit.optim.weight_decay, vit.optim.warmup_epochs, vit.moco.T) == \
+        ("adamw", 1.5e-4, 0.1, 40, 0.2)
+    assert (r50.model.head, vit.model.head, vit.model.arch, cpu.model.arch) == \
+        ("mlp2_bn", "mlp3_bn", "vit_small_patch16", "vit_tiny_patch4")
+    assert all((c.model.dim, c.model.hidden_dim, c.model.predictor_dim, c.moco.m) == (256, 4096, 4096, 0.99)
+               for c in (r50, vit))

@@ -151,6 +151,9 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
             "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,
             "method": METHOD_NAMES[cfg.moco.method],
             "std": cfg.data.std, "load_with": "mocolab.models.backbones.torchvision_model"}
+    if cfg.model.arch.startswith("vit"):  # a timm VisionTransformer's state_dict (strict load)
+        meta.update(width=None, stem=None, load_with="mocolab.models.vit.timm_vit(arch, img_size)",
+                    img_size=cfg.data.crop_size or cfg.data.image_size)
     if du.is_main():
         export_backbone(model, out / "backbone.pth", out / "backbone.json", meta)
 
