@@ -1,6 +1,8 @@
 """MoCo v3's ViTs from timm: the class token out, the frozen random patch projection and fixed
 sin-cos positions through training steps, and the export's strict load into timm's model."""
 
+import functools
+
 import torch
 from conftest import tiny_config
 from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
@@ -12,6 +14,12 @@ from mocolab.optim import build_optimizer
 from mocolab.step import train_step
 
 
+@functools.lru_cache(maxsize=1)
+def _shared():
+    """One untrained method for the tests that only read it."""
+    return _method()
+
+
 def _method():
     cfg = tiny_config(**{"model.arch": "vit_tiny_patch4", "moco.method": "mocov3", "model.head": "mlp3_bn",
                          "model.predictor_dim": 32, "optim.name": "adamw", "optim.weight_decay": 0.1})
@@ -21,7 +29,7 @@ def _method():
 
 def test_class_token_and_fixed_embeddings():
     assert set(VITS) <= set(ARCHS)
-    method, _ = _method()
+    method, _ = _shared()
     vit = method.encoder_q.backbone
     x = torch.randn(2, 3, 16, 16)
     f = vit(x)  # N x D: the class token after the final norm
@@ -51,9 +59,26 @@ def test_patch_projection_and_positions_stay_frozen_through_steps():
 
 
 def test_export_loads_strictly_into_timm():
-    method, _ = _method()
+    method, _ = _shared()
     vit = method.encoder_q.backbone.eval()
     ref = timm_vit("vit_tiny_patch4", 16)
     ref.load_state_dict(vit.state_dict(), strict=True)
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(ref.eval()(x), vit(x))
+
+
+def test_a_vit_checkpoint_loads_for_evaluation(tmp_path):
+    from mocolab.checkpoint import atomic_save
+    from mocolab.eval.load import load_for_eval
+    from mocolab.models.vit import infer_vit
+
+    method, cfg = _shared()
+    vit = method.encoder_q.backbone.eval()
+    assert infer_vit(vit.state_dict()) == {"arch": "vit_tiny_patch4", "img_size": 16}
+    atomic_save({"model": method.state_dict(), "config": cfg.to_dict()}, tmp_path / "final.pth")
+    atomic_save(vit.state_dict(), tmp_path / "backbone.pth")  # the run's export, without its .json
+    x = torch.randn(2, 3, 16, 16)
+    for name in ("final.pth", "backbone.pth"):
+        net, c = load_for_eval(str(tmp_path / name), "backbone", None)
+        assert c.data.image_size == 16
+        torch.testing.assert_close(net.eval()(x), vit(x))

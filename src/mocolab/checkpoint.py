@@ -111,11 +111,12 @@ def extract_backbone(obj: dict) -> tuple[dict, dict]:
             if any(k.startswith(prefix) for k in sd):
                 sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
                 break
-        sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    if not isinstance(sd, dict) or "conv1.weight" not in sd:
+        vit = "patch_embed.proj.weight" in sd  # an official v3 ViT's `head` is its projector
+        sd = {k: v for k, v in sd.items() if not k.startswith("head." if vit else "fc.")}
+    if not isinstance(sd, dict) or not ("conv1.weight" in sd or "patch_embed.proj.weight" in sd):
         keys = ", ".join(list(sd)[:5]) if isinstance(sd, dict) else type(sd).__name__
         raise CheckpointError(
-            "no ResNet backbone found: expected a mocolab checkpoint or export, an official MoCo "
+            "no ResNet or ViT backbone found: expected a mocolab checkpoint or export, an official MoCo "
             f"checkpoint (module.encoder_q.*) or a torchvision ResNet state_dict; got keys: {keys}")
     return sd, meta
 

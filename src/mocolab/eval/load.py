@@ -12,6 +12,7 @@ from ..checkpoint import CheckpointError, extract_backbone, safe_load
 from ..config import Config, from_dict
 from ..models.backbones import build_backbone, infer_arch
 from ..models.encoder import build_encoder
+from ..models.vit import VITS, build_vit, infer_vit, timm_vit
 
 
 def load_for_eval(path: str, features: str, image_size: int | None):
@@ -22,9 +23,11 @@ def load_for_eval(path: str, features: str, image_size: int | None):
     if not meta and side.is_file():
         meta = json.loads(side.read_text())
     cfg = from_dict(meta["config"]) if "config" in meta else Config()
+    vit = infer_vit(sd)  # None for a ResNet
     if "config" not in meta:  # an export (its .json tells the preprocessing) or foreign weights
         cfg.data.mean, cfg.data.std = meta.get("mean", cfg.data.mean), meta.get("std", cfg.data.std)
-        image_size = image_size or meta.get("image_size") or (32 if infer_arch(sd)["stem"] == "cifar" else 224)
+        image_size = image_size or meta.get("image_size") or (
+            vit["img_size"] if vit else 32 if infer_arch(sd)["stem"] == "cifar" else 224)
     if image_size:
         cfg.data.image_size = image_size
     if features == "head":
@@ -35,8 +38,11 @@ def load_for_eval(path: str, features: str, image_size: int | None):
         prefix = "encoder_q."
         encoder.load_state_dict({k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)})
         return encoder, cfg
-    spec = infer_arch(sd)
-    net, _ = build_backbone(spec["arch"], spec["width"], spec["stem"])
+    spec = vit or infer_arch(sd)
+    if vit:
+        net = timm_vit(vit["arch"], vit["img_size"])
+    else:
+        net, _ = build_backbone(spec["arch"], spec["width"], spec["stem"])
     try:
         net.load_state_dict(sd, strict=True)
     except RuntimeError as e:
@@ -55,7 +61,10 @@ def random_backbone(preset: str, seed: int = 0, image_size: int | None = None):
     mc = cfg.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net, _ = build_backbone(mc.arch, mc.width, resolve_stem(mc.stem, cfg.data.image_size), bn_splits=1)
+        if mc.arch in VITS:
+            net, _ = build_vit(mc.arch, cfg.data.crop_size or cfg.data.image_size)
+        else:
+            net, _ = build_backbone(mc.arch, mc.width, resolve_stem(mc.stem, cfg.data.image_size), bn_splits=1)
     return net, cfg
 
 

@@ -12,11 +12,13 @@ strict=True into `timm_vit(arch, img_size)` (the export)."""
 from __future__ import annotations
 
 import math
+import typing
 
 import torch
-from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+
+if typing.TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 # MoCo v3's ViT-S has 12 heads (timm's vit_small_patch16_224 has 6); the CIFAR one is ViT-Ti/4
 VITS = {
@@ -29,6 +31,8 @@ VITS = {
 def timm_vit(arch: str, img_size: int = 224, **kw) -> VisionTransformer:
     """timm's VisionTransformer of `arch` without a classifier (the class token N x D out).
     dynamic_img_size: evaluations at another size than training resample the position embedding."""
+    from timm.models.vision_transformer import VisionTransformer  # timm imported when a ViT is built
+
     if arch not in VITS:
         raise ValueError(f"unknown ViT '{arch}'; choose one of {', '.join(VITS)}")
     return VisionTransformer(img_size=img_size, num_classes=0, global_pool="token", class_token=True,
@@ -37,6 +41,8 @@ def timm_vit(arch: str, img_size: int = 224, **kw) -> VisionTransformer:
 
 def build_vit(arch: str, img_size: int = 224, *, freeze_patch: bool = True) -> tuple[VisionTransformer, int]:
     """MoCo v3's ViT -> (model, feature dim D)."""
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+
     vit = timm_vit(arch, img_size, weight_init="moco")
     h, w = vit.patch_embed.grid_size
     with torch.no_grad():
@@ -51,3 +57,17 @@ def build_vit(arch: str, img_size: int = 224, *, freeze_patch: bool = True) -> t
         proj.weight.requires_grad_(False)
         proj.bias.requires_grad_(False)
     return vit, vit.embed_dim
+
+
+def infer_vit(sd: dict) -> dict | None:
+    """{"arch", "img_size"} of a ViT state_dict (timm key names), or None for another network."""
+    if "patch_embed.proj.weight" not in sd:
+        return None
+    w = sd["patch_embed.proj.weight"]  # D x 3 x p x p
+    depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+    grid = math.isqrt(sd["pos_embed"].shape[1] - 1)  # a square grid after the class token's slot
+    for name, spec in VITS.items():
+        if (spec["patch_size"], spec["embed_dim"], spec["depth"]) == (w.shape[-1], w.shape[0], depth):
+            return {"arch": name, "img_size": grid * w.shape[-1]}
+    raise ValueError(f"unsupported ViT (patch {w.shape[-1]}, width {w.shape[0]}, depth {depth}); "
+                     f"supported: {', '.join(VITS)}")
