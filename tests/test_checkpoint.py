@@ -27,7 +27,9 @@ def _trainer(cfg, tmp_path, init_seed=0):
                                   {"moco.method": "bank", "moco.queue_size": 16},
                                   {"moco.method": "bank", "moco.queue_size": 0},
                                   {"moco.method": "mocov3", "model.head": "mlp3_bn", "model.predictor_dim": 32,
-                                   "optim.name": "lars"}])
+                                   "optim.name": "lars"},
+                                  pytest.param({"moco.method": "mocov3", "model.arch": "vit_tiny_patch4",
+                                                "optim.name": "adamw"}, marks=pytest.mark.slow)])  # ViT: ~1 min
 def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     """Queue and pointer, bank and its draws, weights, optimizer, progress and RNG: a resumed
     run continues exactly as the uninterrupted one."""
@@ -51,7 +53,8 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     for (ka, va), (kb, vb) in zip(a.method.state_dict().items(), b.method.state_dict().items()):
         assert ka == kb and torch.equal(va, vb), ka
     sa, sb = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
-    assert all(torch.equal(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"]) for i in sa)
+    assert sa.keys() == sb.keys() and all(  # SGD's and LARS's momentum buffers, AdamW's moments and steps
+        torch.equal(sa[i][k], sb[i][k]) and k in sb[i] for i in sa for k in sa[i] if torch.is_tensor(sa[i][k]))
     for field in ("epoch", "it", "step", "total_steps", "images"):
         assert getattr(a.progress, field) == getattr(b.progress, field)
     assert torch.equal(a.gen.get_state(), b.gen.get_state())
