@@ -82,3 +82,26 @@ def test_a_vit_checkpoint_loads_for_evaluation(tmp_path):
         net, c = load_for_eval(str(tmp_path / name), "backbone", None)
         assert c.data.image_size == 16
         torch.testing.assert_close(net.eval()(x), vit(x))
+
+
+def test_mocolab_export_to_timm_round_trip(tmp_path):
+    import json
+
+    import pytest
+    import timm
+
+    from mocolab.checkpoint import atomic_save
+    from mocolab.export import export
+
+    method, cfg = _shared()
+    vit = method.encoder_q.backbone.eval()
+    atomic_save({"model": method.state_dict(), "config": cfg.to_dict()}, tmp_path / "final.pth")
+    info = export(tmp_path / "final.pth", "timm", tmp_path / "vit.pth")
+    side = json.loads((tmp_path / "vit.json").read_text())
+    assert side["timm_model"] == info["timm_model"] == "vit_tiny_patch16_224"
+    ref = timm.create_model(side["timm_model"], pretrained=False, **side["create_model_kwargs"])
+    ref.load_state_dict(torch.load(tmp_path / "vit.pth", weights_only=True), strict=True)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(ref.eval()(x), vit(x))
+    with pytest.raises(ValueError, match="timm only"):
+        export(tmp_path / "final.pth", "torchvision", tmp_path / "tv.pth")

@@ -18,6 +18,7 @@ import torch
 
 from .checkpoint import CheckpointError, extract_backbone, safe_load
 from .models.backbones import infer_arch, torchvision_model
+from .models.vit import VITS, infer_vit, timm_vit
 
 FORMATS = ("torchvision", "timm", "detectron2", "safetensors")
 FORMAT_VERSION = "1"
@@ -35,7 +36,8 @@ def _source(src: str | Path) -> tuple[dict, dict]:
     obj = safe_load(path)
     sd, ck = extract_backbone(obj)
     try:
-        meta = infer_arch(sd)
+        vit = infer_vit(sd)  # {"arch", "img_size"} of a ViT, None for a ResNet
+        meta = {**vit, "width": None, "stem": None} if vit else infer_arch(sd)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     ref = _reference(meta)
@@ -71,7 +73,10 @@ def _source(src: str | Path) -> tuple[dict, dict]:
 def _reference(spec: dict) -> dict:
     """Names and shapes of `torchvision_model(arch, width, stem)`, built on the meta device."""
     with torch.device("meta"):
-        model = torchvision_model(spec["arch"], spec["width"], spec["stem"])
+        if spec["arch"] in VITS:
+            model = timm_vit(spec["arch"], spec["img_size"])
+        else:
+            model = torchvision_model(spec["arch"], spec["width"], spec["stem"])
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
@@ -161,6 +166,11 @@ def _detectron2(meta: dict, out: Path) -> str:
 
 def _timm(meta: dict) -> tuple[str, dict]:
     """The timm.create_model name and kwargs that build this layout, or a refusal."""
+    if meta["arch"] in VITS:  # timm's registered ViT of that width, with MoCo v3's heads, patch and size
+        spec = VITS[meta["arch"]]
+        name = {384: "vit_small_patch16_224", 768: "vit_base_patch16_224"}.get(spec["embed_dim"],
+                                                                               "vit_tiny_patch16_224")
+        return name, {"num_heads": spec["num_heads"], "patch_size": spec["patch_size"], "img_size": meta["img_size"]}
     if meta["stem"] == "cifar":
         raise ValueError("timm's ResNet has no 3x3 stride-1 stem (CIFAR stem); "
                          "use --format torchvision or safetensors")
@@ -186,7 +196,9 @@ def export(src: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
         if p is not None and p.exists() and not overwrite:
             raise ValueError(f"{p} exists; pass --overwrite to replace it")
     sd, meta = _source(src)
-    info = {"format": fmt, "path": str(out), **{k: meta[k] for k in ("arch", "width", "stem")}}
+    if meta["arch"] in VITS and fmt != "timm":
+        raise ValueError(f"a ViT ({meta['arch']}) exports to timm only, not {fmt}")
+    info = {"format": fmt, "path": str(out), **{k: meta.get(k) for k in ("arch", "width", "stem")}}
     if fmt == "timm":
         name, kwargs = _timm(meta)
         info.update(timm_model=name, create_model_kwargs={"num_classes": 0, **kwargs})
@@ -247,7 +259,7 @@ def load_safetensors(path: str | Path) -> tuple[dict, dict]:
 
 def cmd_export(args) -> int:
     info = export(args.checkpoint, args.format, args.out, overwrite=args.overwrite)
-    what = f"{info['arch']}, width {info['width']}, {info['stem']} stem"
+    what = info["arch"] if info["width"] is None else f"{info['arch']}, width {info['width']}, {info['stem']} stem"
     if "sidecar" in info:
         what += f"; metadata in {info['sidecar']}"
     print(f"wrote {info['path']} ({info['format']}: {what})")
