@@ -54,7 +54,7 @@ class MocoConfig:
     # | mocov3 (symmetric, negatives = the gathered batch's keys, no queue; m from moco.m to 1 by cosine)
     method: str = "moco"
     queue_size: int = 65536  # K: the queue's size (moco); negatives drawn from the bank (bank; 0 = every entry)
-    m: float = 0.999  # momentum of the key encoder
+    m: float = 0.999  # momentum of the key encoder (mocov3: its start, rising to 1 by cosine whatever m_schedule)
     T: float = 0.2  # temperature
     symmetric: bool = False  # both views serve as queries (the official CIFAR demo's option)
     shuffle_bn: bool = True  # encode keys on a shuffled batch
