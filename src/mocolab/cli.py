@@ -17,7 +17,7 @@ from . import distributed as du
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, command_line_overrides, preset_names
 from .data import DataError
-from .runtime import NonFiniteLoss, Preempted
+from .runtime import RUN_OVERWRITE_HELP, NonFiniteLoss, Preempted, prepare_run_dir
 
 log = logging.getLogger("mocolab")
 
@@ -31,6 +31,7 @@ def cmd_pretrain(args) -> int:
     from .pretrain import pretrain, resume_config
 
     overrides = command_line_overrides(args)
+    prepare_run_dir(args.out, "pretrain", resume=bool(args.resume), overwrite=args.overwrite)
     cfg, state = resume_config(args.resume, args.out, overrides) if args.resume else (None, None)
     if args.resume and state is None:
         log.info("no checkpoint in %s yet: starting a new run", args.out)
@@ -111,6 +112,7 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--epochs", type=int)
     pt.add_argument("--batch-size", type=int, help="global batch size")
     pt.add_argument("--resume", help="a checkpoint to continue from, or 'auto' (newest valid in --out)")
+    pt.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     pt.add_argument("overrides", nargs="*", help="config overrides key=value, for example optim.lr=0.1 moco.T=0.2")
     pt.set_defaults(fn=cmd_pretrain)
 

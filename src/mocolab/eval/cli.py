@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..config import command_line_overrides
-from ..runtime import check_positive, resolve_device
+from ..runtime import RUN_OVERWRITE_HELP, check_positive, prepare_run_dir, resolve_device
 
 TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo or supervised), a run folder, "
                "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "
@@ -98,6 +98,7 @@ def cmd_supervised(args) -> int:
     from ..supervised import supervised_config, train_supervised
 
     overrides = command_line_overrides(args)
+    prepare_run_dir(args.out, "supervised", resume=args.resume == "auto", overwrite=args.overwrite)
     cfg = supervised_config(args.preset, overrides, args.lr)
     cfg.model.bn_splits = 1  # plain BN: no shuffle BN to emulate
     s = train_supervised(cfg, args.data, args.out, resume=args.resume == "auto")
@@ -207,6 +208,7 @@ def add_commands(sub) -> None:
     su.add_argument("--lr", type=float, help="at optim.base_batch_size (default 0.1)")
     su.add_argument("--resume", choices=["auto"], help="continue from the newest checkpoint in --out "
                     "(made with the same config and data)")
+    su.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     su.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.limit=1000")
     su.set_defaults(fn=cmd_supervised)
 
