@@ -17,7 +17,7 @@ from . import distributed as du
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, command_line_overrides, preset_names
 from .data import DataError
-from .runtime import RUN_OVERWRITE_HELP, NonFiniteLoss, Preempted, prepare_run_dir
+from .runtime import RUN_OVERWRITE_HELP, NonFiniteLoss, Preempted, check_arguments, prepare_run_dir
 
 log = logging.getLogger("mocolab")
 
@@ -30,6 +30,7 @@ def _setup_logging() -> None:
 def cmd_pretrain(args) -> int:
     from .pretrain import pretrain, resume_config
 
+    check_arguments(args)
     overrides = command_line_overrides(args)
     prepare_run_dir(args.out, "pretrain", resume=bool(args.resume), overwrite=args.overwrite)
     cfg, state = resume_config(args.resume, args.out, overrides) if args.resume else (None, None)
@@ -56,6 +57,7 @@ def cmd_knn(args) -> int:
     from .eval.load import load_for_eval
     from .runtime import resolve_amp, resolve_device
 
+    check_arguments(args)
     net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
     device = du.setup(resolve_device(args.device))  # under torchrun the features are sharded over ranks
     net = net.to(device)
@@ -86,6 +88,7 @@ def cmd_knn(args) -> int:
 def cmd_shards(args) -> int:
     from .shards import write_shards
 
+    check_arguments(args)
     for pattern in write_shards(args.data, args.out, args.shard_size, args.seed):
         print(f"wrote {pattern}")
     return 0

@@ -193,6 +193,27 @@ def check_positive(args, names) -> None:
     """Command-line numbers that must be > 0 (when given), as one-line errors (ValueError)."""
     for name in names:
         v = getattr(args, name, None)
-        if v is not None and v <= 0:
+        if v is not None and not 0 < v < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def check_at_least(args, names, minimum: float, why: str = "") -> None:
+    """Command-line numbers that must be >= minimum (when given), as one-line errors (ValueError)."""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and not minimum <= v < float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum:g}{why}, got {v}")
+
+
+def check_arguments(args) -> None:
+    """The numeric arguments every command shares, by name: counts, rates and sizes > 0, seeds,
+    limits and worker counts >= 0, image sizes >= 8, momenta in [0, 1)."""
+    check_positive(args, ("epochs", "batch_size", "lr", "budget_minutes", "k", "t", "iters", "shard_size",
+                          "budget_minutes_finetune", "epochs_finetune", "paper_epochs", "paper_budget_minutes",
+                          "transfer_budget_minutes"))
+    check_at_least(args, ("seed", "limit", "weight_decay", "warmup_epochs", "backbone_lr_scale", "knn_every"), 0)
+    check_at_least(args, ("image_size",), 8, " (pixels)")
+    m = getattr(args, "momentum", None)
+    if m is not None and not 0 <= m < 1:
+        raise ValueError(f"--momentum must lie in [0, 1), got {m}")
 

@@ -21,7 +21,7 @@ from .. import distributed as du
 from ..checkpoint import CheckpointError, load_training_checkpoint
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
 from ..engine import Trainer
-from ..runtime import RUN_OVERWRITE_HELP, check_out_dir, check_positive, prepare_run_dir, resolve_amp, resolve_device
+from ..runtime import RUN_OVERWRITE_HELP, check_arguments, check_out_dir, prepare_run_dir, resolve_amp, resolve_device
 from .config import TransferConfig, build_transfer_config, check_kind, preset_names
 
 log = logging.getLogger("mocolab")
@@ -155,7 +155,7 @@ def command_overrides(args) -> list[str]:
 
 
 def cmd_transfer(args) -> int:
-    check_positive(args, ("epochs", "iters", "budget_minutes", "batch_size"))
+    check_arguments(args)
     kind = args.kind
     overrides = command_overrides(args)
     prepare_run_dir(args.out, kind, resume=bool(args.resume), overwrite=args.overwrite)
