@@ -41,19 +41,29 @@ def atomic_save(obj, path: str | Path) -> None:
         pass
 
 
+# What every command that takes weights accepts (eval.load.resolve_entry), in its error messages.
+ACCEPTED = "pass a run folder, a checkpoint, an export, official MoCo or torchvision weights"
+
+
 def safe_load(path: str | Path, map_location="cpu") -> dict:
     """torch.load(weights_only=True) with messages a user can act on."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; {ACCEPTED}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; {ACCEPTED}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "GLOBAL" not in str(e):  # not a pickle at all (text, truncated)
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file saved with torch.save); "
+                                  f"{ACCEPTED}") from None
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors and plain data, "
-            f"which could run code ({str(e).splitlines()[0]})") from None
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+            "which could run code; load only weights (a state_dict of tensors)") from None
+    except Exception:  # a text file, a truncated or foreign file: what it is not, not the exception
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file saved with torch.save), or it is "
+                              f"truncated; {ACCEPTED}") from None
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:

@@ -54,11 +54,19 @@ def cmd_pretrain(args) -> int:
 def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
     from .eval.knn import knn_evaluate
-    from .eval.load import load_for_eval
+    from .eval.load import load_for_eval, random_backbone, resolve_entry
     from .runtime import resolve_amp, resolve_device
 
     check_arguments(args)
-    net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
+    _, path, base = resolve_entry(args.checkpoint)  # the same inputs as linear, finetune, compare, export
+    if path is None:
+        if args.features == "head":
+            raise ValueError("--features head needs a trained checkpoint; random:PRESET has only a backbone")
+        net, cfg = random_backbone(args.checkpoint[len("random:"):], 0, args.image_size)
+    else:
+        if args.features == "head" and Path(args.checkpoint).is_dir():  # the head is in the training state
+            path = Path(args.checkpoint) / "checkpoints" / "final.pth"
+        net, cfg = load_for_eval(str(path), args.features, args.image_size)
     device = du.setup(resolve_device(args.device))  # under torchrun the features are sharded over ranks
     net = net.to(device)
     if cfg.run.channels_last:
@@ -75,7 +83,7 @@ def cmd_knn(args) -> int:
               "test_size": len(splits.test)}
     if not du.is_main():
         return 0
-    out = Path(args.checkpoint).with_suffix(".knn.json")
+    out = base.with_suffix(".knn.json")
     try:
         out.write_text(json.dumps(result, indent=2))
     except OSError:
@@ -121,7 +129,8 @@ def parser() -> argparse.ArgumentParser:
 
     kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's features")
     kn.add_argument("--checkpoint", required=True,
-                    help="mocolab checkpoint or backbone.pth, official MoCo or torchvision weights")
+                    help="a run folder (its backbone.pth), a mocolab checkpoint or backbone.pth export, official "
+                         "MoCo or torchvision weights, or random:PRESET (an untrained backbone)")
     kn.add_argument("--data", required=True, help="folder with labeled train/ and test/ (or val/)")
     kn.add_argument("--k", type=int, default=200)
     kn.add_argument("--t", type=float, default=0.1)

@@ -332,7 +332,7 @@ def load_preset(name: str) -> Config:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"preset '{name}' is not valid YAML: {e}") from None
+        raise ConfigError(f"preset '{name}' is not valid YAML: {str(e).splitlines()[0]}") from None
     return from_dict(data)
 
 
