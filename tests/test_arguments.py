@@ -6,12 +6,13 @@ import pytest
 from mocolab.cli import main
 
 
-def one_line_error(capsys, argv, text) -> None:
+def one_line_error(capsys, argv, text) -> str:
     capsys.readouterr()
     assert main(argv) == 2, argv
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("mocolab: error:")]
     assert len(errors) == 1 and text in errors[0], err
+    return errors[0]
 
 
 PRETRAIN = ["pretrain", "--data", "/no/such/data", "--out", "{tmp}/o"]
@@ -107,3 +108,83 @@ def test_budget_zero_in_a_config_means_none():
     from mocolab.config import build_config
 
     assert build_config("cifar10_cpu", ["run.budget_minutes=0"]).run.budget_minutes == 0
+
+
+# ---- one checkpoint resolver: every command that takes weights takes the same things ----------
+
+TINY = ["--epochs", "1", "optim.batch_size=8", "model.width=8", "moco.queue_size=32", "model.hidden_dim=32",
+        "data.image_size=16", "run.threads=1", "run.amp=off", "run.save_every=0"]
+
+
+@pytest.fixture(scope="module")
+def weights(cifar_dir, tmp_path_factory):
+    """A tiny labeled folder and every form of weights: run folder, training checkpoint, export,
+    official MoCo checkpoint, torchvision state_dict, random:PRESET."""
+    import torch
+    from conftest import cifar_subset
+
+    tmp = tmp_path_factory.mktemp("resolver")
+    data = cifar_subset(cifar_dir, tmp / "data", 8)
+    run = tmp / "run"
+    assert main(["pretrain", "--data", str(data), "--out", str(run), *TINY]) == 0
+    sd = torch.load(run / "backbone.pth", weights_only=True)
+    (tmp / "official").mkdir()
+    torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in sd.items()}}, tmp / "official" / "moco.pth.tar")
+    (tmp / "tv").mkdir()
+    torch.save({**sd, "fc.weight": torch.zeros(10, 8 * 8), "fc.bias": torch.zeros(10)}, tmp / "tv" / "resnet.pth")
+    (tmp / "text.pth").write_text("not weights")
+    return data, {"run folder": str(run), "checkpoint": str(run / "checkpoints" / "final.pth"),
+                  "export": str(run / "backbone.pth"), "official MoCo": str(tmp / "official" / "moco.pth.tar"),
+                  "torchvision": str(tmp / "tv" / "resnet.pth"), "random": "random:cifar10_cpu"}, tmp
+
+
+def _commands(data, entry, tmp):
+    """Each command that takes weights, run on `entry` (tiny settings)."""
+    results = str(tmp / "results")
+    return {
+        "knn": ["knn", "--checkpoint", entry, "--data", str(data), "--k", "5", "--image-size", "16"],
+        "linear": ["linear", "--checkpoint", entry, "--data", str(data), "--image-size", "16",
+                   "--weight-decay", "0.001", "--results-dir", results] if not entry.startswith("random:") else
+                  ["linear", "--random-init", entry[7:], "--data", str(data), "--image-size", "16",
+                   "--weight-decay", "0.001", "--results-dir", results],
+        "finetune": ["finetune", "--checkpoint", entry, "--data", str(data), "--image-size", "16",
+                     "--label-fraction", "1", "--epochs", "1", "--batch-size", "8", "--results-dir", results]
+                    if not entry.startswith("random:") else
+                    ["finetune", "--random-init", entry[7:], "--data", str(data), "--image-size", "16",
+                     "--label-fraction", "1", "--epochs", "1", "--batch-size", "8", "--results-dir", results],
+        "compare": ["compare", entry, "--data", str(data), "--out", str(tmp / "cmp"), "--protocols", "knn",
+                    "--k", "5", "--force"],
+    }
+
+
+@pytest.mark.parametrize("form", ["run folder", "checkpoint", "export", "official MoCo", "torchvision", "random"])
+def test_every_command_takes_every_form_of_weights(weights, form, capsys):
+    from mocolab.transfer.models import load_backbone
+
+    data, forms, tmp = weights
+    entry = forms[form]
+    for name, argv in _commands(data, entry, tmp).items():
+        assert main(argv) == 0, (name, capsys.readouterr().err)
+    if form != "random":
+        out = tmp / f"export_{form.replace(' ', '_')}.safetensors"
+        assert main(["export", entry, "--format", "safetensors", "--out", str(out), "--overwrite"]) == 0
+    net, meta = load_backbone(entry)  # detect / segment --backbone
+    assert meta["arch"] == "resnet10" and meta["width"] == (16 if form == "random" else 8)
+
+
+@pytest.mark.parametrize("bad,message", [
+    ("missing", "checkpoint not found"), ("empty", "folder without backbone.pth"),
+    ("text", "is not a PyTorch checkpoint (a file saved with torch.save)")])
+def test_every_command_words_a_bad_checkpoint_alike(weights, bad, message, capsys):
+    data, _, tmp = weights
+    (tmp / "empty_dir").mkdir(exist_ok=True)
+    entry = {"missing": str(tmp / "nope.pth"), "empty": str(tmp / "empty_dir"), "text": str(tmp / "text.pth")}[bad]
+    argvs = list(_commands(data, entry, tmp).values())[:3]  # compare records a failed cell instead
+    argvs.append(["export", entry, "--format", "timm", "--out", str(tmp / "x.pth")])
+    argvs.append(["detect", "--backbone", entry, "--data", str(data), "--out", str(tmp / f"det_{bad}")])
+    argvs.append(["pretrain", "--data", str(data), "--out", str(tmp / f"pre_{bad}"), "--resume", entry])
+    for argv in argvs:
+        if argv[0] == "pretrain" and bad == "empty":  # --resume takes a run folder's newest checkpoint
+            one_line_error(capsys, argv, "no readable checkpoint in")
+        else:
+            one_line_error(capsys, argv, message)

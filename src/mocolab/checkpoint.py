@@ -54,8 +54,10 @@ def safe_load(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}; {ACCEPTED}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "GLOBAL" not in str(e):  # not a pickle at all (text, truncated)
+    except pickle.UnpicklingError:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] != b"\x80" and head != b"PK":  # neither a pickle nor torch.save's zip: text, another format
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file saved with torch.save); "
                                   f"{ACCEPTED}") from None
         raise CheckpointError(
@@ -146,10 +148,16 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def load_training_checkpoint(resume: str, out: str | Path) -> tuple[Path | None, dict | None]:
     """--resume: 'auto' (the newest valid checkpoint in RUN_DIR `out`; (None, None) when there is
-    none) or a checkpoint path -> (path, state), checked to be a training checkpoint."""
-    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
+    none), a run folder (its newest valid checkpoint) or a checkpoint path -> (path, state),
+    checked to be a training checkpoint."""
+    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume).expanduser()
     if path is None:
         return None, None
+    if path.is_dir():  # another run folder: its newest valid checkpoint
+        run, path = path, latest_checkpoint(path)
+        if path is None:
+            raise CheckpointError(f"--resume {run}: no readable checkpoint in {run / 'checkpoints'}; pass a "
+                                  "training checkpoint (RUN/checkpoints/*.pth) or 'auto'")
     state = safe_load(path)
     if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
         raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys model, "

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from .. import distributed as du
-from ..checkpoint import CheckpointError, load_training_checkpoint
+from ..checkpoint import CheckpointError, extract_backbone, load_training_checkpoint, safe_load
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
 from ..engine import Trainer
+from ..eval.load import resolve_entry
 from ..runtime import RUN_OVERWRITE_HELP, check_arguments, check_out_dir, prepare_run_dir, resolve_amp, resolve_device
 from .config import TransferConfig, build_transfer_config, check_kind, preset_names
 
@@ -159,6 +160,9 @@ def cmd_transfer(args) -> int:
     kind = args.kind
     overrides = command_overrides(args)
     prepare_run_dir(args.out, kind, resume=bool(args.resume), overwrite=args.overwrite)
+    _, path, _ = resolve_entry(args.backbone)  # a bad --backbone is reported before the data is read
+    if path is not None:
+        extract_backbone(safe_load(path))
     cfg, state = resume_config(args.resume, args.out, overrides, kind) if args.resume else (None, None)
     if args.resume and state is None:
         log.info("no checkpoint in %s yet: starting a new run", args.out)
