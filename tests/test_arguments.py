@@ -188,3 +188,20 @@ def test_every_command_words_a_bad_checkpoint_alike(weights, bad, message, capsy
             one_line_error(capsys, argv, "no readable checkpoint in")
         else:
             one_line_error(capsys, argv, message)
+
+
+def test_knn_and_compare_write_their_own_result_files(weights, capsys):
+    """`mocolab knn` names its file by the command and settings; `mocolab compare`'s BASE.knn.json
+    is never replaced by it."""
+    import json
+
+    data, forms, tmp = weights
+    run = tmp / "run"
+    assert main(["compare", str(run), "--data", str(data), "--out", str(tmp / "cmp2"), "--protocols", "knn",
+                 "--k", "5"]) == 0
+    before = (run / "backbone.knn.json").read_bytes()
+    assert main(["knn", "--checkpoint", str(run), "--data", str(data), "--k", "3", "--image-size", "16"]) == 0
+    assert main(["knn", "--checkpoint", str(run), "--data", str(data), "--k", "4", "--image-size", "16"]) == 0
+    assert (run / "backbone.knn.json").read_bytes() == before
+    assert json.loads((run / "backbone.knn_k3_t0.1_backbone.json").read_text())["k"] == 3
+    assert json.loads((run / "backbone.knn_k4_t0.1_backbone.json").read_text())["k"] == 4

@@ -83,13 +83,16 @@ def cmd_knn(args) -> int:
               "test_size": len(splits.test)}
     if not du.is_main():
         return 0
-    out = base.with_suffix(".knn.json")
+    # named by the command and its settings: never the file of `mocolab compare` (BASE.knn.json) or of
+    # a kNN with other settings
+    out = base.with_name(f"{base.stem}.knn_k{args.k}_t{args.t:g}_{args.features}.json")
     try:
         out.write_text(json.dumps(result, indent=2))
+        written = f"; written: {out}"
     except OSError:
-        pass
+        written = ""  # a read-only checkpoint folder: the figure is printed
     print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
-          f"{len(splits.train)} train / {len(splits.test)} test images)")
+          f"{len(splits.train)} train / {len(splits.test)} test images){written}")
     return 0
 
 
