@@ -17,7 +17,7 @@ from . import distributed as du
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, command_line_overrides, preset_names
 from .data import DataError
-from .runtime import RUN_OVERWRITE_HELP, NonFiniteLoss, Preempted, check_arguments, prepare_run_dir
+from .runtime import RESUME_HELP, RUN_OVERWRITE_HELP, NonFiniteLoss, Preempted, check_arguments, prepare_run_dir
 
 log = logging.getLogger("mocolab")
 
@@ -125,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--budget-minutes", type=float, help="a complete run (schedule included) within M minutes")
     pt.add_argument("--epochs", type=int)
     pt.add_argument("--batch-size", type=int, help="global batch size")
-    pt.add_argument("--resume", help="a checkpoint to continue from, or 'auto' (newest valid in --out)")
+    pt.add_argument("--resume", help=RESUME_HELP)
     pt.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     pt.add_argument("overrides", nargs="*", help="config overrides key=value, for example optim.lr=0.1 moco.T=0.2")
     pt.set_defaults(fn=cmd_pretrain)

@@ -82,6 +82,8 @@ def check_out_dir(out: Path) -> None:
 
 RUN_FILES = ("config.yaml", "summary.json", "checkpoints", "backbone.pth", "metrics.jsonl")
 
+RESUME_HELP = ("a checkpoint to continue from, a run folder (its newest valid checkpoint), or 'auto' "
+               "(the newest valid in --out; none there: a new run)")
 RUN_OVERWRITE_HELP = ("replace the run in --out: its contents are first moved aside, as a whole, to "
                       "OUT.replaced-<timestamp>/ (delete that folder when no longer needed); without it, "
                       "a folder holding another run is refused")

@@ -22,7 +22,15 @@ from ..checkpoint import CheckpointError, extract_backbone, load_training_checkp
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
 from ..engine import Trainer
 from ..eval.load import resolve_entry
-from ..runtime import RUN_OVERWRITE_HELP, check_arguments, check_out_dir, prepare_run_dir, resolve_amp, resolve_device
+from ..runtime import (
+    RESUME_HELP,
+    RUN_OVERWRITE_HELP,
+    check_arguments,
+    check_out_dir,
+    prepare_run_dir,
+    resolve_amp,
+    resolve_device,
+)
 from .config import TransferConfig, build_transfer_config, check_kind, preset_names
 
 log = logging.getLogger("mocolab")
@@ -230,7 +238,7 @@ def add_commands(sub) -> None:
         g.add_argument("--epochs", type=int, help="train N epochs")
         p.add_argument("--batch-size", type=int, help="global batch size (optim.batch_size)")
         p.add_argument("--seed", type=int, help="data order, augmentation, new layers, random:PRESET init (run.seed)")
-        p.add_argument("--resume", help="a checkpoint to continue from, or 'auto' (newest valid in --out)")
+        p.add_argument("--resume", help=RESUME_HELP)
         p.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
         p.add_argument("overrides", nargs="*", help="config overrides key=value")
         p.set_defaults(fn=cmd_transfer, kind=kind)
