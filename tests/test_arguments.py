@@ -158,10 +158,11 @@ def _commands(data, entry, tmp):
 
 
 @pytest.mark.parametrize("form", ["run folder", "checkpoint", "export", "official MoCo", "torchvision", "random"])
-def test_every_command_takes_every_form_of_weights(weights, form, capsys):
+def test_every_command_takes_every_form_of_weights(weights, form, capsys, monkeypatch):
     from mocolab.transfer.models import load_backbone
 
     data, forms, tmp = weights
+    monkeypatch.chdir(tmp)  # knn of random:PRESET writes its result in the current folder
     entry = forms[form]
     for name, argv in _commands(data, entry, tmp).items():
         assert main(argv) == 0, (name, capsys.readouterr().err)
