@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# A second `make demo` replaces the first run (--overwrite): the old runs/demo is moved aside, as a
+# whole, to runs/demo.replaced-<timestamp>/ (never mixed with the new one); `make clean` removes them.
 demo: $(STAMP)
-	$(BIN)/mocolab pretrain --preset cifar10_cpu --data $(DATA) --out $(OUT) --budget-minutes $(MINUTES)
+	$(BIN)/mocolab pretrain --preset cifar10_cpu --data $(DATA) --out $(OUT) --budget-minutes $(MINUTES) --overwrite
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

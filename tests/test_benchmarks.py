@@ -98,3 +98,14 @@ def test_augment_library_rows_build_the_same_preset():
     for spec in [preset("v1", 32), preset("v2", 64), preset("cifar", 32), replace(preset("v2", 64), p_solarize=0.2)]:
         ref = [n.replace("ToTensor", "ToDtype") for n in names(pil_transform(spec, mean, std).transforms)]
         assert names(bench.tv2_transform(spec, mean, std).transforms) == ref
+
+
+def test_bad_inputs_catalogue_runs_and_counts(cifar_dir, tmp_path):
+    """benchmarks/bad_inputs.py on two of its cases (the whole catalogue takes minutes)."""
+    out = tmp_path / "bad.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks/bad_inputs.py"), "--data", str(cifar_dir),
+                          "--only", "budget", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "0 tracebacks, 0 silent acceptances, 0 other" in res.stdout
+    counts = json.loads(out.read_text())["counts"]
+    assert counts["one-line error"] == 3 and counts["traceback"] == 0

@@ -97,7 +97,7 @@ def test_malicious_pickle_is_refused(tmp_path):
 
 def test_not_a_checkpoint(tmp_path):
     (tmp_path / "x.pth").write_text("hello")
-    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint"):
         safe_load(tmp_path / "x.pth")
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         safe_load(tmp_path / "missing.pth")

@@ -32,7 +32,7 @@ def test_overrides_dotted_and_short():
     ("moco.symmetric=maybe", "not a valid bool"),
     ("lr", "must look like key=value"),
     ("model.arch=vgg", "model.arch must be"),
-    ("moco.m=1.5", "moco.m must lie in [0, 1]"),
+    ("moco.m=1.5", "moco.m must lie in [0, 1)"),
     ("optim.batch_size=102", "divisible by model.bn_splits"),
     ("data.crop_scale=[0.5,0.2]", "data.crop_scale must be [] or [min, max]"),
     ("data.crop_scale=[0.5]", "data.crop_scale must be [] or [min, max]"),

@@ -264,7 +264,7 @@ def test_unwritable_output_folder_is_one_clear_line(tmp_path):
     p = _cli("pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "taken"))
     res = p.communicate(timeout=300)
     assert p.returncode == 2
-    _one_line_error(res, "cannot write to the output folder")
+    _one_line_error(res, "is a file; give a folder for the run")
 
 
 def test_large_seeds_work():

@@ -41,19 +41,31 @@ def atomic_save(obj, path: str | Path) -> None:
         pass
 
 
+# What every command that takes weights accepts (eval.load.resolve_entry), in its error messages.
+ACCEPTED = "pass a run folder, a checkpoint, an export, official MoCo or torchvision weights"
+
+
 def safe_load(path: str | Path, map_location="cpu") -> dict:
     """torch.load(weights_only=True) with messages a user can act on."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; {ACCEPTED}")
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; {ACCEPTED}")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        if head[:1] != b"\x80" and head != b"PK":  # neither a pickle nor torch.save's zip: text, another format
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file saved with torch.save); "
+                                  f"{ACCEPTED}") from None
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects other than tensors and plain data, "
-            f"which could run code ({str(e).splitlines()[0]})") from None
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+            "which could run code; load only weights (a state_dict of tensors)") from None
+    except Exception:  # a text file, a truncated or foreign file: what it is not, not the exception
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (a file saved with torch.save), or it is "
+                              f"truncated; {ACCEPTED}") from None
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict:
@@ -137,10 +149,16 @@ def latest_checkpoint(out: Path) -> Path | None:
 
 def load_training_checkpoint(resume: str, out: str | Path) -> tuple[Path | None, dict | None]:
     """--resume: 'auto' (the newest valid checkpoint in RUN_DIR `out`; (None, None) when there is
-    none) or a checkpoint path -> (path, state), checked to be a training checkpoint."""
-    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume)
+    none), a run folder (its newest valid checkpoint) or a checkpoint path -> (path, state),
+    checked to be a training checkpoint."""
+    path = latest_checkpoint(Path(out)) if resume == "auto" else Path(resume).expanduser()
     if path is None:
         return None, None
+    if path.is_dir():  # another run folder: its newest valid checkpoint
+        run, path = path, latest_checkpoint(path)
+        if path is None:
+            raise CheckpointError(f"--resume {run}: no readable checkpoint in {run / 'checkpoints'}; pass a "
+                                  "training checkpoint (RUN/checkpoints/*.pth) or 'auto'")
     state = safe_load(path)
     if not isinstance(state, dict) or not {"model", "optimizer", "progress", "config"} <= set(state):
         raise CheckpointError(f"{path} is not a mocolab training checkpoint (expected the keys model, "

@@ -17,7 +17,7 @@ from . import distributed as du
 from .checkpoint import CheckpointError
 from .config import ConfigError, build_config, command_line_overrides, preset_names
 from .data import DataError
-from .runtime import NonFiniteLoss, Preempted
+from .runtime import RESUME_HELP, RUN_OVERWRITE_HELP, NonFiniteLoss, Preempted, check_arguments, prepare_run_dir
 
 log = logging.getLogger("mocolab")
 
@@ -30,7 +30,9 @@ def _setup_logging() -> None:
 def cmd_pretrain(args) -> int:
     from .pretrain import pretrain, resume_config
 
+    check_arguments(args)
     overrides = command_line_overrides(args)
+    prepare_run_dir(args.out, "pretrain", resume=bool(args.resume), overwrite=args.overwrite)
     cfg, state = resume_config(args.resume, args.out, overrides) if args.resume else (None, None)
     if args.resume and state is None:
         log.info("no checkpoint in %s yet: starting a new run", args.out)
@@ -52,10 +54,19 @@ def cmd_pretrain(args) -> int:
 def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
     from .eval.knn import knn_evaluate
-    from .eval.load import load_for_eval
+    from .eval.load import load_for_eval, random_backbone, resolve_entry
     from .runtime import resolve_amp, resolve_device
 
-    net, cfg = load_for_eval(args.checkpoint, args.features, args.image_size)
+    check_arguments(args)
+    _, path, base = resolve_entry(args.checkpoint)  # the same inputs as linear, finetune, compare, export
+    if path is None:
+        if args.features == "head":
+            raise ValueError("--features head needs a trained checkpoint; random:PRESET has only a backbone")
+        net, cfg = random_backbone(args.checkpoint[len("random:"):], 0, args.image_size)
+    else:
+        if args.features == "head" and Path(args.checkpoint).is_dir():  # the head is in the training state
+            path = Path(args.checkpoint) / "checkpoints" / "final.pth"
+        net, cfg = load_for_eval(str(path), args.features, args.image_size)
     device = du.setup(resolve_device(args.device))  # under torchrun the features are sharded over ranks
     net = net.to(device)
     if cfg.run.channels_last:
@@ -72,19 +83,23 @@ def cmd_knn(args) -> int:
               "test_size": len(splits.test)}
     if not du.is_main():
         return 0
-    out = Path(args.checkpoint).with_suffix(".knn.json")
+    # named by the command and its settings: never the file of `mocolab compare` (BASE.knn.json) or of
+    # a kNN with other settings
+    out = base.with_name(f"{base.stem}.knn_k{args.k}_t{args.t:g}_{args.features}.json")
     try:
         out.write_text(json.dumps(result, indent=2))
+        written = f"; written: {out}"
     except OSError:
-        pass
+        written = ""  # a read-only checkpoint folder: the figure is printed
     print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
-          f"{len(splits.train)} train / {len(splits.test)} test images)")
+          f"{len(splits.train)} train / {len(splits.test)} test images){written}")
     return 0
 
 
 def cmd_shards(args) -> int:
     from .shards import write_shards
 
+    check_arguments(args)
     for pattern in write_shards(args.data, args.out, args.shard_size, args.seed):
         print(f"wrote {pattern}")
     return 0
@@ -110,13 +125,15 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--budget-minutes", type=float, help="a complete run (schedule included) within M minutes")
     pt.add_argument("--epochs", type=int)
     pt.add_argument("--batch-size", type=int, help="global batch size")
-    pt.add_argument("--resume", help="a checkpoint to continue from, or 'auto' (newest valid in --out)")
+    pt.add_argument("--resume", help=RESUME_HELP)
+    pt.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     pt.add_argument("overrides", nargs="*", help="config overrides key=value, for example optim.lr=0.1 moco.T=0.2")
     pt.set_defaults(fn=cmd_pretrain)
 
     kn = sub.add_parser("knn", help="weighted kNN accuracy of a checkpoint's features")
     kn.add_argument("--checkpoint", required=True,
-                    help="mocolab checkpoint or backbone.pth, official MoCo or torchvision weights")
+                    help="a run folder (its backbone.pth), a mocolab checkpoint or backbone.pth export, official "
+                         "MoCo or torchvision weights, or random:PRESET (an untrained backbone)")
     kn.add_argument("--data", required=True, help="folder with labeled train/ and test/ (or val/)")
     kn.add_argument("--k", type=int, default=200)
     kn.add_argument("--t", type=float, default=0.1)

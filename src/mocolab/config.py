@@ -9,6 +9,7 @@ and inside every checkpoint as a plain dict.
 from __future__ import annotations
 
 import difflib
+import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -154,9 +155,9 @@ class Config:
              "moco.symmetric and data.small_crops apply to moco.method=moco only (mocov3 is symmetric always)"),
             (self.moco.method in ("moco", "mocov3") or not self.model.predictor_dim,
              "model.predictor_dim applies to moco.method=moco or mocov3 only"),
-            (0.0 <= self.moco.m <= 1.0, "moco.m must lie in [0, 1]"),
+            (0.0 <= self.moco.m < 1.0, "moco.m must lie in [0, 1) (the key encoder's momentum)"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
-            (self.moco.T > 0, "moco.T must be positive"),
+            (0 < self.moco.T < math.inf, "moco.T must be positive"),
             (self.data.augment in ("v1", "v2", "cifar", "none"), "data.augment must be v1, v2, cifar or none"),
             (self.data.backend in ("tensor", "pil"), "data.backend must be tensor or pil"),
             (self.data.backend == "pil" or self.data.cache, "data.backend=tensor needs data.cache=true"),
@@ -184,10 +185,19 @@ class Config:
             (self.optim.batch_size % self.model.bn_splits == 0,
              f"optim.batch_size ({self.optim.batch_size}) must be divisible by "
              f"model.bn_splits ({self.model.bn_splits})"),
-            (self.optim.lr > 0, "optim.lr must be positive"),
+            (0 < self.optim.lr < math.inf, "optim.lr must be positive"),
             (self.optim.schedule in ("step", "cosine"), "optim.schedule must be step or cosine"),
             (self.optim.name in ("sgd", "lars", "adamw"), "optim.name must be sgd, lars or adamw"),
             (self.run.epochs >= 1 or self.run.budget_minutes > 0, "run.epochs must be >= 1"),
+            (0 <= self.run.budget_minutes < math.inf,
+             "run.budget_minutes must be >= 0 (0: no time budget, the run is run.epochs long)"),
+            *common_checks(self.optim, self.run),
+            (self.data.workers >= 0 and self.data.limit >= 0 and self.data.shuffle_buffer >= 1,
+             "data.workers and data.limit must be >= 0, data.shuffle_buffer >= 1"),
+            (all(s > 0 for s in self.data.std), "data.std must be positive"),
+            (self.model.hidden_dim >= 1, "model.hidden_dim must be >= 1"),
+            (self.run.knn_k >= 1 and self.run.knn_t > 0 and self.run.knn_every >= 0,
+             "run.knn_k must be >= 1, run.knn_t positive and run.knn_every >= 0"),
             (self.run.amp in ("auto", "bf16", "off"), "run.amp must be auto, bf16 or off"),
             (self.run.compile_min_minutes >= 0, "run.compile_min_minutes must be >= 0"),
             (self.run.compile_mode in COMPILE_MODES, f"run.compile_mode must be one of: {', '.join(COMPILE_MODES)}"),
@@ -197,6 +207,20 @@ class Config:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def common_checks(o: OptimConfig, r: RunConfig) -> list[tuple[bool, str]]:
+    """The range checks of the optim and run groups that pretraining and transfer configs share."""
+    return [
+        (o.base_batch_size >= 1, "optim.base_batch_size must be >= 1"),
+        (0 <= o.momentum < 1, "optim.momentum must lie in [0, 1)"),
+        (0 <= o.weight_decay < math.inf and 0 <= o.warmup_epochs < math.inf,
+         "optim.weight_decay and optim.warmup_epochs must be >= 0"),
+        (all(0 < m <= 1 for m in o.milestones), "optim.milestones must be fractions of the run in (0, 1]"),
+        (r.seed >= 0, "run.seed must be >= 0"),
+        (r.threads >= 0, "run.threads must be >= 0 (0: torch's default)"),
+        (r.log_every >= 1, "run.log_every must be >= 1"),
+    ]
 
 
 @dataclass
@@ -320,7 +344,7 @@ def load_preset(name: str) -> Config:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"preset '{name}' is not valid YAML: {e}") from None
+        raise ConfigError(f"preset '{name}' is not valid YAML: {str(e).splitlines()[0]}") from None
     return from_dict(data)
 
 

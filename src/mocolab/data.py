@@ -32,6 +32,17 @@ class DataError(ValueError):
     """A data problem the user must fix (wrong path, no images...). The message says which."""
 
 
+
+def why_unreadable(e: BaseException) -> str:
+    """An image decoding failure in words (for the 'skipped unreadable image' warnings), not the
+    exception's class: not an image, truncated, or the decoder's own first line."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    if "cannot identify image file" in text:
+        return "not an image file PIL can read"
+    if "truncated" in text.lower():
+        return "truncated or corrupt image data"
+    return text[:120] or "corrupt image data"
+
 def default_cache_root() -> Path:
     return Path(os.environ.get("MOCOLAB_CACHE", Path.home() / ".cache" / "mocolab"))
 
@@ -141,7 +152,7 @@ class _DecodeDataset(Dataset):
         try:
             return i, torch.from_numpy(_resize_square(load_image(self.files[i]), self.size).copy()), ""
         except Exception as e:  # any decode failure: reported, then skipped
-            return i, torch.zeros(self.size, self.size, 3, dtype=torch.uint8), f"{type(e).__name__}: {e}"
+            return i, torch.zeros(self.size, self.size, 3, dtype=torch.uint8), why_unreadable(e)
 
 
 def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
@@ -289,7 +300,7 @@ class PILFileDataset(Dataset):
         try:
             img = load_image(self.fl.files[i])
         except Exception as e:
-            warnings.warn(f"skipped unreadable image {self.fl.files[i]} ({type(e).__name__}: {e})", stacklevel=2)
+            warnings.warn(f"skipped unreadable image {self.fl.files[i]} ({why_unreadable(e)})", stacklevel=2)
             return None
         return seeded(self.transform, img, self._seed(i)), self.fl.labels[i]
 

@@ -28,11 +28,11 @@ LOAD_WITH = "mocolab.models.backbones.torchvision_model(arch, width, stem)"
 
 def _source(src: str | Path) -> tuple[dict, dict]:
     """CKPT -> (backbone state_dict with torchvision names, metadata)."""
-    path = Path(src).expanduser()
-    if path.is_dir():
-        if not (path / "backbone.pth").is_file():
-            raise CheckpointError(f"{path} is a folder without backbone.pth (not a finished run)")
-        path = path / "backbone.pth"
+    from .eval.load import resolve_entry
+
+    if str(src).startswith("random:"):
+        raise CheckpointError("export writes trained weights: give a run folder or a checkpoint, not random:PRESET")
+    _, path, _ = resolve_entry(str(src))
     obj = safe_load(path)
     sd, ck = extract_backbone(obj)
     try:

@@ -4,11 +4,14 @@ order of an epoch, and the errors that stop a run."""
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import shutil
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,70 @@ def check_out_dir(out: Path) -> None:
         raise OSError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")
 
 
+RUN_FILES = ("config.yaml", "summary.json", "checkpoints", "backbone.pth", "metrics.jsonl")
+
+RESUME_HELP = ("a checkpoint to continue from, a run folder (its newest valid checkpoint), or 'auto' "
+               "(the newest valid in --out; none there: a new run)")
+RUN_OVERWRITE_HELP = ("replace the run in --out: its contents are first moved aside, as a whole, to "
+                      "OUT.replaced-<timestamp>/ (delete that folder when no longer needed); without it, "
+                      "a folder holding another run is refused")
+
+
+def run_command(out: Path) -> str | None:
+    """The command that made the run in `out` (`pretrain`, `supervised`, `detect`, `segment`), from
+    its command.json, else its config.yaml (runs older than command.json); None if unknown."""
+    meta = read_json(out / "command.json")
+    if meta.get("command"):
+        return meta["command"]
+    try:
+        import yaml
+
+        cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cfg.get("task", {}).get("kind") if isinstance(cfg, dict) and "task" in cfg else None
+
+
+def prepare_run_dir(out: str | Path, command: str, resume: bool = False, overwrite: bool = False) -> None:
+    """The run folder guard of pretrain, supervised, detect and segment (rank 0 only): a folder that
+    already holds a run's files is refused (one line naming them, ValueError), unless `resume`
+    continues a run of the same command there, or `overwrite`: the old contents are then moved aside,
+    as a whole, to OUT.replaced-<timestamp>/ (nothing of the old run stays in OUT). Records the
+    command in OUT/command.json."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    if resume and overwrite:
+        raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one of them")
+    present = [n for n in RUN_FILES if (out / n).exists()]
+    if present:
+        made_by = run_command(out)
+        what = f"a `mocolab {made_by}` run" if made_by else "a run"
+        if overwrite:
+            aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+            n = 1
+            while aside.exists():
+                n += 1
+                aside = aside.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+            os.rename(out, aside)
+            logging.getLogger("mocolab").warning("--overwrite: moved the previous run in %s aside to %s", out, aside)
+        elif resume:
+            if made_by is not None and made_by != command:
+                raise ValueError(f"{out} holds {what}, not a `mocolab {command}` run: --resume continues a run "
+                                 "of the same command; give another --out")
+        else:
+            raise ValueError(f"{out} already holds {what} ({', '.join(present)}): pass --resume auto to continue "
+                             "it, --overwrite to move it aside (to OUT.replaced-<timestamp>/), or another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "command.json").exists():
+            (out / "command.json").write_text(json.dumps({"command": command}) + "\n")
+    except OSError:
+        pass  # check_out_dir reports an unwritable folder
+
+
 def run_process(cmd: list[str]) -> int:
     """Runs a mocolab command as a child process (a sweep's or compare's cell) -> its exit code.
     SIGTERM is passed on (-> 75 once the child has saved); on Ctrl-C (which the child, in the
@@ -128,6 +195,27 @@ def check_positive(args, names) -> None:
     """Command-line numbers that must be > 0 (when given), as one-line errors (ValueError)."""
     for name in names:
         v = getattr(args, name, None)
-        if v is not None and v <= 0:
+        if v is not None and not 0 < v < float("inf"):
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def check_at_least(args, names, minimum: float, why: str = "") -> None:
+    """Command-line numbers that must be >= minimum (when given), as one-line errors (ValueError)."""
+    for name in names:
+        v = getattr(args, name, None)
+        if v is not None and not minimum <= v < float("inf"):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum:g}{why}, got {v}")
+
+
+def check_arguments(args) -> None:
+    """The numeric arguments every command shares, by name: counts, rates and sizes > 0, seeds,
+    limits and worker counts >= 0, image sizes >= 8, momenta in [0, 1)."""
+    check_positive(args, ("epochs", "batch_size", "lr", "budget_minutes", "k", "t", "iters", "shard_size",
+                          "budget_minutes_finetune", "epochs_finetune", "paper_epochs", "paper_budget_minutes",
+                          "transfer_budget_minutes"))
+    check_at_least(args, ("seed", "limit", "weight_decay", "warmup_epochs", "backbone_lr_scale", "knn_every"), 0)
+    check_at_least(args, ("image_size",), 8, " (pixels)")
+    m = getattr(args, "momentum", None)
+    if m is not None and not 0 <= m < 1:
+        raise ValueError(f"--momentum must lie in [0, 1), got {m}")
 

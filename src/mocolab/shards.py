@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as du
-from .data import DataError, _resize_square, find_splits, ignore_signals, load_image, scan_folder
+from .data import DataError, _resize_square, find_splits, ignore_signals, load_image, scan_folder, why_unreadable
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
 
@@ -106,7 +106,7 @@ class ShardStream:
             img = _resize_square(load_image(io.BytesIO(sample[key])), self.size)
         except Exception as e:  # any decode failure: reported, then skipped
             warnings.warn(f"skipped corrupt sample {sample.get('__key__')} in {sample.get('__url__')} "
-                          f"({type(e).__name__}: {e})", stacklevel=2)
+                          f"({why_unreadable(e)})", stacklevel=2)
             return None
         label = int(sample["cls"]) if "cls" in sample else -1
         return torch.from_numpy(img.copy()).permute(2, 0, 1), label

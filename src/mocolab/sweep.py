@@ -23,7 +23,7 @@ from pathlib import Path
 from . import config as C
 from .config import Config, ConfigError
 from .methods import applies
-from .runtime import Preempted, data_id, read_json, run_process
+from .runtime import Preempted, check_arguments, data_id, read_json, run_process
 
 log = logging.getLogger("mocolab")
 PREEMPTED = Preempted.exit_code  # 75: the cell saved a checkpoint and stopped (SIGTERM/SIGINT)
@@ -464,6 +464,7 @@ def _plot_curves(plt, rows):
 
 # -- command line -----------------------------------------------------------------------------
 def cmd_sweep(args) -> int:
+    check_arguments(args)
     return sweep(args.preset, args.data, args.out, args.grid, fixed=args.fixed, seeds=args.seeds,
                  epochs=args.epochs, budget_minutes=args.budget_minutes, linear=args.linear,
                  knn_every=args.knn_every, dry_run=args.dry_run)

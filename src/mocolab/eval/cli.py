@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..config import command_line_overrides
-from ..runtime import check_positive, resolve_device
+from ..runtime import RUN_OVERWRITE_HELP, check_arguments, prepare_run_dir, resolve_device
 
 TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo or supervised), a run folder, "
                "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "
@@ -15,13 +15,10 @@ TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo 
 
 def _check(args) -> None:
     """Values argparse cannot check, as one-line errors (cli.main prints ValueError that way)."""
-    check_positive(args, ("epochs", "batch_size", "lr", "budget_minutes", "budget_minutes_finetune",
-                          "epochs_finetune", "paper_epochs", "paper_budget_minutes"))
+    check_arguments(args)
     for f in [getattr(args, "label_fraction", None), *(getattr(args, "fractions", None) or [])]:
         if f is not None and not 0.0 < f <= 1.0:
             raise ValueError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")
-    if getattr(args, "limit", 0) < 0:
-        raise ValueError(f"--limit must be >= 0, got {args.limit}")
     if du.launched_by_torchrun():  # feature extraction is sharded over the ranks; training loops are not
         if args.fn is not cmd_linear or args.mode != "cached":
             raise ValueError("under torchrun, evaluation runs `mocolab knn` and `mocolab linear --mode cached` "
@@ -98,6 +95,7 @@ def cmd_supervised(args) -> int:
     from ..supervised import supervised_config, train_supervised
 
     overrides = command_line_overrides(args)
+    prepare_run_dir(args.out, "supervised", resume=args.resume == "auto", overwrite=args.overwrite)
     cfg = supervised_config(args.preset, overrides, args.lr)
     cfg.model.bn_splits = 1  # plain BN: no shuffle BN to emulate
     s = train_supervised(cfg, args.data, args.out, resume=args.resume == "auto")
@@ -119,8 +117,6 @@ def cmd_compare(args) -> int:
     if protocols and not args.data:
         raise ValueError(f"--data is needed for the protocols {' '.join(protocols)} (--protocols none: "
                          "only the --detect / --segment columns)")
-    if args.transfer_budget_minutes is not None and args.transfer_budget_minutes <= 0:
-        raise ValueError(f"--transfer-budget-minutes must be positive, got {args.transfer_budget_minutes}")
     bad = [o for o in args.transfer_set if "=" not in o]
     if bad:
         raise ValueError(f"--transfer-set takes key=value items, not {' '.join(bad)} (give the entries first)")
@@ -207,6 +203,7 @@ def add_commands(sub) -> None:
     su.add_argument("--lr", type=float, help="at optim.base_batch_size (default 0.1)")
     su.add_argument("--resume", choices=["auto"], help="continue from the newest checkpoint in --out "
                     "(made with the same config and data)")
+    su.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     su.add_argument("overrides", nargs="*", help="config overrides key=value, e.g. data.limit=1000")
     su.set_defaults(fn=cmd_supervised)
 

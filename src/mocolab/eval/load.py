@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import CheckpointError, extract_backbone, safe_load
+from ..checkpoint import ACCEPTED, CheckpointError, extract_backbone, safe_load
 from ..config import Config, from_dict
 from ..models.backbones import build_backbone, infer_arch
 from ..models.encoder import build_encoder
@@ -69,7 +69,9 @@ def random_backbone(preset: str, seed: int = 0, image_size: int | None = None):
 
 
 def resolve_entry(entry: str, results_dir: Path | str = ".", seed: int = 0):
-    """`random:PRESET`, a run folder (its backbone.pth) or a checkpoint file ->
+    """The one resolver of every command that takes weights (knn, linear, finetune, compare, export,
+    detect/segment --backbone): `random:PRESET`, a run folder (its backbone.pth) or a checkpoint
+    file (training checkpoint, export, official MoCo, torchvision) ->
     (name, path of the weights or None, base path for result files)."""
     if entry.startswith("random:"):
         preset = entry[len("random:"):]
@@ -79,9 +81,9 @@ def resolve_entry(entry: str, results_dir: Path | str = ".", seed: int = 0):
     path = Path(entry).expanduser()
     if path.is_dir():
         if not (path / "backbone.pth").is_file():
-            raise CheckpointError(f"{path} is a folder without backbone.pth (not a finished run)")
+            raise CheckpointError(f"{path} is a folder without backbone.pth (not a finished run); {ACCEPTED}")
         path = path / "backbone.pth"
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}; {ACCEPTED}")
     name = path.parent.name if path.name == "backbone.pth" else path.stem
     return name, path, path

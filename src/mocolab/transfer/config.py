@@ -11,13 +11,14 @@ budget (`run.budget_minutes`) overrides both and anneals the schedule within it.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, OptimConfig, RunConfig, apply_overrides, from_dict
+from ..config import ConfigError, OptimConfig, RunConfig, apply_overrides, common_checks, from_dict
 
 KINDS = {"detect": ("fpn", "c4"), "segment": ("fcn", "deeplabv3")}
 
@@ -105,18 +106,16 @@ class TransferConfig:
         o, r = self.optim, self.run
         checks = self.task.check() + [
             (o.batch_size >= 1, "optim.batch_size must be >= 1"),
-            (o.base_batch_size >= 1, "optim.base_batch_size must be >= 1"),
-            (o.lr > 0, "optim.lr must be positive"),
-            (o.weight_decay >= 0 and o.warmup_epochs >= 0, "optim.weight_decay and optim.warmup_epochs must be >= 0"),
+            (0 < o.lr < math.inf, "optim.lr must be positive"),
             (o.schedule in ("step", "cosine"), "optim.schedule must be step or cosine"),
-            (all(0 < m <= 1 for m in o.milestones), "optim.milestones must be fractions of the run in (0, 1]"),
+            *common_checks(o, r),
             (r.epochs >= 1 or r.budget_minutes > 0 or self.task.iters > 0, "run.epochs must be >= 1"),
-            (r.budget_minutes >= 0, "run.budget_minutes must be >= 0"),
+            (0 <= r.budget_minutes < math.inf,
+             "run.budget_minutes must be >= 0 (0: no time budget, the run is run.epochs long)"),
             (r.amp in ("auto", "bf16", "off"), "run.amp must be auto, bf16 or off"),
             (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (min(r.checkpoint_every, r.save_every, r.skip_nonfinite, r.threads) >= 0,
              "run.checkpoint_every, run.save_every, run.skip_nonfinite and run.threads must be >= 0"),
-            (r.log_every >= 1, "run.log_every must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -22,7 +22,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .. import distributed as du
-from ..data import DataError, ignore_signals, load_image
+from ..data import DataError, ignore_signals, load_image, why_unreadable
 from .boxes import DetectionData
 from .masks import SegData
 
@@ -46,7 +46,7 @@ class _DetectionSamples(Dataset):
         try:
             x = _to_tensor(load_image(it.path))
         except Exception as e:
-            warnings.warn(f"skipped unreadable image {it.path} ({type(e).__name__}: {e})", stacklevel=2)
+            warnings.warn(f"skipped unreadable image {it.path} ({why_unreadable(e)})", stacklevel=2)
             return None
         boxes, labels = it.boxes.clone(), it.labels.clone()
         if not self.keep_difficult:  # COCO's crowd regions are not trained on
@@ -74,7 +74,7 @@ class _SegmentationSamples(Dataset):
         try:
             x, y = self.data.read_pair(i)  # uint8 3 x H x W, int64 H x W
         except Exception as e:  # a truncated image, a mask of another size: one warning, skipped
-            warnings.warn(f"skipped unreadable pair {self.data.images[i]} ({type(e).__name__}: {e})", stacklevel=2)
+            warnings.warn(f"skipped unreadable pair {self.data.images[i]} ({why_unreadable(e)})", stacklevel=2)
             return None
         t = self.task
         if not self.train:

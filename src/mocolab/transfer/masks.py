@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mocolab.data import DataError
+from mocolab.data import DataError, why_unreadable
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("L", "P", "I", "I;16")  # single-channel PIL modes
@@ -66,7 +66,7 @@ def _check_pair(img: Path, mask: Path) -> str | None:
             if a.size != b.size:
                 return f"mask {mask} is {b.size[0]}x{b.size[1]}, its image {a.size[0]}x{a.size[1]}"
     except OSError as e:
-        return f"unreadable image or mask ({type(e).__name__}: {str(e)[:80]})"
+        return f"unreadable image or mask ({why_unreadable(e)})"
     return None
 
 

@@ -18,10 +18,19 @@ from pathlib import Path
 import torch
 
 from .. import distributed as du
-from ..checkpoint import CheckpointError, load_training_checkpoint
+from ..checkpoint import CheckpointError, extract_backbone, load_training_checkpoint, safe_load
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
 from ..engine import Trainer
-from ..runtime import check_out_dir, check_positive, resolve_amp, resolve_device
+from ..eval.load import resolve_entry
+from ..runtime import (
+    RESUME_HELP,
+    RUN_OVERWRITE_HELP,
+    check_arguments,
+    check_out_dir,
+    prepare_run_dir,
+    resolve_amp,
+    resolve_device,
+)
 from .config import TransferConfig, build_transfer_config, check_kind, preset_names
 
 log = logging.getLogger("mocolab")
@@ -155,9 +164,13 @@ def command_overrides(args) -> list[str]:
 
 
 def cmd_transfer(args) -> int:
-    check_positive(args, ("epochs", "iters", "budget_minutes", "batch_size"))
+    check_arguments(args)
     kind = args.kind
     overrides = command_overrides(args)
+    prepare_run_dir(args.out, kind, resume=bool(args.resume), overwrite=args.overwrite)
+    _, path, _ = resolve_entry(args.backbone)  # a bad --backbone is reported before the data is read
+    if path is not None:
+        extract_backbone(safe_load(path))
     cfg, state = resume_config(args.resume, args.out, overrides, kind) if args.resume else (None, None)
     if args.resume and state is None:
         log.info("no checkpoint in %s yet: starting a new run", args.out)
@@ -225,6 +238,7 @@ def add_commands(sub) -> None:
         g.add_argument("--epochs", type=int, help="train N epochs")
         p.add_argument("--batch-size", type=int, help="global batch size (optim.batch_size)")
         p.add_argument("--seed", type=int, help="data order, augmentation, new layers, random:PRESET init (run.seed)")
-        p.add_argument("--resume", help="a checkpoint to continue from, or 'auto' (newest valid in --out)")
+        p.add_argument("--resume", help=RESUME_HELP)
+        p.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
         p.add_argument("overrides", nargs="*", help="config overrides key=value")
         p.set_defaults(fn=cmd_transfer, kind=kind)

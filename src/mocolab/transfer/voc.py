@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from mocolab.data import DataError
+from mocolab.data import DataError, why_unreadable
 from mocolab.transfer.boxes import DetectionData, make_item, plural, warn_file
 
 COORDS = ("xmin", "ymin", "xmax", "ymax")
@@ -30,7 +30,8 @@ def _read_ids(split_file: Path) -> list[str]:
     try:
         lines = split_file.read_text().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read VOC split file {split_file} ({type(e).__name__})") from None
+        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else (e.strerror or "unreadable")
+        raise DataError(f"cannot read VOC split file {split_file} ({why}): it must list one image id a line") from None
     return [line.split()[0] for line in lines if line.strip()]
 
 
@@ -97,7 +98,7 @@ def load_voc(root: str | Path, split: str, classes: list[str] | None = None) -> 
             try:
                 w, h = _image_size(img)
             except OSError as e:
-                warnings.warn(f"skipped unreadable image {img} ({type(e).__name__})", stacklevel=2)
+                warnings.warn(f"skipped unreadable image {img} ({why_unreadable(e)})", stacklevel=2)
                 continue
         parsed.append((image_id, xml, img, w, h, objects, problems))
     if classes is None:

@@ -1,0 +1,241 @@
+"""The catalogue of bad inputs, run against the command line: each must give a one-line error
+(exit 2, one `mocolab: error:` line saying what is wrong, no traceback) or a documented skip
+(exit 0 with its `warning: skipped ...` line); never a traceback or a silent acceptance.
+
+    python benchmarks/bad_inputs.py --data ../shared/data/cifar10 [--only WORD] [--json bad_inputs.json]
+
+Tiny data (a few CIFAR-10 JPEGs per class) and a tiny finished run are made in a temporary
+folder; each case is one `python -m mocolab ...` process (a few seconds each, one thread).
+It prints a line per case and the counts: one-line errors, documented skips, tracebacks, silent
+acceptances, other (goal: the last three 0); exit status 1 if any of those is not 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = ["--epochs", "1", "optim.batch_size=8", "model.width=8", "moco.queue_size=32", "model.hidden_dim=32",
+        "data.image_size=16", "run.threads=1", "run.amp=off", "data.workers=0"]
+
+
+class _Code:  # a pickle that would run a command when loaded without weights_only
+    def __reduce__(self):
+        return (os.system, ("echo pwned",))
+
+
+def make_inputs(cifar: Path, tmp: Path) -> dict[str, str]:
+    """The files and folders the cases point at -> {placeholder: path}."""
+    from PIL import Image
+
+    data = tmp / "data"
+    for split in ("train", "test"):
+        for cls in ("airplane", "cat"):
+            (data / split / cls).mkdir(parents=True)
+            for src in sorted((cifar / split / cls).glob("*.jpg"))[:8]:
+                (data / split / cls / src.name).write_bytes(src.read_bytes())
+    corrupt, truncated = tmp / "corrupt", tmp / "truncated"
+    for d in (corrupt, truncated):
+        subprocess.run(["cp", "-r", str(data), str(d)], check=True)
+    (corrupt / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    jpg = next((data / "train" / "cat").glob("*.jpg")).read_bytes()
+    (truncated / "train" / "cat" / "cut.jpg").write_bytes(jpg[: len(jpg) // 3])
+    flat = tmp / "flat"
+    flat.mkdir()
+    for i in range(16):
+        Image.new("RGB", (20, 20), (i * 10, 50, 100)).save(flat / f"{i}.png")
+    (tmp / "empty").mkdir()
+    (tmp / "text.pth").write_text("these are not weights\n")
+    with open(tmp / "code.pth", "wb") as f:
+        pickle.dump({"state_dict": _Code()}, f)
+    (tmp / "bad.yaml").write_text("optim: {lr: [1, 2\n")
+    (tmp / "unknown_key.yaml").write_text("optim: {speed: 3}\n")
+    (tmp / "a_file").write_text("x")
+    run = tmp / "run"
+    res = subprocess.run([sys.executable, "-m", "mocolab", "pretrain", "--data", str(data), "--out", str(run),
+                          *TINY], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"could not make the tiny run: {res.stderr[-2000:]}")
+    (tmp / "truncated.pth").write_bytes((run / "backbone.pth").read_bytes()[:300])
+    (tmp / "exists.pth").write_text("x")
+    return {"DATA": str(data), "CORRUPT": str(corrupt), "TRUNCATED": str(truncated), "FLAT": str(flat),
+            "EMPTY": str(tmp / "empty"), "TEXT": str(tmp / "text.pth"), "CODE": str(tmp / "code.pth"),
+            "TRUNCPTH": str(tmp / "truncated.pth"), "BADYAML": str(tmp / "bad.yaml"),
+            "KEYYAML": str(tmp / "unknown_key.yaml"), "AFILE": str(tmp / "a_file"), "RUN": str(run),
+            "EXPORT": str(run / "backbone.pth"), "EXISTS": str(tmp / "exists.pth"), "TMP": str(tmp)}
+
+
+def P(*argv):  # a pretraining into a fresh folder
+    return ["pretrain", *argv]
+
+
+# (name, argv, expected: "error" or "skip", text the error line or a warning line must hold)
+CASES = [
+    # paths and files
+    ("data folder missing", P("--data", "{TMP}/missing", "--out", "{NEW}"), "error", "data folder not found"),
+    ("data folder empty", P("--data", "{EMPTY}", "--out", "{NEW}"), "error", "no images found"),
+    ("checkpoint missing", ["knn", "--checkpoint", "{TMP}/nope.pth", "--data", "{DATA}"], "error",
+     "checkpoint not found"),
+    ("empty folder as checkpoint", ["knn", "--checkpoint", "{EMPTY}", "--data", "{DATA}"], "error",
+     "folder without backbone.pth"),
+    ("text file as checkpoint", ["linear", "--checkpoint", "{TEXT}", "--data", "{DATA}"], "error",
+     "is not a PyTorch checkpoint"),
+    ("pickle with code as checkpoint", ["knn", "--checkpoint", "{CODE}", "--data", "{DATA}"], "error",
+     "refused to load"),
+    ("truncated checkpoint", ["export", "{TRUNCPTH}", "--format", "timm", "--out", "{TMP}/t.pth"], "error",
+     "is not a PyTorch checkpoint"),
+    ("system file as --resume", P("--data", "{DATA}", "--out", "{NEW}", "--resume", "/etc/passwd"), "error",
+     "is not a PyTorch checkpoint"),
+    ("export as --resume", P("--data", "{DATA}", "--out", "{NEW}", "--resume", "{EXPORT}"), "error",
+     "not a mocolab training checkpoint"),
+    ("text file as --backbone", ["detect", "--backbone", "{TEXT}", "--data", "{DATA}", "--out", "{NEW}"], "error",
+     "is not a PyTorch checkpoint"),
+    ("head features of an export", ["knn", "--checkpoint", "{EXPORT}", "--data", "{DATA}", "--features", "head"],
+     "error", "needs a mocolab training checkpoint"),
+    ("export over an existing file", ["export", "{RUN}", "--format", "timm", "--out", "{EXISTS}"], "error",
+     "pass --overwrite"),
+    ("a file as --out", P("--data", "{DATA}", "--out", "{AFILE}"), "error", "is a file"),
+    # run folders
+    ("pretrain into a finished run", P("--data", "{DATA}", "--out", "{RUN}", *TINY), "error", "already holds"),
+    ("supervised into a pretraining run", ["supervised", "--data", "{DATA}", "--out", "{RUN}", *TINY], "error",
+     "already holds"),
+    ("supervised --resume of a pretraining run", ["supervised", "--data", "{DATA}", "--out", "{RUN}", "--resume",
+                                                  "auto", *TINY], "error", "not a `mocolab supervised` run"),
+    ("detect into a pretraining run", ["detect", "--backbone", "{RUN}", "--data", "{DATA}", "--out", "{RUN}"],
+     "error", "already holds"),
+    ("--resume with --overwrite", P("--data", "{DATA}", "--out", "{RUN}", "--resume", "auto", "--overwrite"),
+     "error", "give one of them"),
+    # presets and config keys / values
+    ("unknown preset", P("--preset", "nope", "--data", "{DATA}", "--out", "{NEW}"), "error", "unknown preset"),
+    ("invalid YAML preset", P("--preset", "{BADYAML}", "--data", "{DATA}", "--out", "{NEW}"), "error",
+     "not valid YAML"),
+    ("unknown key in a YAML preset", P("--preset", "{KEYYAML}", "--data", "{DATA}", "--out", "{NEW}"), "error",
+     "unknown config key"),
+    ("unknown override key", P("--data", "{DATA}", "--out", "{NEW}", "optim.lrr=1"), "error", "unknown config key"),
+    ("override of the wrong type", P("--data", "{DATA}", "--out", "{NEW}", "optim.batch_size=abc"), "error",
+     "not a valid int"),
+    ("moco.m = 1", P("--data", "{DATA}", "--out", "{NEW}", "moco.m=1"), "error", "moco.m must lie in [0, 1)"),
+    ("moco.T = 0", P("--data", "{DATA}", "--out", "{NEW}", "moco.T=0"), "error", "moco.T must be positive"),
+    ("negative seed", P("--data", "{DATA}", "--out", "{NEW}", "run.seed=-1"), "error", "run.seed must be >= 0"),
+    ("tiny image size", P("--data", "{DATA}", "--out", "{NEW}", "data.image_size=4"), "error",
+     "data.image_size must be >= 8"),
+    ("NaN learning rate", P("--data", "{DATA}", "--out", "{NEW}", "optim.lr=nan"), "error",
+     "optim.lr must be positive"),
+    ("negative workers", P("--data", "{DATA}", "--out", "{NEW}", "data.workers=-1"), "error",
+     "data.workers and data.limit must be >= 0"),
+    ("queue smaller than the batch", P("--data", "{DATA}", "--out", "{NEW}", "optim.batch_size=64",
+                                       "moco.queue_size=32"), "error", "is smaller than the keys enqueued"),
+    # command-line numbers
+    ("negative budget", P("--data", "{DATA}", "--out", "{NEW}", "--budget-minutes", "-3"), "error",
+     "--budget-minutes must be positive"),
+    ("zero budget", P("--data", "{DATA}", "--out", "{NEW}", "--budget-minutes", "0"), "error",
+     "--budget-minutes must be positive"),
+    ("zero epochs", P("--data", "{DATA}", "--out", "{NEW}", "--epochs", "0"), "error", "--epochs must be positive"),
+    ("zero batch size", P("--data", "{DATA}", "--out", "{NEW}", "--batch-size", "0"), "error",
+     "--batch-size must be positive"),
+    ("kNN k = 0", ["knn", "--checkpoint", "{RUN}", "--data", "{DATA}", "--k", "0"], "error", "--k must be positive"),
+    ("kNN image size 4", ["knn", "--checkpoint", "{RUN}", "--data", "{DATA}", "--image-size", "4"], "error",
+     "--image-size must be >= 8"),
+    ("negative eval seed", ["linear", "--random-init", "cifar10_cpu", "--data", "{DATA}", "--seed", "-1"], "error",
+     "--seed must be >= 0"),
+    ("label fraction 0", ["finetune", "--checkpoint", "{RUN}", "--data", "{DATA}", "--label-fraction", "0"],
+     "error", "a label fraction must lie in (0, 1]"),
+    ("label fraction 1.5", ["compare", "{RUN}", "--data", "{DATA}", "--out", "{NEW}", "--fractions", "1.5"],
+     "error", "a label fraction must lie in (0, 1]"),
+    ("detect iters 0", ["detect", "--backbone", "{RUN}", "--data", "{DATA}", "--out", "{NEW}", "--iters", "0"],
+     "error", "--iters must be positive"),
+    ("negative transfer seeds", ["compare", "{RUN}", "--data", "{DATA}", "--out", "{NEW}", "--seeds", "-1"],
+     "error", "seeds >= 0"),
+    ("shard size 0", ["shards", "--data", "{DATA}", "--out", "{NEW}/s", "--shard-size", "0"], "error",
+     "--shard-size must be positive"),
+    ("sweep budget 0", ["sweep", "--data", "{DATA}", "--out", "{NEW}", "--grid", "moco.m=0.9,0.99",
+                        "--budget-minutes", "0"], "error", "--budget-minutes must be positive"),
+    # data contents
+    ("a corrupt JPEG among the images", P("--data", "{CORRUPT}", "--out", "{NEW}", *TINY), "skip",
+     "warning: skipped unreadable image"),
+    ("a truncated JPEG among the images", P("--data", "{TRUNCATED}", "--out", "{NEW}", *TINY), "skip",
+     "warning: skipped unreadable image"),
+    ("supervised on unlabeled images", ["supervised", "--data", "{FLAT}", "--out", "{NEW}", *TINY], "error",
+     "needs a labeled train split"),
+    ("kNN on unlabeled images", ["knn", "--checkpoint", "{RUN}", "--data", "{FLAT}"], "error",
+     "kNN needs labeled"),
+    ("batch larger than the dataset", P("--data", "{DATA}", "--out", "{NEW}", "--epochs", "1", "model.width=8",
+                                        "optim.batch_size=64", "moco.queue_size=64"), "error",
+     "is larger than the dataset"),
+    ("a diverging learning rate (NaN loss)", P("--data", "{FLAT}", "--out", "{NEW}", *TINY, "optim.lr=1e30"),
+     "error", "loss became nan"),
+    ("NaN losses, skipped as asked", P("--data", "{FLAT}", "--out", "{NEW}", *TINY, "optim.lr=1e30",
+                                       "run.skip_nonfinite=100"), "skip", "warning: skipped"),
+    ("unlabeled data for kNN during pretraining", P("--data", "{FLAT}", "--out", "{NEW}", *TINY), "skip",
+     "kNN skipped"),
+]
+
+
+def classify(res: subprocess.CompletedProcess, expected: str, text: str) -> str:
+    err = res.stderr
+    if "Traceback" in err:
+        return "traceback"
+    errors = [line for line in err.splitlines() if line.startswith("mocolab: error:")]
+    if expected == "error":
+        if res.returncode == 0:
+            return "silent acceptance"
+        if res.returncode == 2 and len(errors) == 1 and text in errors[0]:
+            return "one-line error"
+        return "other"
+    if res.returncode == 0 and any(text in line for line in err.replace("\r", "\n").splitlines()):
+        return "documented skip"
+    return "silent acceptance" if res.returncode == 0 else "other"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"),
+                    help="CIFAR-10 as JPEG folders (train/ test/ with class folders); a few images are copied")
+    ap.add_argument("--only", help="run the cases whose name contains this word")
+    ap.add_argument("--json", help="write the outcomes here")
+    args = ap.parse_args()
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
+    counts = dict.fromkeys(("one-line error", "documented skip", "traceback", "silent acceptance", "other"), 0)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        os.environ.update(env)
+        os.environ["MOCOLAB_CACHE"] = str(tmp / "cache")
+        places = make_inputs(Path(args.data), tmp)
+        cases = [c for c in CASES if not args.only or args.only in c[0]]
+        for i, (name, argv, expected, text) in enumerate(cases):
+            places["NEW"] = str(tmp / f"new{i}")
+            cmd = [a.format(**places) for a in argv]
+            t0 = time.perf_counter()
+            res = subprocess.run([sys.executable, "-m", "mocolab", *cmd], capture_output=True, text=True,
+                                 timeout=600, cwd=tmp)
+            outcome = classify(res, expected, text)
+            counts[outcome] += 1
+            lines = res.stderr.replace("\r", "\n").splitlines()
+            said = [line for line in lines if line.startswith("mocolab: error:") or text in line]
+            shown = said[0] if said else (lines or [""])[-1]
+            print(f"{outcome:17s} {name:42s} {shown[:110]}  ({time.perf_counter() - t0:.1f}s)", flush=True)
+            rows.append({"case": name, "argv": argv, "expected": expected, "outcome": outcome,
+                         "exit": res.returncode, "message": shown})
+    good = counts["one-line error"] + counts["documented skip"]
+    bad = len(rows) - good
+    print(f"{len(rows)} bad inputs: {counts['one-line error']} one-line errors, {counts['documented skip']} "
+          f"documented skips; {counts['traceback']} tracebacks, {counts['silent acceptance']} silent acceptances, "
+          f"{counts['other']} other (goal: 0)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"counts": counts, "cases": rows}, indent=2))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
