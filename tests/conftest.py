@@ -6,6 +6,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = Path(os.environ.get("MOCOLAB_TEST_DATA", ROOT.parent / "shared" / "data" / "cifar10"))
+SHARED = Path(os.environ.get("MOCOLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared(sub: str) -> Path:
+    """A folder of ../shared/data (or MOCOLAB_SHARED_DATA). CI must have it: there it fails."""
+    p = SHARED / sub
+    if not p.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
+        pytest.skip(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
+    return p
 
 
 @pytest.fixture(scope="session", autouse=True)

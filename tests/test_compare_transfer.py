@@ -3,7 +3,6 @@ reused when finished, continued when interrupted, started over for other setting
 
 import json
 import math
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -11,12 +10,10 @@ from unittest import mock
 
 import pytest
 import torch
+from conftest import shared
 
 from mocolab import cli
 from mocolab.eval import compare as C
-
-SHARED = Path(os.environ.get("MOCOLAB_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 TINY = ["task.train_sizes=[96,128]", "task.test_size=128", "task.max_size=192", "task.fpn_channels=16",
         "task.representation_size=32", "task.anchor_sizes=[8,16,32,64,128]", "task.rpn_pre_nms_train=50",
@@ -27,13 +24,6 @@ TINY = ["task.train_sizes=[96,128]", "task.test_size=128", "task.max_size=192", 
         "run.threads=1", "run.log_every=1", "run.amp=off", "run.device=cpu"]
 
 
-def shared(sub: str) -> Path:
-    p = SHARED / sub
-    if not p.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
-        pytest.skip(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
-    return p
 
 
 def main(argv) -> int:

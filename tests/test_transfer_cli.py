@@ -2,18 +2,15 @@
 backbones and sizes): result files, exact resume on the CPU, one-line errors."""
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import shared
 
 from mocolab import cli
 from mocolab.transfer.config import build_transfer_config, load_preset, preset_names
-
-SHARED = Path(os.environ.get("MOCOLAB_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 TINY_DETECT = ["task.train_sizes=[96,128]", "task.test_size=128", "task.max_size=192",
                "task.fpn_channels=16", "task.representation_size=32", "task.box_convs=1",
@@ -24,14 +21,6 @@ TINY_DETECT = ["task.train_sizes=[96,128]", "task.test_size=128", "task.max_size
                "run.threads=1", "run.log_every=1", "run.amp=off", "run.device=cpu"]
 
 
-def shared(sub: str) -> Path:
-    """A folder of ../shared/data (or MOCOLAB_SHARED_DATA). CI must have it: there it fails."""
-    p = SHARED / sub
-    if not p.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
-        pytest.skip(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
-    return p
 
 
 def run_cli(argv: list[str]) -> int:

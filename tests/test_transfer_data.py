@@ -2,7 +2,6 @@
 into tmp_path (each problem: one warning naming the file, or a one-line DataError)."""
 
 import json
-import os
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -10,25 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import shared
 from PIL import Image
 
 from mocolab.data import DataError
 from mocolab.transfer.coco import load_coco, to_coco_gt
 from mocolab.transfer.masks import load_masks
 from mocolab.transfer.voc import load_voc
-
-SHARED = Path(os.environ.get("MOCOLAB_SHARED_DATA",
-                             Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-
-
-def shared(sub: str) -> Path:
-    """A folder of ../shared/data (or MOCOLAB_SHARED_DATA). CI must have it: there it fails."""
-    p = SHARED / sub
-    if not p.is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
-        pytest.skip(f"test data not found at {p} (set MOCOLAB_SHARED_DATA)")
-    return p
 
 
 @pytest.fixture(scope="module")

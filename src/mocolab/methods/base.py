@@ -4,7 +4,10 @@ its state update after the step (`after_step`: queue, bank)."""
 
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -47,3 +50,33 @@ class Method(nn.Module):
     def norm_buffers(self) -> list[torch.Tensor]:
         """Buffers a skipped step must restore (BN running statistics): all but the state."""
         return [b for name, mod in self.named_children() if name not in self.STATE for b in mod.buffers()]
+
+
+class MomentumEncoders(Method):
+    """A query encoder f_q (with an optional predictor on the query side) and its momentum copy
+    f_k, which SGD never touches: what MoCo v1/v2 and v3 share."""
+
+    def __init__(self, encoder: nn.Module, predictor: nn.Module | None = None):
+        super().__init__()
+        self.encoder_q = encoder
+        self.encoder_k = copy.deepcopy(encoder)  # f_k starts as a copy of f_q
+        for p in self.encoder_k.parameters():
+            p.requires_grad_(False)  # f_k is updated by momentum only
+        # MoCo v3's predictor, query side only (f_k has none: it is f_q's EMA without it)
+        self.predictor = predictor
+
+    def learnable_params(self) -> list[nn.Parameter]:
+        """f_q and the predictor."""
+        return [*self.encoder_q.parameters(), *(self.predictor.parameters() if self.predictor is not None else ())]
+
+    def momentum_pairs(self):
+        return [(self.encoder_q, self.encoder_k)]
+
+    def encoders(self) -> list[nn.Module]:
+        return [self.encoder_q, self.encoder_k]
+
+    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
+        if self.predictor is None:
+            return self.encoder_q(x)  # N x C
+        return F.normalize(self.predictor(self.encoder_q(x, normalize=False)).float(), dim=1)  # N x C
+

@@ -4,53 +4,29 @@ paper's Algorithm 1 (the SGD and momentum lines are the engine's: mocolab.step.t
 
 from __future__ import annotations
 
-import copy
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as du
 from ..losses import contrastive_logits, cross_entropy_at, info_nce, pretext_top1
 from ..momentum import cosine_momentum
 from ..queue import KeyQueue
-from .base import Method
+from .base import MomentumEncoders
 
 
-class MoCo(Method):
+class MoCo(MomentumEncoders):
     STATE = ("queue",)
 
     def __init__(self, encoder: nn.Module, dim: int, K: int, m: float = 0.999, T: float = 0.07, *,
                  m_schedule: str = "constant", shuffle_bn: bool = True, symmetric: bool = False,
                  predictor: nn.Module | None = None):
-        super().__init__()
-        self.encoder_q = encoder
-        self.encoder_k = copy.deepcopy(encoder)  # f_k starts as a copy of f_q
-        for p in self.encoder_k.parameters():
-            p.requires_grad_(False)  # f_k is updated by momentum only
-        # MoCo v3's predictor on the query side only (f_k has none: it is f_q's EMA without it)
-        self.predictor = predictor
+        super().__init__(encoder, predictor)  # f_q, f_k (its momentum copy), the predictor
         self.queue = KeyQueue(K, dim)
         self.m, self.T, self.m_schedule = m, T, m_schedule
         self.shuffle_bn, self.symmetric = shuffle_bn, symmetric
 
-    def learnable_params(self) -> list[nn.Parameter]:
-        """f_q and the predictor."""
-        return [*self.encoder_q.parameters(), *(self.predictor.parameters() if self.predictor is not None else ())]
-
-    def momentum_pairs(self):
-        return [(self.encoder_q, self.encoder_k)]
-
     def momentum(self, progress: float) -> float:
         return self.m if self.m_schedule == "constant" else cosine_momentum(self.m, progress)
-
-    def encoders(self) -> list[nn.Module]:
-        return [self.encoder_q, self.encoder_k]
-
-    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
-        if self.predictor is None:
-            return self.encoder_q(x)  # N x C
-        return F.normalize(self.predictor(self.encoder_q(x, normalize=False)).float(), dim=1)  # N x C
 
     @torch.no_grad()
     def encode_key(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

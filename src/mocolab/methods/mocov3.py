@@ -6,45 +6,22 @@ momentum rising from m to 1 along a half cosine."""
 
 from __future__ import annotations
 
-import copy
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed as du
 from ..losses import cross_entropy_at, pretext_top1
 from ..momentum import cosine_momentum
-from .base import Method
+from .base import MomentumEncoders
 
 
-class MoCoV3(Method):
+class MoCoV3(MomentumEncoders):
     def __init__(self, encoder: nn.Module, predictor: nn.Module | None = None, T: float = 0.2, m: float = 0.99):
-        super().__init__()
-        self.encoder_q = encoder
-        self.encoder_k = copy.deepcopy(encoder)  # f_k starts as a copy of f_q
-        for p in self.encoder_k.parameters():
-            p.requires_grad_(False)  # f_k is updated by momentum only
-        self.predictor = predictor  # query side only (None: the ablation without one)
+        super().__init__(encoder, predictor)  # f_q, f_k, the predictor (None: the ablation without one)
         self.T, self.m = T, m
-
-    def learnable_params(self) -> list[nn.Parameter]:
-        """f_q and the predictor."""
-        return [*self.encoder_q.parameters(), *(self.predictor.parameters() if self.predictor is not None else ())]
-
-    def momentum_pairs(self):
-        return [(self.encoder_q, self.encoder_k)]
 
     def momentum(self, progress: float) -> float:
         return cosine_momentum(self.m, progress)
-
-    def encoders(self) -> list[nn.Module]:
-        return [self.encoder_q, self.encoder_k]
-
-    def encode_query(self, x: torch.Tensor) -> torch.Tensor:
-        if self.predictor is None:
-            return self.encoder_q(x)  # N x C
-        return F.normalize(self.predictor(self.encoder_q(x, normalize=False)).float(), dim=1)  # N x C
 
     def ctr(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: N x C queries, k: N x C keys (L2-normalised, no gradient) -> (2T x the mean
