@@ -245,8 +245,10 @@ def _group_classes(cls: type = Config) -> dict[str, type]:
     return {f.name: hints[f.name] for f in fields(cls)}
 
 
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in resources.files("mocolab.presets").iterdir() if p.name.endswith(".yaml"))
+def preset_names(package: str = "mocolab") -> list[str]:
+    """The presets shipped in `package`'s presets/ folder."""
+    folder = resources.files(package).joinpath("presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
 def _convert(value, typ, key: str):
@@ -330,22 +332,24 @@ def from_dict(data: dict, base=None):
     return cfg
 
 
-def load_preset(name: str) -> Config:
+def load_preset(name: str, package: str = "mocolab", base=None, kind: str = "preset"):
+    """A preset by name (`package`/presets/NAME.yaml) or YAML path -> a Config (or `base`'s class,
+    e.g. the transfer commands' TransferConfig)."""
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if path.suffix in (".yaml", ".yml") and path.is_file():
         text = path.read_text()
     else:
-        names = preset_names()
+        names = preset_names(package)
         if name not in names:
             close = difflib.get_close_matches(name, names, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown preset '{name}'{hint}; presets: {', '.join(names)}")
-        text = resources.files("mocolab.presets").joinpath(f"{name}.yaml").read_text()
+            raise ConfigError(f"unknown {kind} '{name}'{hint}; presets: {', '.join(names)}")
+        text = resources.files(package).joinpath("presets", f"{name}.yaml").read_text()
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"preset '{name}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    return from_dict(data)
+    return from_dict(data, base)
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

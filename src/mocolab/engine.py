@@ -142,6 +142,20 @@ class Trainer:
                                       cfg.run.channels_last, compiled) if d.small_crops else None
         self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
 
+    def summary(self) -> dict:
+        """What every run's summary.json starts with: progress, speed, precision, device."""
+        p, dtype = self.progress, self.autocast_dtype
+        return {
+            "epochs": p.step / self.steps_per_epoch,
+            "steps": p.step,
+            "batch_size": self.batch,
+            "images_per_second": p.images / max(p.train_seconds, 1e-9),
+            "train_seconds": p.elapsed,
+            "amp": str(dtype).replace("torch.", "") if dtype else "off",
+            "device": str(self.device),
+            "processes": self.world,
+        }
+
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {

@@ -141,7 +141,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
 
     t0 = time.perf_counter()
     try:
-        progress = trainer.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
+        trainer.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
     except BaseException:
         trainer.logger.close()
         raise
@@ -157,15 +157,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     if du.is_main():
         export_backbone(model, out / "backbone.pth", out / "backbone.json", meta)
 
-    summary = {
-        "epochs": progress.step / trainer.steps_per_epoch,
-        "steps": progress.step,
-        "images_per_second": progress.images / max(progress.train_seconds, 1e-9),
-        "train_seconds": progress.elapsed,
-        "amp": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "off",
-        "device": str(device),
-        "processes": du.world_size(),
-    }
+    summary = trainer.summary()
     if model.cudagraphs:  # graphs inductor would not capture (a CPU op, an input mutation) ran without
         from torch._dynamo.utils import counters
         summary["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]

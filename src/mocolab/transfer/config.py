@@ -10,15 +10,11 @@ budget (`run.budget_minutes`) overrides both and anneals the schedule within it.
 
 from __future__ import annotations
 
-import difflib
 import math
 from dataclasses import asdict, dataclass, field
-from importlib import resources
-from pathlib import Path
 
-import yaml
-
-from ..config import ConfigError, OptimConfig, RunConfig, apply_overrides, common_checks, from_dict
+from .. import config
+from ..config import ConfigError, OptimConfig, RunConfig, apply_overrides, common_checks
 
 KINDS = {"detect": ("fpn", "c4"), "segment": ("fcn", "deeplabv3")}
 
@@ -124,27 +120,12 @@ class TransferConfig:
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("mocolab.transfer").joinpath("presets")
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return config.preset_names("mocolab.transfer")
 
 
 def load_preset(name: str) -> TransferConfig:
     """A transfer preset by name (mocolab/transfer/presets/NAME.yaml) or YAML path."""
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        text = path.read_text()
-    else:
-        names = preset_names()
-        if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown transfer preset '{name}'{hint}; presets: {', '.join(names)}")
-        text = resources.files("mocolab.transfer").joinpath("presets", f"{name}.yaml").read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"preset '{name}' is not valid YAML: {str(e).splitlines()[0]}") from None
-    return from_dict(data, base=TransferConfig())
+    return config.load_preset(name, "mocolab.transfer", TransferConfig(), "transfer preset")
 
 
 def build_transfer_config(preset: str, overrides: list[str] | None = None,

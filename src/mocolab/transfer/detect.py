@@ -23,7 +23,7 @@ from .config import TransferConfig
 from .feeds import DetectionFeed
 from .metrics import coco_detection_ap, voc_detection_ap
 from .models import build_detector, detection_loss, load_backbone
-from .run import backbone_record, gather, setup, train, train_summary, write_results
+from .run import backbone_record, gather, setup, train, write_results
 from .voc import load_voc
 
 log = logging.getLogger("mocolab")
@@ -194,7 +194,7 @@ def run_detect(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     method = DetectionMethod(model)
     feed = DetectionFeed(train_data, cfg, train=True, device=device, keep_difficult=fmt == "voc")
     trainer = train(cfg, method, feed, device, out, autocast_dtype, state)
-    summary = train_summary(trainer, device, autocast_dtype)
+    summary = trainer.summary()
 
     t_eval = time.perf_counter()
     test_feed = DetectionFeed(test_data, cfg, train=False, device=device)

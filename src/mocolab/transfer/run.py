@@ -94,20 +94,6 @@ def train(cfg: TransferConfig, method, feed, device: torch.device, out: Path,
     return trainer
 
 
-def train_summary(trainer: Trainer, device: torch.device, autocast_dtype) -> dict:
-    p = trainer.progress
-    return {
-        "epochs": p.step / trainer.steps_per_epoch,
-        "steps": p.step,
-        "batch_size": trainer.batch,
-        "images_per_second": p.images / max(p.train_seconds, 1e-9),
-        "train_seconds": p.elapsed,
-        "amp": str(autocast_dtype).replace("torch.", "") if autocast_dtype else "off",
-        "device": str(device),
-        "processes": du.world_size(),
-    }
-
-
 def gather(local: dict) -> dict:
     """Merges every rank's {index: result} (evaluation shards) on every rank."""
     if not du.is_dist():

@@ -20,7 +20,7 @@ from .feeds import SegmentationFeed
 from .masks import SegData, load_masks
 from .metrics import confusion_matrix, segmentation_scores
 from .models import _freeze_stages, build_segmenter, load_backbone, segmentation_loss
-from .run import backbone_record, setup, train, train_summary, write_results
+from .run import backbone_record, setup, train, write_results
 
 log = logging.getLogger("mocolab")
 
@@ -110,7 +110,7 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     method = SegmentationMethod(model, t.ignore_index)
     feed = SegmentationFeed(train_data, cfg, train=True, device=device)
     trainer = train(cfg, method, feed, device, out, autocast_dtype, state)
-    summary = train_summary(trainer, device, autocast_dtype)
+    summary = trainer.summary()
 
     t_eval = time.perf_counter()
     test_feed = SegmentationFeed(test_data, cfg, train=False, device=device)
