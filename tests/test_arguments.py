@@ -192,17 +192,23 @@ def test_every_command_words_a_bad_checkpoint_alike(weights, bad, message, capsy
 
 
 def test_knn_and_compare_write_their_own_result_files(weights, capsys):
-    """`mocolab knn` names its file by the command and settings; `mocolab compare`'s BASE.knn.json
-    is never replaced by it."""
+    """`mocolab knn` names its file by the command and settings; `mocolab compare`'s kNN result is
+    never replaced by it, and a kNN on other data gets a file of its own."""
     import json
+    import shutil
 
     data, forms, tmp = weights
     run = tmp / "run"
     assert main(["compare", str(run), "--data", str(data), "--out", str(tmp / "cmp2"), "--protocols", "knn",
                  "--k", "5"]) == 0
-    before = (run / "backbone.knn.json").read_bytes()
+    (compare_knn,) = run.glob("backbone.knn.seed0.*.json")
+    before = compare_knn.read_bytes()
     assert main(["knn", "--checkpoint", str(run), "--data", str(data), "--k", "3", "--image-size", "16"]) == 0
     assert main(["knn", "--checkpoint", str(run), "--data", str(data), "--k", "4", "--image-size", "16"]) == 0
-    assert (run / "backbone.knn.json").read_bytes() == before
-    assert json.loads((run / "backbone.knn_k3_t0.1_backbone.json").read_text())["k"] == 3
-    assert json.loads((run / "backbone.knn_k4_t0.1_backbone.json").read_text())["k"] == 4
+    other = shutil.copytree(data, tmp / "other_data")
+    assert main(["knn", "--checkpoint", str(run), "--data", str(other), "--k", "4", "--image-size", "16"]) == 0
+    assert compare_knn.read_bytes() == before
+    (k3,) = run.glob("backbone.knn_k3_t0.1_backbone.seed0.*.json")
+    assert json.loads(k3.read_text())["k"] == 3
+    k4 = sorted(run.glob("backbone.knn_k4_t0.1_backbone.seed0.*.json"))
+    assert sorted(json.loads(f.read_text())["data"] for f in k4) == sorted([str(data), str(other)])

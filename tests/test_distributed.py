@@ -172,7 +172,8 @@ def test_torchrun_pretrains_then_resumes_on_one_process(cifar_dir, tmp_path):
     for launcher in ([], ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_port())]):
         res = subprocess.run([sys.executable, *launcher, *knn], capture_output=True, text=True, timeout=600, env=env)
         assert res.returncode == 0 and res.stdout.count("kNN top-1") == 1, res.stderr[-3000:]  # rank 0 reports
-        got = json.loads((out / "checkpoints" / "final.knn_k200_t0.1_backbone.json").read_text())
+        (found,) = (out / "checkpoints").glob("final.knn_k200_t0.1_backbone.seed0.*.json")  # both runs: one file
+        got = json.loads(found.read_text())
         assert got["test_size"] == 256 and abs(got["knn_top1"] - summary["knn_top1"]) <= 100 / 256 + 1e-9  # one image
 
     res = subprocess.run([sys.executable, "-m", "mocolab", "pretrain", "--epochs", "2", "--resume", "auto", *common],

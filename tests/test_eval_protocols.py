@@ -2,6 +2,7 @@
 baseline, `mocolab compare` and the new sub-commands' errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -190,21 +191,52 @@ def test_compare_writes_the_table_and_the_chart(supervised_run, cifar_dir, tmp_p
         assert row in md
     png = (out / "compare.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    # each result sits beside its checkpoint (random init: in --out), named by its protocol
-    res = json.loads((supervised_run / "backbone.linear_cached.json").read_text())
+    # each result sits beside its checkpoint (random init: in --out), named by its protocol, seed and
+    # settings; compare.json points at each
+    res = json.loads(the_result(supervised_run, "backbone", "linear_cached").read_text())
     assert res["protocol"] == "linear (cached features)" and res["seed"] == 0 and res["settings"]["limit"] == 200
     assert res["top1"] == table["rows"][1]["top1"]["linear (cached features)"]
-    ft = json.loads((supervised_run / "backbone.finetune_0.1.json").read_text())
+    assert table["rows"][1]["results"]["linear_cached"] == str(the_result(supervised_run, "backbone", "linear_cached"))
+    ft = json.loads(the_result(supervised_run, "backbone", "finetune_0.1").read_text())
     assert ft["protocol"] == "fine-tune 10% labels" and ft["labeled_images"] == 20 and ft["test_size"] == 200
-    assert json.loads((out / "random_cifar10_cpu_seed0.knn.json").read_text())["protocol"] == "knn"
-    # a second run reuses the matching results; other settings are recomputed
-    stamp = (supervised_run / "backbone.knn.json").stat().st_mtime_ns
+    assert json.loads(the_result(out, "random_cifar10_cpu_seed0", "knn").read_text())["protocol"] == "knn"
+    # a second run reuses the matching results; other settings are computed into a file of their own
+    knn_file = the_result(supervised_run, "backbone", "knn")
+    stamp = knn_file.stat().st_mtime_ns
     caplog.clear()
     assert main(args) == 0
-    assert (supervised_run / "backbone.knn.json").stat().st_mtime_ns == stamp
+    assert knn_file.stat().st_mtime_ns == stamp
     assert json.loads((out / "compare.json").read_text())["rows"] == table["rows"]
     assert main(args[:-3] + ["--protocols", "knn", "--k", "20"]) == 0
-    assert json.loads((supervised_run / "backbone.knn.json").read_text())["k"] == 20
+    assert knn_file.stat().st_mtime_ns == stamp and json.loads(knn_file.read_text())["k"] == 200
+    knns = sorted(supervised_run.glob("backbone.knn.seed0.*.json"))
+    assert len(knns) == 2 and sorted(json.loads(f.read_text())["k"] for f in knns) == [20, 200]
+
+
+def the_result(folder: Path, stem: str, key: str) -> Path:
+    """The one result file of protocol `key` beside `stem` (STEM.KEY.seedS.DIGEST.json)."""
+    found = list(Path(folder).glob(f"{stem}.{key}.seed*.json"))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def test_result_names_follow_the_settings_and_older_names_are_still_reused(tmp_path):
+    from mocolab.eval.results import find_matching, latest_result, result_path, write_result
+
+    base = tmp_path / "backbone.pth"
+    st = {"key": "knn", "weights": {"size": 1}, "data": "/d", "limit": 0, "seed": 1, "k": 200}
+    p = result_path(base, "knn", st)
+    assert p.parent == tmp_path and p.name.startswith("backbone.knn.seed1.") and p.suffix == ".json"
+    assert result_path(base, "knn", {**st, "weights": {"size": 2}}) == p  # re-trained weights: same name
+    assert result_path(base, "knn", {**st, "k": 20}) != p and result_path(base, "knn", {**st, "data": "/e"}) != p
+    assert result_path(base, "knn", {**st, "seed": 2}).name.startswith("backbone.knn.seed2.")
+    assert find_matching(base, "knn", st) is None and latest_result(base, "knn") == {}
+    # a result under the older name (BASE.KEY.json) is reused when its settings match
+    (tmp_path / "backbone.knn.json").write_text(json.dumps({"top1": 5.0, "settings": st}))
+    assert find_matching(base, "knn", st)["top1"] == 5.0
+    assert find_matching(base, "knn", {**st, "weights": {"size": 2}}) is None  # other weights: not reused
+    write_result(p, {"top1": 7.0, "settings": st})
+    assert find_matching(base, "knn", st)["result_file"] == str(p) and latest_result(base, "knn")["top1"] == 7.0
 
 
 # -- command-line errors ---------------------------------------------------------------------

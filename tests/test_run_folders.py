@@ -123,3 +123,39 @@ def test_detect_and_segment_refuse_a_run_folder(kind, tmp_path, capsys):
     if kind == "detect":
         one_line_error(capsys, [kind, "--backbone", "random:cifar10_cpu", "--data", str(tmp_path), "--out",
                                 str(seg)], "already holds a `mocolab segment` run")
+
+
+def test_evaluations_never_replace_each_others_results(cifar_dir, tmp_path, capsys):
+    """`linear --mode paper`, `finetune` and `linear --mode cached` beside one checkpoint: each setting
+    (epochs, fraction, seed) writes a file of its own, named by protocol, seed and settings; a rerun
+    with the same settings writes its own file again and touches no other."""
+    data = cifar_subset(cifar_dir, tmp_path / "data", 8)
+    res = tmp_path / "results"
+    base = ["--random-init", "cifar10_cpu", "--data", str(data), "--results-dir", str(res), "--image-size", "16"]
+    runs = [["linear", "--mode", "paper", "--epochs", "1", "--batch-size", "8", *base],
+            ["linear", "--mode", "paper", "--epochs", "2", "--batch-size", "8", *base],
+            ["linear", "--mode", "paper", "--epochs", "1", "--batch-size", "8", *base[:-2], "--image-size", "16",
+             "--seed", "1"],
+            ["finetune", "--label-fraction", "0.5", "--epochs", "1", "--batch-size", "8", *base],
+            ["finetune", "--label-fraction", "1.0", "--epochs", "1", "--batch-size", "8", *base],
+            ["linear", "--mode", "cached", *base]]
+    files = {}
+    for argv in runs:
+        before = {p: p.read_bytes() for p in res.glob("*.json")}
+        assert main(argv) == 0
+        new = {p for p in res.glob("*.json")} - set(before)
+        assert len(new) == 1, (argv, new)  # a file of its own
+        assert all(p.read_bytes() == b for p, b in before.items())  # no other file touched
+        files[tuple(argv)] = new.pop()
+    names = sorted(p.name for p in files.values())
+    assert sum(n.startswith("random_cifar10_cpu_seed0.linear_paper.seed0.") for n in names) == 2
+    assert sum(n.startswith("random_cifar10_cpu_seed1.linear_paper.seed1.") for n in names) == 1
+    assert sum(".finetune_0.5.seed0." in n for n in names) == 1 and sum(".finetune_1.seed0." in n for n in names) == 1
+    epochs = {json.loads(files[tuple(a)].read_text())["settings"]["fit"]["epochs"] for a in runs[:2]}
+    assert epochs == {1, 2}
+    # the same command again: its own file is rewritten, nothing else, no new file
+    first = files[tuple(runs[0])]
+    others = {p: p.read_bytes() for p in res.glob("*.json") if p != first}
+    assert main(runs[0]) == 0
+    assert set(res.glob("*.json")) == set(others) | {first}
+    assert all(p.read_bytes() == b for p, b in others.items())

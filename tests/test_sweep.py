@@ -4,10 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import cifar_subset
 
 from mocolab import sweep as sw
 from mocolab.config import ConfigError
-from tests.conftest import cifar_subset
 
 GRID = ["method=moco,bank,e2e", "moco.queue_size=256,1024", "moco.m=0.9,0.99"]
 

@@ -55,6 +55,7 @@ def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
     from .eval.knn import knn_evaluate
     from .eval.load import load_for_eval, random_backbone, resolve_entry
+    from .eval.results import result_path
     from .runtime import resolve_amp, resolve_device
 
     check_arguments(args)
@@ -83,9 +84,10 @@ def cmd_knn(args) -> int:
               "test_size": len(splits.test)}
     if not du.is_main():
         return 0
-    # named by the command and its settings: never the file of `mocolab compare` (BASE.knn.json) or of
-    # a kNN with other settings
-    out = base.with_name(f"{base.stem}.knn_k{args.k}_t{args.t:g}_{args.features}.json")
+    # named by the command and its settings: never the file of `mocolab compare` (BASE.knn.seed0.*.json)
+    # or of a kNN with other settings (data, limit, image size: in the digest)
+    out = result_path(base, f"knn_k{args.k}_t{args.t:g}_{args.features}",
+                      {"seed": 0, "data": str(args.data), "limit": args.limit, "image_size": cfg.data.image_size})
     try:
         out.write_text(json.dumps(result, indent=2))
         written = f"; written: {out}"

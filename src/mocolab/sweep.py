@@ -306,7 +306,9 @@ class LinearProbe:
 
 def saved_linear(cell_dir: Path) -> float | None:
     """A linear probe result already beside the cell's backbone (none is computed)."""
-    return read_json(cell_dir / "backbone.linear_cached.json").get("top1")
+    from .eval.results import latest_result
+
+    return latest_result(cell_dir / "backbone.pth", "linear_cached").get("top1")
 
 
 def table_columns(grid_keys: list[str]) -> list[tuple[str, str]]:

@@ -22,7 +22,6 @@ from pathlib import Path
 from ..runtime import Preempted, data_id, read_json, run_process
 from .linear import CACHED, PAPER
 from .protocols import Context, Target, knn_and_linear_cached, run_finetune, run_linear_paper
-from .results import result_path
 
 log = logging.getLogger("mocolab")
 
@@ -219,7 +218,7 @@ def compare(entries: list[str], ctx: Context, out: str | Path, *, protocols=("kn
                                                       budget_minutes=finetune_budget_minutes, reuse=reuse)
         rows.append({"name": tg.name, "method": tg.method, "entry": tg.entry,
                      "top1": {title: res[key]["top1"] for key, title in cols},
-                     "results": {key: str(result_path(tg.base, key)) for key, _ in cols}})
+                     "results": {key: res[key].get("result_file") for key, _ in cols}})
     table = {"data": ctx.data_id() if ctx.data else None, "limit": ctx.limit, "seed": ctx.seed,
              "columns": [c for _, c in cols], "transfer_columns": [c for *_, c in tcols],
              "transfer": {s.kind: s.describe() | {"seeds": list(seeds)} for s in transfer},

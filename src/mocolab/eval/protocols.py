@@ -21,7 +21,7 @@ from .finetune import finetune, finetune_defaults, protocol_name
 from .knn import knn_accuracy
 from .linear import CACHED, PAPER, linear_cached, linear_paper
 from .load import load_for_eval, random_backbone, resolve_entry
-from .results import file_identity, load_matching, result_path, write_result
+from .results import file_identity, find_matching, result_path, write_result
 from .subsets import check_fraction, label_subset
 
 log = logging.getLogger("mocolab")
@@ -126,9 +126,9 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
         wanted["linear_cached"] = _settings(target, ctx, cfg, "linear_cached", weight_decay=weight_decay)
     out = {}
     for key, st in wanted.items():
-        old = load_matching(result_path(target.base, key), st) if reuse else None
+        old = find_matching(target.base, key, st) if reuse else None
         if old is not None:
-            log.info("%s: reusing %s", target.name, result_path(target.base, key))
+            log.info("%s: reusing %s", target.name, old["result_file"])
             out[key] = old
     todo = [key for key in wanted if key not in out]
     if not todo:
@@ -152,14 +152,17 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
             protocol = CACHED
         rec = _record(target, ctx, protocol, wanted[key], numbers, splits,
                       t_feat + time.perf_counter() - t1, device)
-        write_result(result_path(target.base, key), rec)
+        path = result_path(target.base, key, wanted[key])
+        rec["result_file"] = str(path)
+        write_result(path, rec)
         out[key] = rec
     return out
 
 
 def loop_dir(result: Path) -> Path:
     """The folder beside a result JSON that holds its training loop's checkpoints, metrics.jsonl
-    and tb/ (`backbone.linear_paper.json` -> `backbone.linear_paper.run/`): a stopped protocol
+    and tb/ (`backbone.linear_paper.seed0.3f2a9c1d.json` -> `backbone.linear_paper.seed0.3f2a9c1d.run/`):
+    a stopped protocol
     run resumes there when started again with the same settings."""
     return result.with_suffix(".run")
 
@@ -169,8 +172,8 @@ def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.
     fc.seed = ctx.seed
     st = _settings(target, ctx, cfg, "linear_paper", fit=fc.to_dict(), crop_scale=list(crop_scale),
                    frozen_backbone=True, bn="eval")
-    path = result_path(target.base, "linear_paper")
-    if reuse and (old := load_matching(path, st)) is not None:
+    path = result_path(target.base, "linear_paper", st)
+    if reuse and (old := find_matching(target.base, "linear_paper", st)) is not None:
         return old
     splits = ctx.splits(cfg.data.image_size)
     torch.manual_seed(ctx.seed)  # the linear layer's init
@@ -178,6 +181,7 @@ def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.
     numbers = linear_paper(net, splits.train, splits.test, cfg.data.mean, cfg.data.std, cfg.data.image_size, fc,
                            device, dtype, cfg.run.channels_last, crop_scale, out=loop_dir(path), settings=st)
     rec = _record(target, ctx, PAPER, st, numbers, splits, time.perf_counter() - t0, device)
+    rec["result_file"] = str(path)
     write_result(path, rec)
     return rec
 
@@ -199,9 +203,9 @@ def run_finetune(target: Target, ctx: Context, fraction: float, *, epochs: int |
     key = f"finetune_{fraction:g}"
     st = _settings(target, ctx, cfg, key, fraction=fraction, fit=fc.to_dict(), backbone_lr_scale=backbone_lr_scale,
                    crop_scale=list(crop_scale))
-    path = result_path(target.base, key)
-    if reuse and (old := load_matching(path, st)) is not None:
-        log.info("%s: reusing %s", target.name, path)
+    path = result_path(target.base, key, st)
+    if reuse and (old := find_matching(target.base, key, st)) is not None:
+        log.info("%s: reusing %s", target.name, old["result_file"])
         return old
     t0 = time.perf_counter()
     numbers = finetune(net, splits.train, splits.test, fraction, cfg.data.mean, cfg.data.std, cfg.data.image_size,
@@ -209,5 +213,6 @@ def run_finetune(target: Target, ctx: Context, fraction: float, *, epochs: int |
                        out=loop_dir(path), settings=st)
     rec = _record(target, ctx, protocol_name(fraction), st, numbers, splits, time.perf_counter() - t0, device)
     rec["label_fraction"] = fraction
+    rec["result_file"] = str(path)
     write_result(path, rec)
     return rec

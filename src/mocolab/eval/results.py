@@ -1,5 +1,7 @@
-"""Result files: every evaluation writes one JSON beside the checkpoint it scored
-(`backbone.pth` -> `backbone.linear_cached.json`, `backbone.finetune_0.01.json`, ...).
+"""Result files: every evaluation writes one JSON beside the checkpoint it scored, named by the
+protocol, the seed and a digest of its other settings (`backbone.pth` ->
+`backbone.linear_paper.seed0.3f2a9c1d.json`), so results with other settings (data, epochs, lr,
+k, ...) sit beside each other and never replace one another.
 
 Each records the protocol's name as reported, the data, the seed, every setting and the
 numbers. `settings` is what must match for a result to be reused by `mocolab compare`.
@@ -7,6 +9,7 @@ numbers. `settings` is what must match for a result to be reused by `mocolab com
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -17,10 +20,31 @@ from .. import distributed as du
 log = logging.getLogger("mocolab")
 
 
-def result_path(base: Path, key: str) -> Path:
-    """base: the checkpoint (or a stand-in path for a random init); key: e.g. linear_cached."""
+def settings_digest(settings: dict) -> str:
+    """8 hex digits of every setting but the weights' identity (a re-trained checkpoint keeps its
+    file names; `load_matching` still refuses to reuse a result of the old weights)."""
+    st = {k: v for k, v in settings.items() if k not in ("weights", "key", "seed")}
+    return hashlib.sha1(json.dumps(st, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def result_path(base: Path, key: str, settings: dict) -> Path:
+    """base: the checkpoint (or a stand-in path for a random init); key: e.g. linear_cached;
+    settings: the protocol's settings (with "seed") -> BASE.KEY.seedS.DIGEST.json."""
     base = Path(base)
-    return base.with_name(f"{base.stem}.{key}.json")
+    return base.with_name(f"{base.stem}.{key}.seed{settings.get('seed', 0)}.{settings_digest(settings)}.json")
+
+
+def latest_result(base: Path, key: str) -> dict:
+    """The newest result of protocol `key` beside `base`, whatever its settings ({} if none)."""
+    base = Path(base)
+    found = [*base.parent.glob(f"{base.stem}.{key}.seed*.json"), *base.parent.glob(f"{base.stem}.{key}.json")]
+    found.sort(key=lambda p: p.stat().st_mtime_ns)
+    for path in reversed(found):
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
 
 
 def file_identity(path: Path) -> dict:
@@ -40,6 +64,15 @@ def write_result(path: Path, result: dict) -> Path | None:
     except OSError as e:
         log.warning("could not write %s: %s", path, e)
         return None
+
+
+def find_matching(base: Path, key: str, settings: dict) -> dict | None:
+    """A saved result of these settings: at its settings-named path, or at the name results had
+    before (BASE.KEY.json), so older results are still reused."""
+    for path in (result_path(base, key, settings), Path(base).with_name(f"{Path(base).stem}.{key}.json")):
+        if (old := load_matching(path, settings)) is not None:
+            return {**old, "result_file": str(path)}
+    return None
 
 
 def load_matching(path: Path, settings: dict) -> dict | None:
