@@ -169,7 +169,8 @@ def test_table_and_plots(tmp_path):
     assert bank["curves"] == {"loss": [[1, 5.0], [2, 4.0]], "pretext_acc": [[1, 20.0], [2, 40.0]],
                               "knn": [[1, bank["knn"] - 5], [2.0, bank["knn"]]]}
     md = (tmp_path / "results.md").read_text()
-    assert md.count("| method=") == 24 and "| kNN | linear (cached) |" in md
+    assert md.count("| method=") == 24 + 12 and "| kNN | linear (cached) |" in md  # cells, then seed means
+    assert len(table["seed_means"]) == 12 and all(m["seeds"] == [0, 1] for m in table["seed_means"])
     # a grid without K or m: those plots are not written, and results.md says so
     other = tmp_path / "lr"
     sw.sweep("cifar10_cpu", "d", other, ["lr=0.03,0.06"], epochs=1, linear=False,
@@ -218,3 +219,24 @@ def test_run_process_returns_the_exit_code():
     import sys
 
     assert sw.run_process([sys.executable, "-c", "import sys; sys.exit(3)"]) == 3
+
+
+def test_seed_means_group_cells_that_differ_only_by_seed():
+    from mocolab.sweep import means_markdown, seed_means
+
+    def row(axes, knn, status="done", linear=None):
+        return {"axes": axes, "seed": int(axes.get("seed", 0)), "status": status, "knn": knn, "linear": linear,
+                "pretext_acc": 10.0}
+
+    rows = [row({"method": "moco", "seed": "0"}, 40.0, linear=43.0), row({"method": "moco", "seed": "1"}, 42.0),
+            row({"method": "bank", "seed": "0"}, 30.0), row({"method": "bank", "seed": "1"}, 99.0, status="stopped"),
+            row({"method": "e2e"}, 50.0)]
+    means = seed_means(rows)
+    assert [m["cell"] for m in means] == ["method=moco", "method=bank"]  # no seed axis: not a group
+    moco, bank = means
+    assert moco["seeds"] == [0, 1] and moco["knn"]["mean"] == 41.0 and abs(moco["knn"]["std"] - 2 ** 0.5) < 1e-12
+    assert moco["linear"] == {"mean": 43.0, "std": None, "values": [43.0]}
+    assert bank["seeds"] == [0] and bank["knn"]["values"] == [30.0]  # the stopped cell is left out
+    md = means_markdown(means)
+    assert "| method=moco | 2 | 41.00 ± 1.41 (40.00 / 42.00) | 43.00 (43.00) | 10.00 ± 0.00 (10.00 / 10.00) |" in md
+    assert seed_means([row({"method": "moco"}, 1.0)]) == []

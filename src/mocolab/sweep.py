@@ -341,6 +341,41 @@ def markdown(rows: list[dict], cols: list[tuple[str, str]], notes: list[str], ti
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
 
 
+def seed_means(rows: list[dict]) -> list[dict]:
+    """Cells that differ only by their seed, as one row: kNN, linear and pretext accuracy as
+    mean, std and the values per seed (finished cells only) -> [] when no axis is a seed."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "seed" not in r["axes"] or r["status"] != "done":
+            continue
+        key = tuple((k, v) for k, v in r["axes"].items() if k != "seed")
+        groups.setdefault(key, []).append(r)
+    out = []
+    for key, rs in groups.items():
+        row = {"cell": "__".join(f"{k}={v}" for k, v in key) or "default", "seeds": [r["seed"] for r in rs]}
+        for m in ("knn", "linear", "pretext_acc"):
+            vals = [r[m] for r in rs if r.get(m) is not None]
+            mean = sum(vals) / len(vals) if vals else None
+            std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
+            row[m] = {"mean": mean, "std": std, "values": vals}
+        out.append(row)
+    return out
+
+
+def means_markdown(means: list[dict]) -> str:
+    def cell(d):
+        if d["mean"] is None:
+            return ""
+        sd = f" ± {d['std']:.2f}" if d["std"] is not None else ""
+        return f"{d['mean']:.2f}{sd} ({' / '.join(f'{v:.2f}' for v in d['values'])})"
+
+    lines = ["Over the seeds (mean ± std, then each seed's figure):", "",
+             "| cell | seeds | kNN | linear (cached) | pretext acc |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {m['cell']} | {len(m['seeds'])} | {cell(m['knn'])} | {cell(m['linear'])} | {cell(m['pretext_acc'])} |"
+              for m in means]
+    return "\n".join(lines) + "\n"
+
+
 def write_results(out: Path, cells: list[Cell], grid_keys: list[str], failed: dict[str, int],
                   probe: LinearProbe | None, preset: str, data: str) -> dict:
     """Rebuilds OUT/results.{csv,json,md} and the plots from the cell folders -> the table.
@@ -358,12 +393,14 @@ def write_results(out: Path, cells: list[Cell], grid_keys: list[str], failed: di
         w.writerow([t for _, t in cols])
         w.writerows([[_value(r, k) for k, _ in cols] for r in rows])
     notes = write_plots(rows, grid_keys, out)
+    means = seed_means(rows)
     table = {"preset": preset, "data": data_id(data), "grid": grid_keys, "rows": rows,
-             "notes": notes}
+             "seed_means": means, "notes": notes}
     (out / "results.json").write_text(json.dumps(table, indent=2))
     title = (f"Sweep of preset {preset} on {data_id(data)}: kNN and linear (cached features) "
              "top-1 % on the test split; pretext acc and final loss from the last logged step.")
-    (out / "results.md").write_text(markdown(rows, cols, notes, title))
+    md = markdown(rows, cols, notes, title)
+    (out / "results.md").write_text(md + ("\n" + means_markdown(means) if means else ""))
     return table
 
 
