@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared/data}
 M=${MOCOLAB:-.venv/bin/mocolab}
 T=(run.threads=${THREADS:-1})
-MINUTES=${MINUTES:-30}  # the Imagenette MoCo backbone's budget (2 threads, the machine to itself)
+MOCO_EPOCHS=${MOCO_EPOCHS:-20}  # the Imagenette MoCo backbone (epochs, not minutes: the same backbone on a busy machine)
 SUP_EPOCHS=${SUP_EPOCHS:-5}
 # per fine-tune, the same for every backbone and seed: the presets' full schedules (bccd_cpu 438
 # steps, camvid_cpu 450); ITERS=N shortens every fine-tune to N steps (then into runs/*_itersN)
@@ -18,8 +18,8 @@ SUFFIX=${ITERS:+_iters$ITERS}
 done_run() { [ -f "$1/summary.json" ]; }
 
 # 1. backbones (the imagenette_cpu preset: ResNet-18 width 32, ImageNet stem)
-done_run runs/inette_moco_${MINUTES}m || $M pretrain --preset imagenette_cpu --data "$SHARED/imagenette" \
-  --out "runs/inette_moco_${MINUTES}m" --budget-minutes "$MINUTES" --resume auto run.threads=2
+done_run "runs/inette_moco_e$MOCO_EPOCHS" || $M pretrain --preset imagenette_cpu --data "$SHARED/imagenette" \
+  --out "runs/inette_moco_e$MOCO_EPOCHS" --epochs "$MOCO_EPOCHS" --resume auto run.threads=2
 done_run runs/inette_sup || $M supervised --preset imagenette_cpu --data "$SHARED/imagenette" --out runs/inette_sup \
   --epochs "$SUP_EPOCHS" --resume auto "${T[@]}"
 # the targets' own training images, unlabeled (BCCD trainval; CamVid train)
@@ -35,7 +35,7 @@ done_run runs/camvid_moco || $M pretrain --preset imagenette_cpu --data "$SHARED
 
 # 2. the comparison: the same fine-tuning recipe (preset, ITERS iterations) for every backbone
 SET=(--transfer-set ${ITERS:+task.iters=$ITERS} "${T[@]}")
-$M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_${MINUTES}m" runs/bccd_moco \
+$M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/bccd_moco \
   --out "runs/compare_bccd$SUFFIX" --protocols none --detect "$SHARED/bccd/BCCD" --seeds 0,1,2 "${SET[@]}"
-$M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_${MINUTES}m" runs/camvid_moco \
+$M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/camvid_moco \
   --out "runs/compare_camvid$SUFFIX" --protocols none --segment "$SHARED/camvid" --seeds 0,1,2 "${SET[@]}"
