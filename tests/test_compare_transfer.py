@@ -157,6 +157,28 @@ def test_cells_table_reuse_resume_and_stop(entries, fake_data, tmp_path, capsys)
         assert main(argv + ["run.threads=2"]) == 0
     assert fake.calls == [] and result_files(out) == stamps
 
+    # cells written before a setting existed (the key missing, as at its default) are still reused
+    for f in (out / "transfer").rglob("*.json"):
+        d = json.loads(f.read_text())
+        for cfg in (d.get("spec", {}).get("config"), d.get("settings")):
+            if cfg:
+                cfg["task"].pop("train_images")
+        f.write_text(json.dumps(d))
+    stamps = result_files(out)
+    with mock.patch.object(C, "run_process", fake):
+        assert main(argv) == 0
+    assert fake.calls == [] and result_files(out) == stamps
+    # ... but not for a fine-tune on fewer images
+    with mock.patch.object(C, "run_process", fake):
+        assert main(argv + ["task.train_images=3"]) == 0
+    assert len(fake.calls) == 8
+    fake = FakeRunner()
+    with mock.patch.object(C, "run_process", fake):
+        assert main(argv) == 0
+    assert len(fake.calls) == 8  # and back: the 3-image cells were made for other settings
+    stamps = result_files(out)
+    fake = FakeRunner()
+
     # an interrupted cell (checkpoints, no result) is continued in place with --resume auto
     cell = out / "transfer" / "segment" / "sup" / "seed1"
     (cell / "segment.json").unlink()

@@ -200,3 +200,28 @@ def test_the_papers_voc_recipe_builds_and_runs_a_few_iterations(voc, tmp_path):
     res = json.loads((out / "detect.json").read_text())
     assert res["settings"]["task"]["head"] == "c4" and res["settings"]["task"]["norm"] == "syncbn"
     assert all(k in res for k in ("AP", "AP50", "AP75"))
+
+
+def test_train_images_is_a_seeded_subset_the_same_for_every_backbone(voc):
+    """task.train_images=N: N training images drawn with run.seed (few labels), the same draw for
+    any backbone at that seed; too many is a one-line data error."""
+    from mocolab.data import DataError
+    from mocolab.transfer.masks import SegData
+    from mocolab.transfer.run import labeled_subset
+    from mocolab.transfer.voc import load_voc
+
+    train = load_voc(voc, "trainval")
+    assert labeled_subset(train, 0, 0) is train
+    a, b = labeled_subset(train, 2, 0), labeled_subset(train, 2, 0)
+
+    def names(d):
+        return [it.path.name for it in d.items]
+
+    assert len(a) == 2 and names(a) == names(b) and a.classes == train.classes
+    assert set(names(a)) <= set(names(train)) and names(a) == sorted(names(a))  # file order kept
+    assert any(names(labeled_subset(train, 2, s)) != names(a) for s in range(1, 6))  # other seeds, other draws
+    with pytest.raises(DataError, match="task.train_images=5 but the training split has 4 images"):
+        labeled_subset(train, 5, 0)
+    seg = SegData([Path(f"{i}.jpg") for i in range(6)], [Path(f"{i}.png") for i in range(6)], num_classes=3)
+    sub = labeled_subset(seg, 3, 0)
+    assert [p.stem for p in sub.images] == [p.stem for p in sub.masks] and len(sub) == 3 and sub.num_classes == 3

@@ -91,6 +91,27 @@ def _comparable(settings: dict) -> dict:
     return s
 
 
+def _same_spec(a: dict | None, b: dict | None) -> bool:
+    """Two cell specs (or configs) agree, a key missing on one side counting as its default: a
+    setting added in a later version at its default value does not invalidate finished cells."""
+    from ..transfer.config import TransferConfig
+
+    def norm(x):
+        if not isinstance(x, dict):
+            return x
+        x = json.loads(json.dumps(x))
+        cfg = x.get("config", x)
+        defaults = _comparable(TransferConfig().to_dict())
+        for group, values in defaults.items():
+            if isinstance(cfg.get(group), dict):
+                for k, v in values.items():
+                    if cfg[group].get(k, v) == v:
+                        cfg[group].pop(k, None)
+        return x
+
+    return a is not None and b is not None and norm(a) == norm(b)
+
+
 def _runtime(override: str) -> bool:
     group, _, key = override.split("=", 1)[0].partition(".")
     return key in RUNTIME_KEYS.get(group, ())
@@ -139,7 +160,7 @@ def finished_result(cell: Path, want: dict) -> dict | None:
     """The cell's detect.json / segment.json if it records `want`'s backbone, seed and settings."""
     res = read_json(cell / f"{want['task']}.json")
     ok = (res and res.get("seed") == want["seed"] and res.get("backbone", {}).get("source") == want["source"]
-          and _comparable(res.get("settings", {})) == want["config"])
+          and _same_spec(_comparable(res.get("settings", {})), want["config"]))
     return res if ok else None
 
 
@@ -147,7 +168,7 @@ def transfer_cell(tg: Target, spec: TransferSpec, seed: int, cell: Path, runner,
     """Reuses, continues or runs one fine-tune -> (result or None, exit code)."""
     want = cell_spec(tg, spec, seed)
     old = read_json(cell / "cell.json").get("spec")
-    if cell.is_dir() and any(cell.iterdir()) and (force or old != want):
+    if cell.is_dir() and any(cell.iterdir()) and (force or not _same_spec(old, want)):
         log.warning("%s: %s; starting it over", cell, "--force" if force else "made for other settings")
         shutil.rmtree(cell)
     elif (res := finished_result(cell, want)) is not None:

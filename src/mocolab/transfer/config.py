@@ -30,6 +30,9 @@ class TaskConfig:
     workers: int = 2  # DataLoader workers decoding and augmenting images
     flip: float = 0.5  # probability of a horizontal flip (training)
     num_classes: int = 0  # foreground classes (0 = from the training data)
+    # > 0: fine-tune on this many training images only (few labels), drawn with run.seed, so every
+    # backbone fine-tuned at a seed sees the same images
+    train_images: int = 0
     # detection
     train_sizes: list[int] = field(default_factory=lambda: [800])  # shorter side, one picked per batch
     test_size: int = 800  # shorter side at test time
@@ -61,8 +64,8 @@ class TaskConfig:
             (not heads or self.head in heads, f"task.head must be {' or '.join(heads)} for task.kind={self.kind}"),
             (self.norm in ("bn", "syncbn", "frozen"), "task.norm must be bn, syncbn or frozen"),
             (0 <= self.trainable_layers <= 5, "task.trainable_layers must be in 0..5"),
-            (min(self.iters, self.warmup_iters, self.workers, self.num_classes) >= 0,
-             "task.iters, task.warmup_iters, task.workers and task.num_classes must be >= 0"),
+            (min(self.iters, self.warmup_iters, self.workers, self.num_classes, self.train_images) >= 0,
+             "task.iters, task.warmup_iters, task.workers, task.num_classes and task.train_images must be >= 0"),
             (0.0 <= self.flip <= 1.0, "task.flip must lie in [0, 1]"),
             (len(self.train_sizes) >= 1 and min(self.train_sizes) >= 32,
              "task.train_sizes must list one or more sizes >= 32"),

@@ -23,7 +23,7 @@ from .config import TransferConfig
 from .feeds import DetectionFeed
 from .metrics import coco_detection_ap, voc_detection_ap
 from .models import build_detector, detection_loss, load_backbone
-from .run import backbone_record, gather, setup, train, write_results
+from .run import backbone_record, gather, labeled_subset, setup, train, write_results
 from .voc import load_voc
 
 log = logging.getLogger("mocolab")
@@ -179,6 +179,7 @@ def run_detect(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     else:
         source = data if isinstance(data, DetectionSource) else detection_source(data)
         train_data, test_data, fmt = load_detection(source)
+    train_data = labeled_subset(train_data, cfg.task.train_images, cfg.run.seed)
     n_cls = train_data.num_classes
     if cfg.task.num_classes and cfg.task.num_classes != n_cls:
         raise DataError(f"task.num_classes={cfg.task.num_classes} but the training data has {n_cls} "

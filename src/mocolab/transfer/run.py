@@ -9,6 +9,7 @@ continues from the newest valid checkpoint.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import torch
 from .. import distributed as du
 from ..checkpoint import CheckpointError, extract_backbone, load_training_checkpoint, safe_load
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
+from ..data import DataError
 from ..engine import Trainer
 from ..eval.load import resolve_entry
 from ..runtime import (
@@ -92,6 +94,20 @@ def train(cfg: TransferConfig, method, feed, device: torch.device, out: Path,
     du.broadcast_buffers(method)
     trainer.save("final.pth")
     return trainer
+
+
+def labeled_subset(data, n: int, seed: int):
+    """The first n of a seeded permutation of the training images (n = 0: all), as the same type
+    (DetectionData or SegData): the few-labels regime, the same images for every backbone at a seed."""
+    if n <= 0:
+        return data
+    if n > len(data):
+        raise DataError(f"task.train_images={n} but the training split has {len(data)} images")
+    g = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(len(data), generator=g)[:n].tolist())
+    if hasattr(data, "items"):  # DetectionData
+        return dataclasses.replace(data, items=[data.items[i] for i in keep])
+    return dataclasses.replace(data, images=[data.images[i] for i in keep], masks=[data.masks[i] for i in keep])
 
 
 def gather(local: dict) -> dict:

@@ -20,7 +20,7 @@ from .feeds import SegmentationFeed
 from .masks import SegData, load_masks
 from .metrics import confusion_matrix, segmentation_scores
 from .models import _freeze_stages, build_segmenter, load_backbone, segmentation_loss
-from .run import backbone_record, setup, train, write_results
+from .run import backbone_record, labeled_subset, setup, train, write_results
 
 log = logging.getLogger("mocolab")
 
@@ -99,6 +99,7 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
         train_data, test_data = data
     else:
         train_data, test_data = load_segmentation(data, t.num_classes, t.ignore_index)
+    train_data = labeled_subset(train_data, t.train_images, cfg.run.seed)
     n_cls = train_data.num_classes
     log.info("data: %d train, %d test images; %d classes (ignore %d)", len(train_data), len(test_data),
              n_cls, t.ignore_index)
