@@ -132,9 +132,8 @@ def config_table(run: Run, preset: str | None) -> str:
     flat = flatten(run.config)
     rows, cls = [], []
     for k, v in flat.items():
-        pv = pc.get(k, "") if pc else ""
-        rows.append([k, v, pv])
-        cls.append("diff" if pc and pv != v else "")
+        rows.append([k, str(v), str(pc[k]) if k in pc else "(not in preset)" if pc else ""])
+        cls.append("diff" if pc and (k not in pc or pc[k] != v) else "")
     n = cls.count("diff")
     head = (f"Config ({run.path / 'config.yaml'}) against preset {name}: {n} key(s) differ, highlighted"
             if name else "Config (no preset with the same keys to compare with)")

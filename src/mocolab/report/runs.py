@@ -168,13 +168,13 @@ def read_folder(path: str | Path) -> Folder:
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}"""
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; values JSON-normalised (tuples -> lists)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
             out.update(flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = v
+            out[f"{prefix}{k}"] = json.loads(json.dumps(v, default=str))
     return out
 
 
@@ -197,17 +197,18 @@ def preset_configs() -> dict[str, dict]:
 
 def nearest_preset(config: dict, preset: str | None = None) -> tuple[str, dict]:
     """(preset name, flattened preset config): `preset` when given (a sweep records it), else
-    the preset whose keys match the run's and that differs from it in the fewest values."""
+    the preset of the same kind (the same config groups) that differs from the run in the fewest
+    of the run's keys (a key the preset lacks counts as a difference)."""
     flat = flatten(config)
     presets = preset_configs()
     if preset and preset in presets:
         return preset, presets[preset]
-    best = ("", {})
-    best_diff = None
+    groups = {k.split(".")[0] for k in flat}
+    best, best_diff = ("", {}), None
     for name, pc in presets.items():
-        if set(pc) != set(flat):
+        if {k.split(".")[0] for k in pc} != groups:
             continue
-        diff = sum(pc[k] != flat[k] for k in flat)
+        diff = sum(k not in pc or pc[k] != v for k, v in flat.items())
         if best_diff is None or diff < best_diff:
             best, best_diff = (name, pc), diff
     return best
