@@ -14,7 +14,7 @@ from . import page
 from .curves import PANELS, plot_curves
 from .embedding import embed_2d, per_class_knn, plot_map, subsample
 from .neighbours import pick_queries, plot_neighbours, top_k
-from .runs import Folder, Run, flatten, nearest_preset, read_folder
+from .runs import Folder, Run, flatten, is_run, nearest_preset, read_folder
 
 log = logging.getLogger("mocolab")
 
@@ -217,6 +217,8 @@ def write_report(paths: list[str], out: str | Path, opts: Options | None = None)
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file")
+    if out.is_dir() and (is_run(out) or (out / "cells").is_dir() or (out / "compare.json").is_file()):
+        raise ValueError(f"--out {out} holds a run, sweep or compare folder; give the report a folder of its own")
     folders = [read_folder(p) for p in paths]
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for f in folders for r in f.runs]
