@@ -4,7 +4,8 @@ checks that every image loaded (naturalWidth > 0), that no request failed and th
 raised no console error. Not part of `make test` (it needs a browser):
 
     apt-get install -y chromium && pip install playwright     # the system's Chromium, no download
-    python benchmarks/report_browser.py RUN_DIR [RUN_DIR ...] --out /tmp/report [--data DIR] [--limit 2000]
+    python benchmarks/report_browser.py RUN_DIR [RUN_DIR ...] --out /tmp/report [--data DIR] [--limit 2000] \
+        [other `mocolab report` options]
     python benchmarks/report_browser.py --page /tmp/report      # check a report already written
 
 It prints one line per check and a JSON summary (also OUT/browser_check.json); exit status 1 when
@@ -78,9 +79,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser") or "",
                    help="the browser executable (default: chromium on PATH)")
-    p.add_argument("report_args", nargs=argparse.REMAINDER, help="after --: more `mocolab report` options")
-    args = p.parse_args()
-    args.report_args = [a for a in args.report_args if a != "--"]
+    args, args.report_args = p.parse_known_args()  # other options go to `mocolab report` (--map-points 500)
     if not args.chromium:
         p.error("no chromium on PATH: apt-get install -y chromium (or pass --chromium PATH)")
     if args.page:
