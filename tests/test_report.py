@@ -80,6 +80,11 @@ def test_seconds_from_img_per_s_for_older_runs(tmp_path):
     assert len(records) == 2 and len(monitors) == 1
     add_seconds(records, monitors, batch_size=8)
     assert [r["seconds"] for r in records] == [4.0, 6.0] and monitors[0]["seconds"] == 6.0
+    # killed after step 6, resumed from the checkpoint of step 2: steps 4 and 6 logged again replace the old
+    lines = [{"step": s, "loss": s + 0.5 * (i > 2), "img_per_s": 1.0} for i, s in enumerate([2, 4, 6, 4, 6, 8])]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in lines))
+    records, _ = read_metrics(tmp_path / "metrics.jsonl")
+    assert [(r["step"], r["loss"]) for r in records] == [(2, 2), (4, 4.5), (6, 6.5), (8, 8.5)]
 
 
 @pytest.fixture(scope="module")

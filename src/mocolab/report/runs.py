@@ -53,7 +53,8 @@ def read_json(path: Path) -> dict:
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
     """metrics.jsonl -> (step records with a loss, monitor records with knn_top1). A torn last
-    line (a run being written) is skipped."""
+    line (a run being written) is skipped; after a resume from an earlier checkpoint the records
+    the resumed run logs again replace those of the killed run (steps stay increasing)."""
     records, monitors = [], []
     try:
         lines = path.read_text().splitlines()
@@ -66,10 +67,12 @@ def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
             continue
         if not isinstance(rec, dict):
             continue
-        if "knn_top1" in rec:
-            monitors.append(rec)
-        elif "loss" in rec:
-            records.append(rec)
+        kind = monitors if "knn_top1" in rec else records if "loss" in rec else None
+        if kind is None:
+            continue
+        while kind and kind[-1].get("step", 0) >= rec.get("step", 0):
+            kind.pop()
+        kind.append(rec)
     return records, monitors
 
 
