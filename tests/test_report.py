@@ -104,6 +104,7 @@ def test_report_of_a_finished_run_and_its_sweep_folder(labeled_run, tmp_path):
     text, srcs = page_of(out)
     assert {"curves_epoch.png", "curves_time.png", "00_run.neighbours.png", "00_run.map.png"} <= set(srcs)
     assert "kNN top-1 (%)" in text and "airplane" in text and "no summary.json" not in text
+    assert "<td>finished</td>" in text and "<td>backbone.pth</td>" in text
     assert "against preset cifar10_cpu" in text and 'class="diff"' in text  # the overrides highlighted
     # a sweep folder: its cells' curves on one axis, its table; the data recorded in sweep.json
     sweep = tmp_path / "sweep"
@@ -129,6 +130,7 @@ def test_report_of_a_run_in_progress(labeled_run, tmp_path, capsys):
     assert main(["report", str(run), "--data", str(data), "--out", str(out), *FAST]) == 0
     text, srcs = page_of(out)
     assert "no summary.json" in text and "epoch_0001.pth" in text and "00_run.neighbours.png" in srcs
+    assert "<td>in progress or stopped</td>" in text and "<td>checkpoints/epoch_0001.pth</td>" in text
     # no checkpoint yet either: curves only
     shutil.rmtree(run / "checkpoints")
     assert main(["report", str(run), "--data", str(data), "--out", str(out), *FAST]) == 0

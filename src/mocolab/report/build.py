@@ -164,6 +164,20 @@ def summary_table(run: Run) -> str:
     return f"<p>{page.esc(run.path / 'summary.json')}</p>" + page.table(["key", "value"], rows)
 
 
+def overview(runs: list[Run]) -> str:
+    """One line per run: its state, how far it got, its kNN top-1 and the weights the report uses."""
+    rows = []
+    for r in runs:
+        last = r.records[-1] if r.records else {}
+        epochs = r.summary.get("epochs", last.get("epoch_float", ""))
+        knn = r.summary.get("knn_top1", r.monitors[-1]["knn_top1"] if r.monitors else "")
+        state = "finished" if r.summary else "in progress or stopped" if r.records else "not started"
+        weights = r.weights.relative_to(r.path).as_posix() if r.weights else "none"
+        rows.append([r.name, r.command or "?", state, epochs, r.summary.get("steps", last.get("step", "")), knn,
+                     weights])
+    return page.table(["run", "command", "state", "epochs", "steps", "kNN top-1 (%)", "weights used"], rows)
+
+
 def curves_section(runs: list[Run], out: Path) -> str:
     if not any(r.records or r.monitors for r in runs):
         return page.note("no metrics.jsonl with records yet: no curves")
@@ -224,7 +238,7 @@ def write_report(paths: list[str], out: str | Path, opts: Options | None = None)
     runs = [r for f in folders for r in f.runs]
     if not runs and not any(f.tables for f in folders):
         raise ValueError(f"nothing to report in {', '.join(paths)}: no runs, no results")
-    sections = [("Curves", curves_section(runs, out))]
+    sections = [("Runs", overview(runs)), ("Curves", curves_section(runs, out))]
 
     splits = SplitCache(opts.limit)
     learned_parts = []
