@@ -156,4 +156,4 @@ def test_report_of_a_run_without_labels(cifar_dir, tmp_path):
     assert main(["report", str(run), "--data", str(flat), "--out", str(out), *FAST]) == 0
     text, srcs = page_of(out)
     assert {"curves_epoch.png", "00_run.neighbours.png", "00_run.map.png"} <= set(srcs)
-    assert "has no labels" in text and "kNN top-1 (%)" not in text and "✓" not in text
+    assert "has no labels" in text and "Weighted kNN top-1" not in text and "✓" not in text
