@@ -3,7 +3,7 @@ folders, opens index.html from disk (file://) in Chromium, takes a full-page scr
 checks that every image loaded (naturalWidth > 0), that no request failed and that the page
 raised no console error. Not part of `make test` (it needs a browser):
 
-    apt-get install -y chromium && pip install playwright     # the system's Chromium, no download
+    apt-get install -y chromium && pip install -e '.[browser]'   # playwright, driving the system's Chromium
     python benchmarks/report_browser.py RUN_DIR [RUN_DIR ...] --out /tmp/report [--data DIR] [--limit 2000] \
         [other `mocolab report` options]
     python benchmarks/report_browser.py --page /tmp/report      # check a report already written
