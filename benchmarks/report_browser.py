@@ -42,7 +42,10 @@ def write_report(args) -> None:
 
 def check_page(folder: Path, chromium: str, screenshot: Path) -> dict:
     """Opens folder/index.html in headless Chromium -> what was seen."""
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sys.exit("playwright is not installed: pip install -e '.[browser]' (it drives the system's chromium)")
 
     index = (folder / "index.html").resolve()
     console, page_errors, failed = [], [], []
