@@ -151,6 +151,7 @@ def parser() -> argparse.ArgumentParser:
     add_eval_commands(sub)  # linear | finetune | supervised | compare
 
     from .export import add_command as add_export
+    from .report.cli import add_command as add_report
     from .sweep import add_command as add_sweep
     from .transfer.run import add_commands as add_transfer_commands
 
@@ -158,6 +159,7 @@ def parser() -> argparse.ArgumentParser:
 
     add_export(sub)  # export CKPT --format torchvision|timm|detectron2|safetensors
     add_sweep(sub)  # sweep --grid key=v1,v2 ...: the paper's ablations, one process per cell
+    add_report(sub)  # report RUN_DIR...: a static HTML page of curves, neighbours, embedding map, tables
 
     sh = sub.add_parser("shards", help="write an image folder into webdataset tar shards "
                                        "(for --data 'PREFIX-{000000..000099}.tar')")

@@ -272,7 +272,8 @@ class Trainer:
                             result = self.monitor(self.method)
                             p.elapsed += time.perf_counter() - t0
                             self.history.append({"epoch": p.epoch, "step": p.step, **result})
-                            self.logger.write({"epoch": p.epoch, "step": p.step, **result}, p.step)
+                            rec = {"epoch": p.epoch, "step": p.step, "elapsed_s": p.elapsed, **result}
+                            self.logger.write(rec, p.step)
                             bar.write(f"epoch {p.epoch}: {result}")
                         if self._saves_epoch(p.epoch):
                             self.save(f"epoch_{p.epoch:04d}.pth")
@@ -395,7 +396,7 @@ class Trainer:
                 mean_loss = window.mean().item() if losses else float("nan")
                 ips = n_log * B / (time.perf_counter() - t_log)
                 rec = {"epoch": p.epoch, "step": p.step, "loss": mean_loss, "lr": lr, "img_per_s": ips,
-                       "epoch_float": p.step / self.steps_per_epoch, **self._mean_logs(logs)}
+                       "epoch_float": p.step / self.steps_per_epoch, "elapsed_s": p.elapsed, **self._mean_logs(logs)}
                 if method.momentum_pairs():
                     rec["m"] = m
                 self.logger.write(rec, p.step)

@@ -1,0 +1,87 @@
+"""Training curves from metrics.jsonl: loss, lr, momentum, pretext accuracy, img/s and the kNN
+monitor, against epoch and against training time; several runs on one axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .runs import Run
+
+# (metrics.jsonl key, panel title, y-axis label)
+PANELS = [
+    ("loss", "training loss", "loss (InfoNCE / task loss)"),
+    ("lr", "learning rate", "lr"),
+    ("m", "key encoder momentum m", "m"),
+    ("pretext_acc", "pretext accuracy (1+K-way top-1)", "top-1 (%)"),
+    ("img_per_s", "throughput", "images / s"),
+    ("knn_top1", "kNN monitor (test split)", "kNN top-1 (%)"),
+]
+X_AXES = {"epoch": ("epoch_float", "epoch"), "time": ("seconds", "training time (min)")}
+
+
+def series(run: Run, key: str, x: str) -> tuple[list[float], list[float]]:
+    """(x values, y values) of one metric; x is "epoch" or "time" (minutes)."""
+    src, recs = (run.monitors, "epoch") if key == "knn_top1" else (run.records, "epoch_float")
+    xkey = recs if x == "epoch" else "seconds"
+    xs, ys = [], []
+    for r in src:
+        if key in r and xkey in r and isinstance(r[key], (int, float)):
+            xs.append(r[xkey] / 60 if x == "time" else r[xkey])
+            ys.append(r[key])
+    return xs, ys
+
+
+def final_knn(run: Run, x: str) -> tuple[float, float] | None:
+    """(x, %) of the final kNN evaluation in summary.json, if there is one."""
+    s = run.summary
+    if "knn_top1" not in s:
+        return None
+    xv = s.get("epochs") if x == "epoch" else s.get("train_seconds", 0) / 60
+    return (xv, s["knn_top1"]) if xv is not None else None
+
+
+def plot_curves(runs: list[Run], x: str, path: Path) -> list[str]:
+    """Writes a 2 x 3 grid of panels to `path`; returns the panels' keys that had data."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
+    colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
+    shown = []
+    for ax, (key, title, ylabel) in zip(axes.flat, PANELS):
+        drawn = False
+        for i, run in enumerate(runs):
+            xs, ys = series(run, key, x)
+            end = final_knn(run, x) if key == "knn_top1" else None
+            if not xs and end is None:
+                continue
+            c = colors(i % colors.N)
+            if xs:
+                ax.plot(xs, ys, color=c, marker="o" if len(xs) < 30 else None, ms=3, lw=1.3, label=run.name)
+            if end is not None:
+                ax.plot([end[0]], [end[1]], color=c, marker="*", ms=11, ls="none")
+            drawn = True
+        ax.set_title(title, fontsize=11)
+        ax.set_xlabel(X_AXES[x][1])
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if key == "lr" and drawn:
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+        else:
+            shown.append(key)
+    handles, labels = [], []
+    for ax in axes.flat:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(labels) - 1) // 4), 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return shown

@@ -1,0 +1,217 @@
+"""Reading run folders for the report: what a folder is (a run, a sweep, a compare), its metrics,
+config, results and weights, whatever it has so far (a run in progress has no summary.json yet)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+log = logging.getLogger("mocolab")
+
+RESULT_FILES = ("summary.json", "detect.json", "segment.json")
+
+
+@dataclass
+class Run:
+    """One training run's folder and what it holds."""
+
+    path: Path
+    name: str
+    command: str = ""  # pretrain | supervised | detect | segment | "" (unknown)
+    records: list[dict] = field(default_factory=list)  # metrics.jsonl, step records
+    monitors: list[dict] = field(default_factory=list)  # metrics.jsonl, kNN monitor records
+    config: dict = field(default_factory=dict)  # config.yaml, nested
+    summary: dict = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)  # file name -> an evaluation / task result
+    weights: Path | None = None  # backbone.pth, else the newest checkpoint, else None
+    data: str = ""  # the data the run (or its results) record
+
+
+@dataclass
+class Folder:
+    """What `mocolab report RUN_DIR` was given: a run, a sweep (cells/) or a compare folder."""
+
+    path: Path
+    kind: str  # run | sweep | compare
+    runs: list[Run]
+    tables: list[tuple[str, str]] = field(default_factory=list)  # (file name, markdown text)
+    figures: list[Path] = field(default_factory=list)  # PNGs the folder already holds
+    meta: dict = field(default_factory=dict)  # sweep.json / compare.json
+
+
+def read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
+    """metrics.jsonl -> (step records with a loss, monitor records with knn_top1). A torn last
+    line (a run being written) is skipped; after a resume from an earlier checkpoint the records
+    the resumed run logs again replace those of the killed run (steps stay increasing)."""
+    records, monitors = [], []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return [], []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        kind = monitors if "knn_top1" in rec else records if "loss" in rec else None
+        if kind is None:
+            continue
+        while kind and kind[-1].get("step", 0) >= rec.get("step", 0):
+            kind.pop()
+        kind.append(rec)
+    return records, monitors
+
+
+def add_seconds(records: list[dict], monitors: list[dict], batch_size: int) -> None:
+    """Sets rec["seconds"]: elapsed_s where the run logged it; for older runs, training seconds
+    summed from img/s over each log window (monitors' time not counted). Monitors get the
+    seconds of the step record at or before their step."""
+    total, prev_step = 0.0, 0
+    for rec in records:
+        if "elapsed_s" in rec:
+            total = rec["elapsed_s"]
+        elif rec.get("img_per_s") and batch_size:
+            total += (rec["step"] - prev_step) * batch_size / rec["img_per_s"]
+        rec["seconds"] = total
+        prev_step = rec.get("step", prev_step)
+    for mon in monitors:
+        if "elapsed_s" in mon:
+            mon["seconds"] = mon["elapsed_s"]
+            continue
+        before = [r["seconds"] for r in records if r.get("step", 0) <= mon.get("step", 0)]
+        mon["seconds"] = before[-1] if before else 0.0
+
+
+def evaluation_results(weights: Path) -> dict[str, dict]:
+    """Evaluation JSONs beside the weights: BASE.PROTOCOL[.seedS.DIGEST].json (not BASE.json)."""
+    found = {}
+    for p in sorted(weights.parent.glob(f"{weights.stem}.*.json")):
+        obj = read_json(p)
+        if obj:
+            found[p.name] = obj
+    return found
+
+
+def newest_checkpoint(path: Path) -> Path | None:
+    """The newest *.pth in RUN_DIR/checkpoints (by modification time), without loading it."""
+    ckdir = path / "checkpoints"
+    found = sorted(ckdir.glob("*.pth"), key=lambda p: p.stat().st_mtime) if ckdir.is_dir() else []
+    return found[-1] if found else None
+
+
+def read_run(path: Path, name: str | None = None) -> Run:
+    path = Path(path)
+    run = Run(path, name or path.name)
+    run.command = read_json(path / "command.json").get("command", "")
+    run.records, run.monitors = read_metrics(path / "metrics.jsonl")
+    try:
+        cfg = yaml.safe_load((path / "config.yaml").read_text())
+        run.config = cfg if isinstance(cfg, dict) else {}
+    except (OSError, yaml.YAMLError):
+        run.config = {}
+    batch = run.config.get("optim", {}).get("batch_size") or run.config.get("task", {}).get("batch_size") or 0
+    add_seconds(run.records, run.monitors, int(batch or 0))
+    for fname in RESULT_FILES:
+        if (obj := read_json(path / fname)):
+            if fname == "summary.json":
+                run.summary = obj
+            else:
+                run.results[fname] = obj
+    if (path / "backbone.pth").is_file():
+        run.weights = path / "backbone.pth"
+    elif run.command in ("", "pretrain", "supervised"):  # a run in progress: its newest checkpoint
+        run.weights = newest_checkpoint(path)
+    if run.weights is not None:
+        run.results.update(evaluation_results(run.weights))
+    datas = [r.get("data") for r in (read_json(path / "command.json"), *run.results.values())]
+    run.data = next((d for d in datas if isinstance(d, str) and d), "")
+    return run
+
+
+def is_run(path: Path) -> bool:
+    return any((path / f).exists() for f in ("metrics.jsonl", "config.yaml", "command.json", "checkpoints"))
+
+
+def read_folder(path: str | Path) -> Folder:
+    """A run folder, a sweep folder (results.json + cells/) or a compare folder (compare.json)."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"run folder not found: {path}")
+    tables = [(p.name, p.read_text()) for p in (path / "results.md", path / "compare.md") if p.is_file()]
+    figures = sorted(path.glob("*.png"))
+    if (path / "cells").is_dir():
+        meta = read_json(path / "sweep.json")
+        runs = [read_run(c) for c in sorted((path / "cells").iterdir()) if c.is_dir() and is_run(c)]
+        for r in runs:
+            r.data = r.data or meta.get("data", "")
+        return Folder(path, "sweep", runs, tables, figures, meta)
+    if (path / "compare.json").is_file():
+        meta = read_json(path / "compare.json")
+        runs = [read_run(p.parent, p.parent.relative_to(path).as_posix())
+                for p in sorted(path.glob("transfer/*/*/*/metrics.jsonl"))]
+        return Folder(path, "compare", runs, tables, figures, meta)
+    if not is_run(path):
+        raise FileNotFoundError(f"{path} is not a run, sweep or compare folder (no metrics.jsonl, config.yaml, "
+                                "cells/ or compare.json)")
+    return Folder(path, "run", [read_run(path)], tables, figures)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; values JSON-normalised (tuples -> lists)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.loads(json.dumps(v, default=str))
+    return out
+
+
+def preset_configs() -> dict[str, dict]:
+    """Every preset (pretraining and transfer), flattened."""
+    from ..config import load_preset, preset_names
+    from ..transfer.config import TransferConfig
+
+    out = {}
+    for package, base in (("mocolab", None), ("mocolab.transfer", TransferConfig)):
+        for name in preset_names(package):
+            try:
+                cfg = load_preset(name, package, base() if base else None)
+            except ValueError as e:
+                log.warning("preset %s not read: %s", name, e)
+                continue
+            out[name] = flatten(cfg.to_dict())
+    return out
+
+
+def nearest_preset(config: dict, preset: str | None = None) -> tuple[str, dict]:
+    """(preset name, flattened preset config): `preset` when given (a sweep records it), else
+    the preset of the same kind (the same config groups) that differs from the run in the fewest
+    of the run's keys (a key the preset lacks counts as a difference)."""
+    flat = flatten(config)
+    presets = preset_configs()
+    if preset and preset in presets:
+        return preset, presets[preset]
+    groups = {k.split(".")[0] for k in flat}
+    best, best_diff = ("", {}), None
+    for name, pc in presets.items():
+        if {k.split(".")[0] for k in pc} != groups:
+            continue
+        diff = sum(k not in pc or pc[k] != v for k, v in flat.items())
+        if best_diff is None or diff < best_diff:
+            best, best_diff = (name, pc), diff
+    return best
