@@ -17,13 +17,15 @@ from pathlib import Path
 
 import yaml
 
+from .errors import UserError
+
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50",  # mocolab.models.backbones
          "vit_small_patch16", "vit_base_patch16", "vit_tiny_patch4")  # mocolab.models.vit
 HEADS = ("linear", "mlp", "mlp_bn", "mlp2_bn", "mlp3_bn")  # mocolab.models.heads
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad preset, key or value. The message is meant for the user, as is."""
 
 
