@@ -13,6 +13,10 @@ TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo 
                "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "
                "architecture, initialised with --seed (the random-init baseline)")
 
+LOOP_RESUME_HELP = ("continue a stopped run (SIGTERM: exit 75) from its folder beside the result, BASE....run/; what "
+                    "a rerun with the same settings does anyway (a loop of other settings starts afresh): accepted so "
+                    "that a requeue can pass --resume auto to every command")
+
 
 def _check(args) -> None:
     """Values argparse cannot check, as one-line errors (UsageError)."""
@@ -168,6 +172,7 @@ def add_commands(sub) -> None:
     li.add_argument("--budget-minutes", type=float, help="paper mode: fit the schedule to M minutes")
     li.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0],
                     help="paper mode: random-resized-crop scale")
+    li.add_argument("--resume", choices=["auto"], help=LOOP_RESUME_HELP)
     li.set_defaults(fn=cmd_linear)
 
     ft = sub.add_parser("finetune", help="semi-supervised fine-tuning of the whole network on a fraction of the labels",
@@ -186,6 +191,7 @@ def add_commands(sub) -> None:
     ft.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone lr = scale x the head's")
     ft.add_argument("--budget-minutes", type=float, help="fit the schedule to M minutes")
     ft.add_argument("--crop-scale", type=float, nargs=2, default=[0.2, 1.0])
+    ft.add_argument("--resume", choices=["auto"], help=LOOP_RESUME_HELP)
     ft.set_defaults(fn=cmd_finetune)
 
     from ..config import preset_names
