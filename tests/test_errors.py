@@ -118,3 +118,12 @@ def test_user_errors_share_one_base():
     with pytest.raises(UsageError, match="--epochs must be positive") as e:
         check_arguments(Args())
     assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+
+
+def test_a_vit_backbone_for_segmentation_is_one_line(tmp_path, capsys):
+    from conftest import shared
+
+    rc = main(["segment", "--backbone", "random:cifar10_vit_cpu", "--data", str(shared("camvid")),
+               "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "take a ResNet backbone" in err and "Traceback" not in err
