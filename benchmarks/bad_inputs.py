@@ -134,6 +134,8 @@ CASES = [
      "data.workers and data.limit must be >= 0"),
     ("queue smaller than the batch", P("--data", "{DATA}", "--out", "{NEW}", "optim.batch_size=64",
                                        "moco.queue_size=32"), "error", "is smaller than the keys enqueued"),
+    ("BN groups of one image", P("--data", "{DATA}", "--out", "{NEW}", "optim.batch_size=8", "model.bn_splits=8",
+                                 "moco.queue_size=32"), "error", "BN groups of fewer than 2 images"),
     # command-line numbers
     ("negative budget", P("--data", "{DATA}", "--out", "{NEW}", "--budget-minutes", "-3"), "error",
      "--budget-minutes must be positive"),

@@ -3,6 +3,7 @@ features, and torchrun end to end."""
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -65,15 +66,16 @@ def _state(model) -> dict:
 
 def _equivalence_worker(rank, world, port, out, method):
     _init(rank, world, port)
-    model, losses = _train(tiny_config(**{"model.bn_splits": 1, "moco.queue_size": 40, "moco.method": method}),
+    # bn_splits counts the global batch's BN groups: 2 on 2 ranks is one group per rank
+    model, losses = _train(tiny_config(**{"model.bn_splits": 2, "moco.queue_size": 40, "moco.method": method}),
                            rank, world)
     torch.save({"losses": losses, "state": _state(model)}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("method", ["moco", "e2e", "bank", "mocov3"])
-def test_two_ranks_equal_one_process_with_two_bn_splits(tmp_path, method):
-    """2 ranks x batch B with cross-rank Shuffle BN == 1 process x batch 2B with 2 BN splits:
+def test_two_ranks_equal_one_process_with_the_same_bn_splits(tmp_path, method):
+    """2 ranks x batch B with cross-rank Shuffle BN == 1 process x batch 2B, both with bn_splits=2:
     same losses, same state (queue with keys gathered in rank order; one global bank), same
     weights. Without the cross-rank shuffle the keys' BN groups would differ; without the
     gathers the queue, the bank or end-to-end's negatives would."""
@@ -97,6 +99,92 @@ def test_two_ranks_equal_one_process_with_two_bn_splits(tmp_path, method):
     for name, v in model.state_dict().items():
         if name.startswith("encoder_") and "running" not in name and "num_batches" not in name:  # BN stats: per rank
             torch.testing.assert_close(v, r0["state"][name], **tol, msg=name)
+
+
+def _split_modules(model):
+    from mocolab.models.splitbn import SplitBatchNorm
+
+    return [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d)
+            and not isinstance(m, torch.nn.SyncBatchNorm)], SplitBatchNorm
+
+
+def _bn_forward(cfg, x):
+    """The query encoder's output (train mode: BN with batch statistics) and its BN buffers."""
+    torch.manual_seed(0)
+    model = build_method(cfg)
+    model.train()
+    with torch.no_grad():
+        y = model.encoder_q(x)
+    bufs = {k: v.clone() for k, v in model.encoder_q.state_dict().items() if "running" in k}
+    return model, y, bufs
+
+
+def _bn_groups_worker(rank, world, port, out):
+    from mocolab.config import ConfigError, check_bn_groups
+
+    _init(rank, world, port)
+    cfg = tiny_config(**{"model.bn_splits": 4, "optim.batch_size": 16})  # the preset: groups of 4 images
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(5))[rank * 8:(rank + 1) * 8]
+    model, y, bufs = _bn_forward(cfg, x)  # this rank's 8 images
+    bns, split_bn = _split_modules(model)
+    splits = sorted({m.splits if isinstance(m, split_bn) else 1 for m in bns})
+    errors = []
+    for bn_splits, batch in ((3, 12), (1, 2)):  # 3 groups over 2 ranks; 1 image per rank
+        try:
+            check_bn_groups(bn_splits, batch, du.world_size())
+        except ConfigError as e:
+            errors.append(str(e))
+    torch.save({"y": y, "bufs": bufs, "splits": splits, "groups": check_bn_groups(4, 16, du.world_size()),
+                "errors": errors}, f"{out}/bn{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_bn_splits_counts_the_global_batch_groups(tmp_path):
+    """model.bn_splits=4 with a global batch of 16: on 2 ranks each rank normalises its 8 images in
+    2 groups of 4, as 1 process normalises 16 images in 4 groups of 4 (the same outputs)."""
+    mp.start_processes(_bn_groups_worker, args=(2, _port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    r = [torch.load(tmp_path / f"bn{i}.pt", weights_only=True) for i in (0, 1)]
+    assert r[0]["splits"] == r[1]["splits"] == [2] and r[0]["groups"] == (2, 4)
+    assert "must be divisible by the number of processes (2)" in r[0]["errors"][0]
+    assert "BN groups of 1 image" in r[0]["errors"][1] and len(r[0]["errors"]) == 2
+
+    cfg = tiny_config(**{"model.bn_splits": 4, "optim.batch_size": 16})
+    x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(5))
+    model, y, bufs = _bn_forward(cfg, x)
+    bns, split_bn = _split_modules(model)
+    assert {m.splits for m in bns if isinstance(m, split_bn)} == {4} and len(bns) > 10
+    torch.testing.assert_close(torch.cat([r[0]["y"], r[1]["y"]]), y, rtol=1e-4, atol=1e-5)
+    for name, v in bufs.items():  # the running statistics: each rank's average of its groups
+        torch.testing.assert_close((r[0]["bufs"][name] + r[1]["bufs"][name]) / 2, v, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("bn_splits,batch,world,want", [
+    (8, 256, 1, (8, 32)), (8, 256, 8, (1, 32)), (8, 256, 2, (4, 32)),  # the paper's preset: groups of 32 always
+    (8, 2048, 64, (1, 32)),  # more ranks than groups: a rank is a group
+    (1, 16, 1, (1, 16)), (2, 8, 4, (1, 2))])
+def test_bn_groups_per_rank(bn_splits, batch, world, want):
+    from mocolab.config import check_bn_groups
+
+    assert check_bn_groups(bn_splits, batch, world) == want
+
+
+@pytest.mark.parametrize("bn_splits,batch,world,error", [
+    (8, 256, 3, "must be divisible by the number of processes"),  # 8 groups cannot be shared by 3 ranks
+    (6, 12, 4, "must be divisible by the number of processes"),
+    (1, 16, 16, "BN groups of 1 image"), (4, 4, 1, "BN groups of 1 image"),
+    (2, 10, 4, "optim.batch_size=10 must be divisible by the number of processes (4)")])
+def test_bn_groups_that_cannot_be_honoured_are_config_errors(bn_splits, batch, world, error):
+    from mocolab.config import ConfigError, check_bn_groups
+
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        check_bn_groups(bn_splits, batch, world)
+
+
+def test_a_bn_group_of_one_image_is_a_config_error():
+    from mocolab.config import ConfigError
+
+    with pytest.raises(ConfigError, match="BN groups of fewer than 2 images"):
+        tiny_config(**{"model.bn_splits": 8, "optim.batch_size": 8})
 
 
 def _shuffle_worker(rank, world, port, out):

@@ -80,6 +80,46 @@ def test_paper_linear_protocol_keeps_the_backbone_bit_identical():
     assert res["steps"] == 12 and 0.0 <= res["top1"] <= 100.0
 
 
+def test_paper_linear_layer_starts_as_the_official_code(monkeypatch):
+    """main_lincls.py: fc.weight ~ N(0, 0.01), fc.bias = 0 (not nn.Linear's uniform init)."""
+    import mocolab.eval.linear as lin
+
+    seen = {}
+
+    def no_training(model, groups, *a, **k):  # what fit() receives
+        seen["w"], seen["b"] = model.fc.weight.detach().clone(), model.fc.bias.detach().clone()
+        return {"steps": 0}
+
+    monkeypatch.setattr(lin, "fit", no_training)
+    net, _ = build_backbone("resnet18", 64, "cifar")  # 512 features x 4 classes: 2048 weights
+    torch.manual_seed(3)
+    lin.linear_paper(net, _toy_images(8), _toy_images(8), MEAN, STD, 16, FitConfig(), torch.device("cpu"))
+    w, b = seen["w"], seen["b"]
+    assert w.shape == (4, 512) and torch.equal(b, torch.zeros(4))
+    assert abs(w.std().item() - 0.01) < 0.001 and abs(w.mean().item()) < 0.001  # nn.Linear's: std 0.026
+
+
+class _Drifting(torch.nn.Module):
+    """A backbone with a buffer that moves even in eval mode (a bug the sanity check must catch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.register_buffer("seen", torch.zeros(1))
+
+    def forward(self, x):
+        self.seen += 1  # in eval mode, without gradient: as a frozen backbone runs
+        return self.conv(x).mean((2, 3))  # N x 8
+
+
+def test_paper_linear_protocol_fails_if_the_frozen_backbone_changed():
+    torch.manual_seed(0)
+    data = _toy_images(32)
+    fc = FitConfig(epochs=1, batch_size=16, lr=30.0, milestones=[0.6, 0.8])
+    with pytest.raises(RuntimeError, match="frozen backbone changed.*1 of 3 tensors, first seen"):
+        linear_paper(_Drifting(), data, data, MEAN, STD, 16, fc, torch.device("cpu"))
+
+
 def test_finetune_trains_the_whole_network_and_the_frozen_classifier_does_not():
     net, dim = _tiny_net()
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -80,3 +80,57 @@ def test_rerunning_a_finished_loop_trains_nothing_and_reports_its_losses(tmp_pat
     again = _fit(tmp_path, _model(seed=3))  # resumed from final.pth: 0 steps to go
     assert again["steps"] == first["steps"] == 12 and again["history"] == []
     assert again["first_loss"] == first["first_loss"] and again["final_loss"] == first["final_loss"]
+
+
+@pytest.mark.slow
+def test_linear_paper_killed_by_sigterm_resumes_bit_identical(cifar_dir, tmp_path):
+    """`mocolab linear --mode paper` stopped by SIGTERM mid-run (checkpoint, exit 75) and started
+    again with --resume auto ends with the classifier and numbers of an uninterrupted run."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from conftest import cifar_subset
+
+    from mocolab.checkpoint import safe_load
+
+    data = cifar_subset(cifar_dir, tmp_path / "data", 128)  # 256 train images: 8 steps of 32 per epoch
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cmd(results):
+        return [sys.executable, "-m", "mocolab", "linear", "--mode", "paper", "--random-init", "cifar10_cpu",
+                "--data", str(data), "--epochs", "10", "--batch-size", "32", "--lr", "1.0", "--device", "cpu",
+                "--results-dir", str(results)]
+
+    def outcome(results):
+        (result,) = results.glob("*.linear_paper.seed0.*.json")
+        rec = json.loads(result.read_text())
+        final = safe_load(result.with_suffix(".run") / "checkpoints" / "final.pth")
+        numbers = {k: rec[k] for k in ("top1", "top5", "first_loss", "final_loss", "steps", "images")}
+        return numbers, final["model"]
+
+    ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, timeout=600, env=env)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    proc = subprocess.Popen(cmd(tmp_path / "run"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not list((tmp_path / "run").glob("*.run/checkpoints/*.pth")) and proc.poll() is None:  # epoch 1 saved
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)  # as a scheduler would: finish the step, save, exit 75
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    (ckpt,) = (tmp_path / "run").glob("*.run/checkpoints/step_*.pth")
+    stopped_at = safe_load(ckpt)["progress"]["step"]
+    assert 8 <= stopped_at < 80 and not list((tmp_path / "run").glob("*.json"))  # mid-run, no result yet
+
+    again = subprocess.run([*cmd(tmp_path / "run"), "--resume", "auto"], capture_output=True, text=True,
+                           timeout=600, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"continuing from {ckpt}" in again.stderr
+    (want, want_model), (got, got_model) = outcome(tmp_path / "ref"), outcome(tmp_path / "run")
+    assert got == want and want["steps"] == 80
+    assert want_model.keys() == got_model.keys()
+    for name, v in want_model.items():  # the classifier (and the frozen backbone) bit-identical
+        assert torch.equal(v, got_model[name]), name

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be used; the message says what was expected."""
 
 

@@ -8,16 +8,17 @@ import json
 import logging
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import torch
 
 from . import distributed as du
-from .checkpoint import CheckpointError
-from .config import ConfigError, build_config, command_line_overrides, preset_names
+from .config import build_config, command_line_overrides, preset_names
 from .data import DataError
-from .runtime import RESUME_HELP, RUN_OVERWRITE_HELP, NonFiniteLoss, Preempted, check_arguments, prepare_run_dir
+from .errors import PathError, UsageError, is_user_error
+from .runtime import RESUME_HELP, RUN_OVERWRITE_HELP, Preempted, check_arguments, prepare_run_dir
 
 log = logging.getLogger("mocolab")
 
@@ -62,7 +63,7 @@ def cmd_knn(args) -> int:
     _, path, base = resolve_entry(args.checkpoint)  # the same inputs as linear, finetune, compare, export
     if path is None:
         if args.features == "head":
-            raise ValueError("--features head needs a trained checkpoint; random:PRESET has only a backbone")
+            raise UsageError("--features head needs a trained checkpoint; random:PRESET has only a backbone")
         net, cfg = random_backbone(args.checkpoint[len("random:"):], 0, args.image_size)
     else:
         if args.features == "head" and Path(args.checkpoint).is_dir():  # the head is in the training state
@@ -88,13 +89,13 @@ def cmd_knn(args) -> int:
     # or of a kNN with other settings (data, limit, image size: in the digest)
     out = result_path(base, f"knn_k{args.k}_t{args.t:g}_{args.features}",
                       {"seed": 0, "data": str(args.data), "limit": args.limit, "image_size": cfg.data.image_size})
+    print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
+          f"{len(splits.train)} train / {len(splits.test)} test images)")
     try:
         out.write_text(json.dumps(result, indent=2))
-        written = f"; written: {out}"
-    except OSError:
-        written = ""  # a read-only checkpoint folder: the figure is printed
-    print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
-          f"{len(splits.train)} train / {len(splits.test)} test images){written}")
+    except OSError as e:  # a read-only checkpoint folder, a full disk: the figure above is not saved
+        raise PathError(f"could not write the result {out}: {e.strerror or e}") from None
+    print(f"written: {out}")
     return 0
 
 
@@ -115,6 +116,9 @@ def cmd_presets(args) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mocolab", description="Momentum Contrast (MoCo) pretraining and evaluation")
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of any error (also MOCOLAB_DEBUG=1); without it, mistakes in the "
+                        "input are one line (exit code 2) and other errors show their traceback (exit code 1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     pt = sub.add_parser("pretrain", help="self-supervised MoCo pretraining on an image folder")
@@ -179,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     p = parser()
     args, extra = p.parse_known_args(argv)  # key=value overrides may follow --options too
+    if "--debug" in extra:  # also after the command's name
+        extra = [e for e in extra if e != "--debug"]
+        args.debug = True
+    debug = args.debug or os.environ.get("MOCOLAB_DEBUG", "") not in ("", "0")
     if extra:
         stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
         if stray:
@@ -189,14 +197,27 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"mocolab: {e}", file=sys.stderr)
         return Preempted.exit_code
-    except (ConfigError, DataError, CheckpointError, NonFiniteLoss, FileNotFoundError, OSError, ValueError) as e:
-        print(f"mocolab: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("mocolab: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # every error ends as a message and an exit code
+        return report_error(e, debug)
     finally:
         du.cleanup()  # leaves the process group (torchrun)
+
+
+def report_error(e: Exception, debug: bool = False) -> int:
+    """A user's mistake (errors.is_user_error): one line, exit code 2 (with its traceback too when
+    debugging); anything else is a bug, here or in a library: its traceback, exit code 1."""
+    user = is_user_error(e)
+    if debug or not user:
+        traceback.print_exc()
+    if user:
+        print(f"mocolab: error: {e}", file=sys.stderr)
+        return 2
+    print(f"mocolab: internal error ({type(e).__name__}): the traceback above says where; "
+          "please report it with the command line", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

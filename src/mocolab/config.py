@@ -17,13 +17,15 @@ from pathlib import Path
 
 import yaml
 
+from .errors import UserError
+
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50",  # mocolab.models.backbones
          "vit_small_patch16", "vit_base_patch16", "vit_tiny_patch4")  # mocolab.models.vit
 HEADS = ("linear", "mlp", "mlp_bn", "mlp2_bn", "mlp3_bn")  # mocolab.models.heads
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad preset, key or value. The message is meant for the user, as is."""
 
 
@@ -40,7 +42,9 @@ class ModelConfig:
     dim: int = 128  # feature dimension of the head's output
     hidden_dim: int = 2048  # MLP head's hidden width
     predictor_dim: int = 0  # hidden width of a MoCo v3 / BYOL predictor MLP on the query side (0 = none; mocov3 too)
-    bn_splits: int = 8  # SplitBatchNorm groups per process (1 = plain BN); under torchrun each rank is a group too
+    # BN groups of the GLOBAL batch (the paper's GPUs): each of W processes takes bn_splits / W of them
+    # (at least 1), so a preset's BN is the same on 1 process, 8 or 64 (see rank_bn_splits); 1 = plain BN
+    bn_splits: int = 8
     zero_init_residual: bool = False  # last BN of each residual block starts at 0 (Goyal et al. 2017)
     sync_bn: bool = False  # SyncBatchNorm over all ranks (GPUs; MoCo v3 style, instead of shuffle BN)
 
@@ -185,6 +189,9 @@ class Config:
             (self.optim.batch_size % self.model.bn_splits == 0,
              f"optim.batch_size ({self.optim.batch_size}) must be divisible by "
              f"model.bn_splits ({self.model.bn_splits})"),
+            (self.optim.batch_size >= 2 * self.model.bn_splits,
+             f"model.bn_splits={self.model.bn_splits} makes BN groups of fewer than 2 images "
+             f"(optim.batch_size={self.optim.batch_size})"),
             (0 < self.optim.lr < math.inf, "optim.lr must be positive"),
             (self.optim.schedule in ("step", "cosine"), "optim.schedule must be step or cosine"),
             (self.optim.name in ("sgd", "lars", "adamw"), "optim.name must be sgd, lars or adamw"),
@@ -207,6 +214,32 @@ class Config:
             if not ok:
                 raise ConfigError(message)
         return self
+
+
+def rank_bn_splits(bn_splits: int, world: int) -> int:
+    """The BN groups of each rank's batch: model.bn_splits counts those of the global batch, so
+    each of `world` ranks takes bn_splits / world (at least 1: a rank's batch is a group of its
+    own; the cross-rank Shuffle BN mixes them). Raises ConfigError if that is not a whole number."""
+    if bn_splits > world and bn_splits % world:
+        raise ConfigError(f"model.bn_splits={bn_splits} (BN groups in the global batch) must be divisible by "
+                          f"the number of processes ({world})")
+    return max(1, bn_splits // world)
+
+
+def check_bn_groups(bn_splits: int, batch: int, world: int) -> tuple[int, int]:
+    """The BN groups a run of `world` processes with global batch `batch` uses: (groups per rank,
+    images per group); raises ConfigError, before training, for what it cannot honour."""
+    splits = rank_bn_splits(bn_splits, world)
+    if batch % world:
+        raise ConfigError(f"optim.batch_size={batch} must be divisible by the number of processes ({world})")
+    local = batch // world  # this rank's slice of every global batch
+    if local % splits:
+        raise ConfigError(f"each process's batch ({local}) must be divisible by its BN groups ({splits} = "
+                          f"model.bn_splits={bn_splits} / {world} processes)")
+    if local // splits < 2:
+        raise ConfigError(f"BN groups of {local // splits} image: optim.batch_size={batch} on {world} processes "
+                          f"with model.bn_splits={bn_splits} needs at least 2 images per group")
+    return splits, local // splits
 
 
 def common_checks(o: OptimConfig, r: RunConfig) -> list[tuple[bool, str]]:

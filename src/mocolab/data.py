@@ -25,10 +25,12 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .errors import UserError
+
 log = logging.getLogger("mocolab")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A data problem the user must fix (wrong path, no images...). The message says which."""
 
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from . import distributed as du
 from .augment import BatchAugment, TwoViews, pil_transform, preset
 from .checkpoint import CheckpointError, atomic_save, rng_state, set_rng_state
-from .config import Config
+from .config import Config, ConfigError, check_bn_groups
 from .data import (
     DataError,
     PILFileDataset,
@@ -97,7 +97,7 @@ class Trainer:
             # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
             train = TensorData(train.images.to(device), train.labels, train.classes)
         if method.STATE == ("bank",) and (isinstance(train, ShardStream) or cfg.data.backend != "tensor") and not feed:
-            raise ValueError("moco.method=bank needs each image's index: use data.backend=tensor (not tar shards)")
+            raise ConfigError("moco.method=bank needs each image's index: use data.backend=tensor (not tar shards)")
         self.cfg, self.method, self.train, self.device, self.out = cfg, method, train, device, out
         self.monitor = monitor  # callable(method) -> dict, run every knn_every epochs
         o = cfg.optim
@@ -105,14 +105,14 @@ class Trainer:
         self.optimizer = build_optimizer(method.learnable_params(), o, self.base_lr)
         self.batch = o.batch_size  # global: each of the W ranks takes its slice of every batch
         self.world, self.rank = du.world_size(), du.rank()
-        splits = 1 if feed is not None else cfg.model.bn_splits
-        if self.batch % (self.world * splits):
-            raise ValueError(f"optim.batch_size={self.batch} must be divisible by the number of processes "
-                             f"({self.world}) times model.bn_splits ({splits})")
+        if feed is None:  # model.bn_splits: BN groups of the global batch, each rank takes its share
+            check_bn_groups(cfg.model.bn_splits, self.batch, self.world)
+        elif self.batch % self.world:
+            raise ConfigError(f"the batch ({self.batch}) must be divisible by the number of processes ({self.world})")
         self.local_batch = self.batch // self.world
         self.steps_per_epoch = len(train) // self.batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
+            raise ConfigError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.budget_s = cfg.run.budget_minutes * 60.0
         self.budget = StepBudget(self.budget_s, start_step=0)  # restarted by fit() from the resumed step

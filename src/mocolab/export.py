@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, extract_backbone, safe_load
+from .errors import UsageError
 from .models.backbones import infer_arch, torchvision_model
 from .models.vit import VITS, infer_vit, timm_vit
 
@@ -142,15 +143,15 @@ def _px(v) -> str:  # 0-1 mean/std -> detectron2's 0-255 pixel values
 def _detectron2(meta: dict, out: Path) -> str:
     arch, w = meta["arch"], meta["width"]
     if meta["stem"] == "cifar":
-        raise ValueError("detectron2 has no 3x3 stride-1 stem (CIFAR stem); "
+        raise UsageError("detectron2 has no 3x3 stride-1 stem (CIFAR stem); "
                          "use --format torchvision or safetensors")
     if arch == "resnet10":
-        raise ValueError("detectron2 builds ResNet depths 18/34/50/101/152 only, not resnet10")
+        raise UsageError("detectron2 builds ResNet depths 18/34/50/101/152 only, not resnet10")
     if arch != "resnet50" and w != 64:  # build_resnet_backbone asserts RES2_OUT_CHANNELS == 64
-        raise ValueError(f"detectron2's R18/R34 need 64 channels in res2 "
+        raise UsageError(f"detectron2's R18/R34 need 64 channels in res2 "
                          f"(RES2_OUT_CHANNELS); this {arch} has width {w}")
     if out.suffix != ".pkl":
-        raise ValueError("detectron2 reads pickled weights only from files named *.pkl")
+        raise UsageError("detectron2 reads pickled weights only from files named *.pkl")
     lines = ["MODEL:", f'  WEIGHTS: "{out}"', f"  PIXEL_MEAN: {_px(meta['mean'])}",
              f"  PIXEL_STD: {_px(meta['std'])}", "  RESNETS:", f"    DEPTH: {arch[6:]}",
              "    STRIDE_IN_1X1: False",
@@ -172,10 +173,10 @@ def _timm(meta: dict) -> tuple[str, dict]:
                                                                                "vit_tiny_patch16_224")
         return name, {"num_heads": spec["num_heads"], "patch_size": spec["patch_size"], "img_size": meta["img_size"]}
     if meta["stem"] == "cifar":
-        raise ValueError("timm's ResNet has no 3x3 stride-1 stem (CIFAR stem); "
+        raise UsageError("timm's ResNet has no 3x3 stride-1 stem (CIFAR stem); "
                          "use --format torchvision or safetensors")
     if meta["width"] != 64:
-        raise ValueError(f"timm's ResNet fixes its 7x7 stem at 64 channels (stem_width sizes "
+        raise UsageError(f"timm's ResNet fixes its 7x7 stem at 64 channels (stem_width sizes "
                          f"only its deep stems), so width {meta['width']} cannot be built")
     if meta["arch"] == "resnet10":  # timm's resnet10t is another network (deep stem, avg-pool down)
         return "resnet18", {"layers": [1, 1, 1, 1]}
@@ -185,19 +186,19 @@ def _timm(meta: dict) -> tuple[str, dict]:
 def export(src: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> dict:
     """Writes the backbone of `src` as `fmt` to `out`; returns what was written."""
     if fmt not in FORMATS:
-        raise ValueError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+        raise UsageError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
     out = Path(out).expanduser()
     side = out.with_suffix(".json") if fmt in ("torchvision", "timm") else None
     if side == out:
-        raise ValueError(f"--out {out} is where its .json metadata goes; choose another name")
+        raise UsageError(f"--out {out} is where its .json metadata goes; choose another name")
     for p in (out, side):
         if p is not None and p.is_dir():
-            raise ValueError(f"{p} is a folder; --out takes a file name")
+            raise UsageError(f"{p} is a folder; --out takes a file name")
         if p is not None and p.exists() and not overwrite:
-            raise ValueError(f"{p} exists; pass --overwrite to replace it")
+            raise UsageError(f"{p} exists; pass --overwrite to replace it")
     sd, meta = _source(src)
     if meta["arch"] in VITS and fmt != "timm":
-        raise ValueError(f"a ViT ({meta['arch']}) exports to timm only, not {fmt}")
+        raise UsageError(f"a ViT ({meta['arch']}) exports to timm only, not {fmt}")
     info = {"format": fmt, "path": str(out), **{k: meta.get(k) for k in ("arch", "width", "stem")}}
     if fmt == "timm":
         name, kwargs = _timm(meta)

@@ -17,7 +17,7 @@ import torch
 
 from . import distributed as du
 from .checkpoint import CheckpointError, export_backbone, load_training_checkpoint
-from .config import Config, ConfigError, apply_overrides, from_dict, save_yaml
+from .config import Config, ConfigError, apply_overrides, check_bn_groups, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .eval.knn import knn_evaluate
@@ -99,6 +99,10 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         log.setLevel(logging.WARNING)  # rank 0 reports
     else:
         check_out_dir(out)
+    splits, group = check_bn_groups(cfg.model.bn_splits, cfg.optim.batch_size, du.world_size())  # before training
+    if du.world_size() > 1:
+        log.info("BN: %d group(s) of %d images per process, %d in the global batch", splits, group,
+                 splits * du.world_size())
     if cfg.model.sync_bn and du.is_dist() and device.type != "cuda":
         raise ConfigError("model.sync_bn=true needs CUDA (torch's SyncBatchNorm); "
                           "on CPUs shuffle BN across ranks is used")

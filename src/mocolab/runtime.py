@@ -17,9 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import PathError, UsageError, UserError
 
-class NonFiniteLoss(RuntimeError):
-    pass
+
+class NonFiniteLoss(UserError, RuntimeError):
+    """The loss stopped being finite (a diverging learning rate): a one-line error."""
 
 
 class Preempted(RuntimeError):
@@ -40,7 +42,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"run.device={name} but no CUDA device is available")
+        raise UsageError(f"run.device={name} but no CUDA device is available")
     return dev
 
 
@@ -74,10 +76,10 @@ def check_out_dir(out: Path) -> None:
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as e:
-        raise OSError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+        raise PathError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
     free = shutil.disk_usage(out).free
     if free < 200 * 2**20:
-        raise OSError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")
+        raise PathError(f"only {free / 2**20:.0f} MiB free under {out}; checkpoints need more")
 
 
 RUN_FILES = ("config.yaml", "summary.json", "checkpoints", "backbone.pth", "metrics.jsonl")
@@ -106,7 +108,7 @@ def run_command(out: Path) -> str | None:
 
 def prepare_run_dir(out: str | Path, command: str, resume: bool = False, overwrite: bool = False) -> None:
     """The run folder guard of pretrain, supervised, detect and segment (rank 0 only): a folder that
-    already holds a run's files is refused (one line naming them, ValueError), unless `resume`
+    already holds a run's files is refused (one line naming them, UsageError), unless `resume`
     continues a run of the same command there, or `overwrite`: the old contents are then moved aside,
     as a whole, to OUT.replaced-<timestamp>/ (nothing of the old run stays in OUT). Records the
     command in OUT/command.json."""
@@ -114,9 +116,9 @@ def prepare_run_dir(out: str | Path, command: str, resume: bool = False, overwri
         return
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file; give a folder for the run")
+        raise UsageError(f"--out {out} is a file; give a folder for the run")
     if resume and overwrite:
-        raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one of them")
+        raise UsageError("--resume continues the run in --out, --overwrite replaces it: give one of them")
     present = [n for n in RUN_FILES if (out / n).exists()]
     if present:
         made_by = run_command(out)
@@ -131,10 +133,10 @@ def prepare_run_dir(out: str | Path, command: str, resume: bool = False, overwri
             logging.getLogger("mocolab").warning("--overwrite: moved the previous run in %s aside to %s", out, aside)
         elif resume:
             if made_by is not None and made_by != command:
-                raise ValueError(f"{out} holds {what}, not a `mocolab {command}` run: --resume continues a run "
+                raise UsageError(f"{out} holds {what}, not a `mocolab {command}` run: --resume continues a run "
                                  "of the same command; give another --out")
         else:
-            raise ValueError(f"{out} already holds {what} ({', '.join(present)}): pass --resume auto to continue "
+            raise UsageError(f"{out} already holds {what} ({', '.join(present)}): pass --resume auto to continue "
                              "it, --overwrite to move it aside (to OUT.replaced-<timestamp>/), or another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -192,19 +194,19 @@ def read_json(path: str | Path) -> dict:
 
 
 def check_positive(args, names) -> None:
-    """Command-line numbers that must be > 0 (when given), as one-line errors (ValueError)."""
+    """Command-line numbers that must be > 0 (when given), as one-line errors (UsageError)."""
     for name in names:
         v = getattr(args, name, None)
         if v is not None and not 0 < v < float("inf"):
-            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
 
 def check_at_least(args, names, minimum: float, why: str = "") -> None:
-    """Command-line numbers that must be >= minimum (when given), as one-line errors (ValueError)."""
+    """Command-line numbers that must be >= minimum (when given), as one-line errors (UsageError)."""
     for name in names:
         v = getattr(args, name, None)
         if v is not None and not minimum <= v < float("inf"):
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum:g}{why}, got {v}")
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {minimum:g}{why}, got {v}")
 
 
 def check_arguments(args) -> None:
@@ -217,5 +219,5 @@ def check_arguments(args) -> None:
     check_at_least(args, ("image_size",), 8, " (pixels)")
     m = getattr(args, "momentum", None)
     if m is not None and not 0 <= m < 1:
-        raise ValueError(f"--momentum must lie in [0, 1), got {m}")
+        raise UsageError(f"--momentum must lie in [0, 1), got {m}")
 

@@ -6,22 +6,27 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..config import command_line_overrides
+from ..errors import UsageError
 from ..runtime import RUN_OVERWRITE_HELP, check_arguments, prepare_run_dir, resolve_device
 
 TARGET_HELP = ("--checkpoint: a mocolab checkpoint, a backbone.pth export (MoCo or supervised), a run folder, "
                "official MoCo or torchvision weights; --random-init PRESET: an untrained backbone of the preset's "
                "architecture, initialised with --seed (the random-init baseline)")
 
+LOOP_RESUME_HELP = ("continue a stopped run (SIGTERM: exit 75) from its folder beside the result, BASE....run/; what "
+                    "a rerun with the same settings does anyway (a loop of other settings starts afresh): accepted so "
+                    "that a requeue can pass --resume auto to every command")
+
 
 def _check(args) -> None:
-    """Values argparse cannot check, as one-line errors (cli.main prints ValueError that way)."""
+    """Values argparse cannot check, as one-line errors (UsageError)."""
     check_arguments(args)
     for f in [getattr(args, "label_fraction", None), *(getattr(args, "fractions", None) or [])]:
         if f is not None and not 0.0 < f <= 1.0:
-            raise ValueError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")
+            raise UsageError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")
     if du.launched_by_torchrun():  # feature extraction is sharded over the ranks; training loops are not
         if args.fn is not cmd_linear or args.mode != "cached":
-            raise ValueError("under torchrun, evaluation runs `mocolab knn` and `mocolab linear --mode cached` "
+            raise UsageError("under torchrun, evaluation runs `mocolab knn` and `mocolab linear --mode cached` "
                              "(features sharded over the ranks); run the other protocols as one process")
         du.setup(resolve_device(args.device))
 
@@ -113,19 +118,19 @@ def cmd_compare(args) -> int:
 
     protocols = [p for p in args.protocols if p != "none"]
     if "none" in args.protocols and protocols:
-        raise ValueError("--protocols none stands alone (only the transfer columns)")
+        raise UsageError("--protocols none stands alone (only the transfer columns)")
     if protocols and not args.data:
-        raise ValueError(f"--data is needed for the protocols {' '.join(protocols)} (--protocols none: "
+        raise UsageError(f"--data is needed for the protocols {' '.join(protocols)} (--protocols none: "
                          "only the --detect / --segment columns)")
     bad = [o for o in args.transfer_set if "=" not in o]
     if bad:
-        raise ValueError(f"--transfer-set takes key=value items, not {' '.join(bad)} (give the entries first)")
+        raise UsageError(f"--transfer-set takes key=value items, not {' '.join(bad)} (give the entries first)")
     try:
         seeds = [int(s) for s in args.seeds.replace(",", " ").split()]
     except ValueError:
-        raise ValueError(f"--seeds takes seeds separated by commas (e.g. 0,1,2), not {args.seeds!r}") from None
+        raise UsageError(f"--seeds takes seeds separated by commas (e.g. 0,1,2), not {args.seeds!r}") from None
     if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ValueError(f"--seeds needs distinct seeds >= 0, got {args.seeds!r}")
+        raise UsageError(f"--seeds needs distinct seeds >= 0, got {args.seeds!r}")
     transfer = [TransferSpec(kind, data, preset, list(args.transfer_set), args.transfer_budget_minutes or 0.0)
                 for kind, data, preset in (("detect", args.detect, args.detect_preset),
                                            ("segment", args.segment, args.segment_preset)) if data]
@@ -167,6 +172,7 @@ def add_commands(sub) -> None:
     li.add_argument("--budget-minutes", type=float, help="paper mode: fit the schedule to M minutes")
     li.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0],
                     help="paper mode: random-resized-crop scale")
+    li.add_argument("--resume", choices=["auto"], help=LOOP_RESUME_HELP)
     li.set_defaults(fn=cmd_linear)
 
     ft = sub.add_parser("finetune", help="semi-supervised fine-tuning of the whole network on a fraction of the labels",
@@ -185,6 +191,7 @@ def add_commands(sub) -> None:
     ft.add_argument("--backbone-lr-scale", type=float, default=1.0, help="backbone lr = scale x the head's")
     ft.add_argument("--budget-minutes", type=float, help="fit the schedule to M minutes")
     ft.add_argument("--crop-scale", type=float, nargs=2, default=[0.2, 1.0])
+    ft.add_argument("--resume", choices=["auto"], help=LOOP_RESUME_HELP)
     ft.set_defaults(fn=cmd_finetune)
 
     from ..config import preset_names

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
 from ..runtime import Preempted, data_id, read_json, run_process
 from .linear import CACHED, PAPER
 from .protocols import Context, Target, knn_and_linear_cached, run_finetune, run_linear_paper
@@ -213,11 +214,11 @@ def compare(entries: list[str], ctx: Context, out: str | Path, *, protocols=("kn
     (table so far written) when a fine-tune was stopped."""
     bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
-        raise ValueError(f"unknown protocol(s) {', '.join(bad)}; choose from {', '.join(PROTOCOLS)}")
+        raise UsageError(f"unknown protocol(s) {', '.join(bad)}; choose from {', '.join(PROTOCOLS)}")
     if "linear_paper" in protocols and paper_fit is None:
         raise ValueError("linear_paper needs its fit settings")
     if not protocols and not transfer:
-        raise ValueError("nothing to compare: give protocols, --detect or --segment")
+        raise UsageError("nothing to compare: give protocols, --detect or --segment")
     for spec in transfer:
         spec.check()
     out = Path(out)

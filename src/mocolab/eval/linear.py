@@ -5,7 +5,9 @@
   held-out 10% of the train split. Reported as "linear (cached features)".
 - paper: the MoCo protocol. The frozen backbone (no gradient, BN in eval mode) sees random-
   resized-crop + flip views; SGD lr 30, momentum 0.9, wd 0, 100 epochs, lr x0.1 at 60 and 80,
-  batch 256; top-1 on the center crop. Reported as "linear (paper protocol)".
+  batch 256; top-1 on the center crop. Reported as "linear (paper protocol)". As the official
+  main_lincls.py: the linear layer starts from N(0, 0.01) weights and zero bias, and the frozen
+  backbone's state (weights and BN running statistics) is checked unchanged after training.
 """
 
 from __future__ import annotations
@@ -98,17 +100,38 @@ def paper_defaults() -> FitConfig:
                      milestones=[0.6, 0.8])
 
 
+def paper_classifier(net: nn.Module, feature_dim: int, num_classes: int) -> Classifier:
+    """The frozen `net` and a linear layer initialised as the official main_lincls.py: weights
+    N(0, 0.01), bias 0 (from torch's global RNG)."""
+    model = Classifier(net, feature_dim, num_classes, frozen=True)
+    nn.init.normal_(model.fc.weight, mean=0.0, std=0.01)  # C x D
+    nn.init.zeros_(model.fc.bias)
+    return model
+
+
+def check_unchanged(before: dict, after: dict) -> None:
+    """The official sanity_check: the frozen backbone's state_dict (weights, BN running
+    statistics) after the linear training equals its copy from before; a RuntimeError names
+    what moved (that would be a bug: the protocol's figure would not be of these weights)."""
+    moved = [k for k, v in before.items() if k not in after or not torch.equal(v, after[k].to(v.device))]
+    if moved:
+        raise RuntimeError(f"the frozen backbone changed during the linear protocol's training ({len(moved)} of "
+                           f"{len(before)} tensors, first {moved[0]}): its result would not score these weights")
+
+
 def linear_paper(net: nn.Module, train, test, mean, std, size: int, fc: FitConfig, device: torch.device,
                  autocast_dtype=None, channels_last: bool = False, crop_scale=(0.08, 1.0), out=None,
                  settings: dict | None = None) -> dict:
     """The paper's linear protocol on a frozen `net` (pooled features N x D). out: a folder for
     the loop's checkpoints (resumed when made with the same `settings`), or None."""
     num_classes = len(train.classes) or int(train.labels.max()) + 1
-    model = Classifier(net, feature_dim_of(net, size), num_classes, frozen=True).to(device)
+    model = paper_classifier(net, feature_dim_of(net, size), num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}  # for check_unchanged
     aug = BatchAugment(crop_flip(size, crop_scale), mean, std, channels_last)
     stats = fit(model, [{"params": model.fc.parameters()}], train, aug, fc, device, autocast_dtype, desc="linear",
                 out=out, settings=settings)
+    check_unchanged(before, model.backbone.state_dict())
     res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last)
     return {**res, **{k: v for k, v in stats.items() if k != "history"}}

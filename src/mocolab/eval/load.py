@@ -10,6 +10,7 @@ import torch
 
 from ..checkpoint import ACCEPTED, CheckpointError, extract_backbone, safe_load
 from ..config import Config, from_dict
+from ..errors import UsageError
 from ..models.backbones import build_backbone, infer_arch
 from ..models.encoder import build_encoder
 from ..models.vit import VITS, build_vit, infer_vit, timm_vit
@@ -23,11 +24,15 @@ def load_for_eval(path: str, features: str, image_size: int | None):
     if not meta and side.is_file():
         meta = json.loads(side.read_text())
     cfg = from_dict(meta["config"]) if "config" in meta else Config()
-    vit = infer_vit(sd)  # None for a ResNet
+    try:
+        vit = infer_vit(sd)  # None for a ResNet
+        arch = None if vit else infer_arch(sd)
+    except ValueError as e:  # weights of another kind of network
+        raise CheckpointError(f"{path}: {e}") from None
     if "config" not in meta:  # an export (its .json tells the preprocessing) or foreign weights
         cfg.data.mean, cfg.data.std = meta.get("mean", cfg.data.mean), meta.get("std", cfg.data.std)
         image_size = image_size or meta.get("image_size") or (
-            vit["img_size"] if vit else 32 if infer_arch(sd)["stem"] == "cifar" else 224)
+            vit["img_size"] if vit else 32 if arch["stem"] == "cifar" else 224)
     if image_size:
         cfg.data.image_size = image_size
     if features == "head":
@@ -38,7 +43,7 @@ def load_for_eval(path: str, features: str, image_size: int | None):
         prefix = "encoder_q."
         encoder.load_state_dict({k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)})
         return encoder, cfg
-    spec = vit or infer_arch(sd)
+    spec = vit or arch
     if vit:
         net = timm_vit(vit["arch"], vit["img_size"])
     else:
@@ -76,7 +81,7 @@ def resolve_entry(entry: str, results_dir: Path | str = ".", seed: int = 0):
     if entry.startswith("random:"):
         preset = entry[len("random:"):]
         if not preset:
-            raise ValueError("random: needs a preset name, for example random:cifar10_cpu")
+            raise UsageError("random: needs a preset name, for example random:cifar10_cpu")
         return f"random init ({preset})", None, Path(results_dir) / f"random_{Path(preset).stem}_seed{seed}.pth"
     path = Path(entry).expanduser()
     if path.is_dir():

@@ -171,7 +171,7 @@ def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.
     net, cfg, device, dtype = _prepare(target, ctx)
     fc.seed = ctx.seed
     st = _settings(target, ctx, cfg, "linear_paper", fit=fc.to_dict(), crop_scale=list(crop_scale),
-                   frozen_backbone=True, bn="eval")
+                   frozen_backbone=True, bn="eval", fc_init="normal_0.01")  # fc_init: results before it differ
     path = result_path(target.base, "linear_paper", st)
     if reuse and (old := find_matching(target.base, "linear_paper", st)) is not None:
         return old

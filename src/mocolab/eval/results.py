@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import time
 from pathlib import Path
 
 from .. import distributed as du
-
-log = logging.getLogger("mocolab")
+from ..errors import PathError
 
 
 def settings_digest(settings: dict) -> str:
@@ -54,6 +52,8 @@ def file_identity(path: Path) -> dict:
 
 
 def write_result(path: Path, result: dict) -> Path | None:
+    """Writes `result` to `path` (rank 0); a failed write is an error (PathError), with the
+    result's top-1 in its message so that the figure is not lost."""
     if not du.is_main():  # under torchrun every rank holds the result; rank 0 writes it
         return None
     result = {**result, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -62,8 +62,8 @@ def write_result(path: Path, result: dict) -> Path | None:
         path.write_text(json.dumps(result, indent=2))
         return path
     except OSError as e:
-        log.warning("could not write %s: %s", path, e)
-        return None
+        top1 = f" (its top-1: {result['top1']:.2f}%)" if isinstance(result.get("top1"), float) else ""
+        raise PathError(f"could not write the result {path}: {e.strerror or e}{top1}") from None
 
 
 def find_matching(base: Path, key: str, settings: dict) -> dict | None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from ..data import TensorData
+from ..data import DataError, TensorData
+from ..errors import UsageError
 
 
 def check_fraction(fraction: float) -> float:
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"--label-fraction must lie in (0, 1], got {fraction}")
+        raise UsageError(f"--label-fraction must lie in (0, 1], got {fraction}")
     return float(fraction)
 
 
@@ -20,7 +21,7 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.
     check_fraction(fraction)
     labels = torch.as_tensor(labels)
     if labels.numel() == 0 or int(labels.min()) < 0:
-        raise ValueError("label subsets need a labeled train split")
+        raise DataError("label subsets need a labeled train split")
     keep = []
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().squeeze(1)  # items of class c, in order

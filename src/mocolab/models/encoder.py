@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import Config
+from .. import distributed as du
+from ..config import Config, rank_bn_splits
 from .backbones import build_backbone, resolve_stem
 from .heads import build_head, build_predictor, v3_mlp
 
@@ -27,14 +28,15 @@ def build_encoder(cfg: Config) -> tuple[Encoder, dict]:
     """The config's encoder (SyncBN converted when model.sync_bn) and what it is:
     {"stem", "feature_dim"} (the backbone's pooled width)."""
     mc = cfg.model
+    splits = rank_bn_splits(mc.bn_splits, du.world_size())  # this rank's share of the global batch's groups
     stem = resolve_stem(mc.stem, cfg.data.image_size)
     if mc.arch.startswith("vit"):  # the class token N x D
         from .vit import build_vit
 
         backbone, feat_dim = build_vit(mc.arch, cfg.data.crop_size or cfg.data.image_size)
     else:
-        backbone, feat_dim = build_backbone(mc.arch, mc.width, stem, mc.bn_splits, mc.zero_init_residual)
-    enc = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim, mc.bn_splits))
+        backbone, feat_dim = build_backbone(mc.arch, mc.width, stem, splits, mc.zero_init_residual)
+    enc = Encoder(backbone, build_head(mc.head, feat_dim, mc.dim, mc.hidden_dim, splits))
     if mc.sync_bn:  # BN statistics over the global batch (torch's SyncBatchNorm, GPUs only)
         enc = nn.SyncBatchNorm.convert_sync_batchnorm(enc)
     return enc, {"stem": stem, "feature_dim": feat_dim}
@@ -46,8 +48,9 @@ def build_query_predictor(cfg: Config) -> nn.Module | None:
     mc = cfg.model
     if not mc.predictor_dim:
         return None
+    splits = rank_bn_splits(mc.bn_splits, du.world_size())
     if cfg.moco.method == "mocov3":
-        pred = v3_mlp(2, mc.dim, mc.predictor_dim, mc.dim, last_bn=False, bn_splits=mc.bn_splits)
+        pred = v3_mlp(2, mc.dim, mc.predictor_dim, mc.dim, last_bn=False, bn_splits=splits)
     else:
-        pred = build_predictor(mc.dim, mc.predictor_dim, mc.bn_splits)
+        pred = build_predictor(mc.dim, mc.predictor_dim, splits)
     return nn.SyncBatchNorm.convert_sync_batchnorm(pred) if mc.sync_bn else pred

@@ -30,6 +30,8 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 
+from ..checkpoint import CheckpointError
+from ..config import ConfigError
 from ..eval.load import load_for_eval, random_backbone, resolve_entry
 from ..models.backbones import WideResNet, infer_arch
 from ..models.splitbn import SplitBatchNorm
@@ -47,7 +49,11 @@ def load_backbone(src: str, seed: int = 0, image_size: int | None = None):
     else:
         net, cfg = load_for_eval(str(path), "backbone", image_size)
         source = str(path)
-    meta = dict(infer_arch(net.state_dict()), mean=[float(v) for v in cfg.data.mean],
+    try:
+        arch = infer_arch(net.state_dict())
+    except ValueError as e:  # a ViT
+        raise CheckpointError(f"{source}: detection and segmentation take a ResNet backbone ({e})") from None
+    meta = dict(arch, mean=[float(v) for v in cfg.data.mean],
                 std=[float(v) for v in cfg.data.std], image_size=cfg.data.image_size,
                 name=name, source=source)
     return net, meta
@@ -134,7 +140,7 @@ def build_detector(backbone: WideResNet, meta: dict, num_classes: int, *, head: 
                            **common, **rcnn_kw)
     else:
         if meta["stem"] != "imagenet":
-            raise ValueError("C4 needs the ImageNet stem (a CIFAR-stem backbone has stride 8 at res4)")
+            raise ConfigError("task.head=c4 needs the ImageNet stem (a CIFAR-stem backbone has stride 8 at res4)")
         body = IntermediateLayerGetter(backbone, {"layer3": "0"})  # stem..res4: N x C4 x H/16 x W/16
         body.out_channels = chans[2]
         anchors = AnchorGenerator((tuple(anchor_sizes),), (tuple(aspect_ratios),))
