@@ -97,7 +97,8 @@ def test_config_values_are_range_checked(override, message, tmp_path, capsys):
     ("run.budget_minutes=-1", "run.budget_minutes must be >= 0"),
     ("optim.momentum=1.5", "optim.momentum must lie in [0, 1)"),
     ("run.seed=-1", "run.seed must be >= 0"),
-    ("task.workers=-1", "task.workers and task.num_classes must be >= 0"),
+    ("task.workers=-1", "task.num_classes and task.train_images must be >= 0"),
+    ("task.train_images=-2", "task.train_images must be >= 0"),
 ])
 def test_transfer_config_values_are_range_checked(override, message, tmp_path, capsys):
     one_line_error(capsys, ["segment", "--backbone", "random:cifar10_cpu", "--data", "/x",
