@@ -105,7 +105,7 @@ def test_c4_detector(norm):
 
 def test_c4_refuses_cifar_stem():
     net, meta = backbone("resnet18", stem="cifar")
-    with pytest.raises(ValueError, match="C4 needs the ImageNet stem") as e:
+    with pytest.raises(ValueError, match="c4 needs the ImageNet stem") as e:
         build_detector(net, meta, 2, head="c4")
     assert "\n" not in str(e.value)
 

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UsageError
 from . import page
 from .curves import PANELS, plot_curves
 from .embedding import embed_2d, per_class_knn, plot_map, subsample
@@ -230,14 +231,14 @@ def write_report(paths: list[str], out: str | Path, opts: Options | None = None)
     opts = opts or Options()
     out = Path(out).expanduser()
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file")
+        raise UsageError(f"--out {out} is a file")
     if out.is_dir() and (is_run(out) or (out / "cells").is_dir() or (out / "compare.json").is_file()):
-        raise ValueError(f"--out {out} holds a run, sweep or compare folder; give the report a folder of its own")
+        raise UsageError(f"--out {out} holds a run, sweep or compare folder; give the report a folder of its own")
     folders = [read_folder(p) for p in paths]
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for f in folders for r in f.runs]
     if not runs and not any(f.tables for f in folders):
-        raise ValueError(f"nothing to report in {', '.join(paths)}: no runs, no results")
+        raise UsageError(f"nothing to report in {', '.join(paths)}: no runs, no results")
     sections = [("Runs", overview(runs)), ("Curves", curves_section(runs, out))]
 
     splits = SplitCache(opts.limit)

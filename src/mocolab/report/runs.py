@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import PathError
+
 log = logging.getLogger("mocolab")
 
 RESULT_FILES = ("summary.json", "detect.json", "segment.json")
@@ -150,7 +152,7 @@ def read_folder(path: str | Path) -> Folder:
     """A run folder, a sweep folder (results.json + cells/) or a compare folder (compare.json)."""
     path = Path(path).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"run folder not found: {path}")
+        raise PathError(f"run folder not found: {path}")
     tables = [(p.name, p.read_text()) for p in (path / "results.md", path / "compare.md") if p.is_file()]
     figures = sorted(path.glob("*.png"))
     if (path / "cells").is_dir():
@@ -165,7 +167,7 @@ def read_folder(path: str | Path) -> Folder:
                 for p in sorted(path.glob("transfer/*/*/*/metrics.jsonl"))]
         return Folder(path, "compare", runs, tables, figures, meta)
     if not is_run(path):
-        raise FileNotFoundError(f"{path} is not a run, sweep or compare folder (no metrics.jsonl, config.yaml, "
+        raise PathError(f"{path} is not a run, sweep or compare folder (no metrics.jsonl, config.yaml, "
                                 "cells/ or compare.json)")
     return Folder(path, "run", [read_run(path)], tables, figures)
 
