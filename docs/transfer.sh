@@ -13,7 +13,10 @@ SUP_EPOCHS=${SUP_EPOCHS:-5}
 # per fine-tune, the same for every backbone and seed: the presets' full schedules (bccd_cpu 438
 # steps, camvid_cpu 450); ITERS=N shortens every fine-tune to N steps (then into runs/*_itersN)
 ITERS=${ITERS:-}
-SUFFIX=${ITERS:+_iters$ITERS}
+# LABELS=N: fine-tune on N labeled training images only (task.train_images; the same N images for
+# every backbone at a seed), into runs/*_labelsN: the few-labels regime
+LABELS=${LABELS:-}
+SUFFIX=${ITERS:+_iters$ITERS}${LABELS:+_labels$LABELS}
 
 done_run() { [ -f "$1/summary.json" ]; }
 
@@ -34,7 +37,7 @@ done_run runs/camvid_moco || $M pretrain --preset imagenette_cpu --data "$SHARED
   --out runs/camvid_moco --resume auto "${SMALL[@]}" "${T[@]}"
 
 # 2. the comparison: the same fine-tuning recipe (preset, ITERS iterations) for every backbone
-SET=(--transfer-set ${ITERS:+task.iters=$ITERS} "${T[@]}")
+SET=(--transfer-set ${ITERS:+task.iters=$ITERS} ${LABELS:+task.train_images=$LABELS} "${T[@]}")
 $M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/bccd_moco \
   --out "runs/compare_bccd$SUFFIX" --protocols none --detect "$SHARED/bccd/BCCD" --seeds 0,1,2 "${SET[@]}"
 $M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/camvid_moco \
