@@ -14,7 +14,8 @@ SUP_EPOCHS=${SUP_EPOCHS:-5}
 # steps, camvid_cpu 450); ITERS=N shortens every fine-tune to N steps (then into runs/*_itersN)
 ITERS=${ITERS:-}
 # LABELS=N: fine-tune on N labeled training images only (task.train_images; the same N images for
-# every backbone at a seed), into runs/*_labelsN: the few-labels regime
+# every backbone at a seed), into runs/*_labelsN: the few-labels regime. Give ITERS too: the presets
+# count epochs (30 BCCD images x 6 epochs would be 45 steps), e.g. LABELS=30 ITERS=438
 LABELS=${LABELS:-}
 SUFFIX=${ITERS:+_iters$ITERS}${LABELS:+_labels$LABELS}
 
