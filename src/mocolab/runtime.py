@@ -186,11 +186,13 @@ def data_id(data: str) -> str:
 
 
 def read_json(path: str | Path) -> dict:
-    """A JSON file's object, or {} when it is missing or unreadable (a result still being written)."""
+    """A JSON file's object, or {} when it is missing, unreadable (a result still being written) or
+    not an object."""
     try:
-        return json.loads(Path(path).read_text())
+        obj = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def check_positive(args, names) -> None:

@@ -344,6 +344,8 @@ def markdown(rows: list[dict], cols: list[tuple[str, str]], notes: list[str], ti
 def seed_means(rows: list[dict]) -> list[dict]:
     """Cells that differ only by their seed, as one row: kNN, linear and pretext accuracy as
     mean, std and the values per seed (finished cells only) -> [] when no axis is a seed."""
+    from .eval.compare import mean_std
+
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         if "seed" not in r["axes"] or r["status"] != "done":
@@ -355,9 +357,8 @@ def seed_means(rows: list[dict]) -> list[dict]:
         row = {"cell": "__".join(f"{k}={v}" for k, v in key) or "default", "seeds": [r["seed"] for r in rs]}
         for m in ("knn", "linear", "pretext_acc"):
             vals = [r[m] for r in rs if r.get(m) is not None]
-            mean = sum(vals) / len(vals) if vals else None
-            std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else None
-            row[m] = {"mean": mean, "std": std, "values": vals}
+            mean, std, n = mean_std(vals)
+            row[m] = {"mean": mean, "std": std if n > 1 else None, "values": vals}
         out.append(row)
     return out
 

@@ -97,12 +97,13 @@ def _same_spec(a: dict | None, b: dict | None) -> bool:
     setting added in a later version at its default value does not invalidate finished cells."""
     from ..transfer.config import TransferConfig
 
+    defaults = _comparable(TransferConfig().to_dict())
+
     def norm(x):
         if not isinstance(x, dict):
             return x
         x = json.loads(json.dumps(x))
         cfg = x.get("config", x)
-        defaults = _comparable(TransferConfig().to_dict())
         for group, values in defaults.items():
             if isinstance(cfg.get(group), dict):
                 for k, v in values.items():

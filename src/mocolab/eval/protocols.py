@@ -162,8 +162,7 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
 def loop_dir(result: Path) -> Path:
     """The folder beside a result JSON that holds its training loop's checkpoints, metrics.jsonl
     and tb/ (`backbone.linear_paper.seed0.3f2a9c1d.json` -> `backbone.linear_paper.seed0.3f2a9c1d.run/`):
-    a stopped protocol
-    run resumes there when started again with the same settings."""
+    a stopped protocol run resumes there when started again with the same settings."""
     return result.with_suffix(".run")
 
 

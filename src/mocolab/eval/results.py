@@ -16,11 +16,13 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..errors import PathError
+from ..runtime import read_json
 
 
 def settings_digest(settings: dict) -> str:
-    """8 hex digits of every setting but the weights' identity (a re-trained checkpoint keeps its
-    file names; `load_matching` still refuses to reuse a result of the old weights)."""
+    """8 hex digits of every setting but the key and seed (in the name already) and the weights'
+    identity (a re-trained checkpoint keeps its file names; `load_matching` still refuses to reuse a
+    result of the old weights)."""
     st = {k: v for k, v in settings.items() if k not in ("weights", "key", "seed")}
     return hashlib.sha1(json.dumps(st, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
@@ -32,16 +34,19 @@ def result_path(base: Path, key: str, settings: dict) -> Path:
     return base.with_name(f"{base.stem}.{key}.seed{settings.get('seed', 0)}.{settings_digest(settings)}.json")
 
 
-def latest_result(base: Path, key: str) -> dict:
-    """The newest result of protocol `key` beside `base`, whatever its settings ({} if none)."""
+def legacy_path(base: Path, key: str) -> Path:
+    """The name results had before their settings were in it: BASE.KEY.json."""
     base = Path(base)
-    found = [*base.parent.glob(f"{base.stem}.{key}.seed*.json"), *base.parent.glob(f"{base.stem}.{key}.json")]
-    found.sort(key=lambda p: p.stat().st_mtime_ns)
-    for path in reversed(found):
-        try:
-            return json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    return base.with_name(f"{base.stem}.{key}.json")
+
+
+def latest_result(base: Path, key: str) -> dict:
+    """The newest readable result of protocol `key` beside `base`, whatever its settings ({} if none)."""
+    base, legacy = Path(base), legacy_path(base, key)
+    found = [*base.parent.glob(f"{base.stem}.{key}.seed*.json"), *([legacy] if legacy.is_file() else [])]
+    for path in sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        if obj := read_json(path):
+            return obj
     return {}
 
 
@@ -69,7 +74,7 @@ def write_result(path: Path, result: dict) -> Path | None:
 def find_matching(base: Path, key: str, settings: dict) -> dict | None:
     """A saved result of these settings: at its settings-named path, or at the name results had
     before (BASE.KEY.json), so older results are still reused."""
-    for path in (result_path(base, key, settings), Path(base).with_name(f"{Path(base).stem}.{key}.json")):
+    for path in (result_path(base, key, settings), legacy_path(base, key)):
         if (old := load_matching(path, settings)) is not None:
             return {**old, "result_file": str(path)}
     return None

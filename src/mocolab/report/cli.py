@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..runtime import check_arguments, check_positive
 from .build import Options, write_report
 
 
 def cmd_report(args) -> int:
-    for name in ("limit", "queries", "neighbours", "map_points"):
-        if getattr(args, name) < (0 if name == "limit" else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'limit' else 'positive'}")
+    check_arguments(args)  # --limit, --seed
+    check_positive(args, ("queries", "neighbours", "map_points"))
     opts = Options(data=args.data, limit=args.limit, seed=args.seed, queries=args.queries, neighbours=args.neighbours,
                    map_points=args.map_points, device=args.device, preset=args.preset, features=not args.curves_only)
     index = write_report(args.runs, args.out, opts)

@@ -3,6 +3,7 @@ config, results and weights, whatever it has so far (a run in progress has no su
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import PathError
+from ..runtime import read_json
 
 log = logging.getLogger("mocolab")
 
@@ -43,14 +45,6 @@ class Folder:
     tables: list[tuple[str, str]] = field(default_factory=list)  # (file name, markdown text)
     figures: list[Path] = field(default_factory=list)  # PNGs the folder already holds
     meta: dict = field(default_factory=dict)  # sweep.json / compare.json
-
-
-def read_json(path: Path) -> dict:
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
@@ -168,7 +162,7 @@ def read_folder(path: str | Path) -> Folder:
         return Folder(path, "compare", runs, tables, figures, meta)
     if not is_run(path):
         raise PathError(f"{path} is not a run, sweep or compare folder (no metrics.jsonl, config.yaml, "
-                                "cells/ or compare.json)")
+                        "cells/ or compare.json)")
     return Folder(path, "run", [read_run(path)], tables, figures)
 
 
@@ -183,8 +177,9 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def preset_configs() -> dict[str, dict]:
-    """Every preset (pretraining and transfer), flattened."""
+    """Every preset (pretraining and transfer), flattened; read once for all the runs (read only)."""
     from ..config import load_preset, preset_names
     from ..transfer.config import TransferConfig
 
