@@ -15,8 +15,10 @@ SUP_EPOCHS=${SUP_EPOCHS:-5}
 ITERS=${ITERS:-}
 # LABELS=N: fine-tune on N labeled training images only (task.train_images; the same N images for
 # every backbone at a seed), into runs/*_labelsN: the few-labels regime. Give ITERS too: the presets
-# count epochs (30 BCCD images x 6 epochs would be 45 steps), e.g. LABELS=30 ITERS=438
+# count epochs (30 BCCD images x 6 epochs would be 45 steps). The few-labels table in RESULTS.md
+# (session 11) is LABELS=30 ITERS=150 SEEDS=0,1,2,3,4 bash docs/transfer.sh
 LABELS=${LABELS:-}
+SEEDS=${SEEDS:-0,1,2}  # fine-tune seeds (and random inits): compare pairs each backbone with random init by seed
 SUFFIX=${ITERS:+_iters$ITERS}${LABELS:+_labels$LABELS}
 
 done_run() { [ -f "$1/summary.json" ]; }
@@ -40,6 +42,6 @@ done_run runs/camvid_moco || $M pretrain --preset imagenette_cpu --data "$SHARED
 # 2. the comparison: the same fine-tuning recipe (preset, ITERS iterations) for every backbone
 SET=(--transfer-set ${ITERS:+task.iters=$ITERS} ${LABELS:+task.train_images=$LABELS} "${T[@]}")
 $M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/bccd_moco \
-  --out "runs/compare_bccd$SUFFIX" --protocols none --detect "$SHARED/bccd/BCCD" --seeds 0,1,2 "${SET[@]}"
+  --out "runs/compare_bccd$SUFFIX" --protocols none --detect "$SHARED/bccd/BCCD" --seeds "$SEEDS" "${SET[@]}"
 $M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/camvid_moco \
-  --out "runs/compare_camvid$SUFFIX" --protocols none --segment "$SHARED/camvid" --seeds 0,1,2 "${SET[@]}"
+  --out "runs/compare_camvid$SUFFIX" --protocols none --segment "$SHARED/camvid" --seeds "$SEEDS" "${SET[@]}"

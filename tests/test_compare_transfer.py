@@ -62,6 +62,24 @@ def test_mean_std_by_hand():
     assert C.format_stat({"mean": None, "std": None, "n": 0}) == "n/a"
 
 
+def test_paired_differences_by_hand():
+    def row(name, method, seeds, values):
+        return {"name": name, "method": method, "transfer": {"AP50": {"seeds": seeds, "values": values}}}
+
+    rnd = row("random init", "random init", [0, 1, 2], [20.0, 10.0, 30.0])
+    moco = row("moco", "MoCo", [0, 1, 2], [24.0, 15.0, 29.0])  # +4, +5, -1
+    part = row("part", "MoCo", [1, 3], [12.0, 50.0])  # seed 3 has no random-init pair
+    C.paired_with_random([rnd, moco, part])
+    d = moco["transfer"]["AP50"]["vs_random"]
+    assert (d["mean"], d["n"], d["ahead"]) == (pytest.approx(8 / 3), 3, 2)
+    assert d["std"] == pytest.approx(math.sqrt(((4 - 8 / 3) ** 2 + (5 - 8 / 3) ** 2 + (-1 - 8 / 3) ** 2) / 2))
+    assert part["transfer"]["AP50"]["vs_random"] == {"mean": 2.0, "std": 0.0, "n": 1, "ahead": 1}
+    assert "vs_random" not in rnd["transfer"]["AP50"]
+    alone = row("moco", "MoCo", [0], [1.0])
+    C.paired_with_random([alone])  # no random-init row: nothing to pair with
+    assert "vs_random" not in alone["transfer"]["AP50"]
+
+
 # -- the cells, with a stand-in for the `mocolab detect | segment` process -------------------------
 
 class FakeRunner:
@@ -143,6 +161,11 @@ def test_cells_table_reuse_resume_and_stop(entries, fake_data, tmp_path, capsys)
     assert f"| {rnd['name']} | random init | 15.00 ± 7.07 (2) | 7.50 ± 3.54 (2) | 32.00 ± 2.83 (2) |" in md
     assert "| sup | checkpoint | 16.00 ± 7.07 (2) | 8.00 ± 3.54 (2) | 33.00 ± 2.83 (2) |" in md
     assert "preset bccd_cpu, 2 iterations" in md and "over seeds 0, 1" in md
+    # paired by seed against random init: sup is 1 point higher at each seed, though the means' spread is ~7
+    assert sup["transfer"]["detect AP50"]["vs_random"] == {"mean": 1.0, "std": 0.0, "n": 2, "ahead": 2}
+    assert "vs_random" not in rnd["transfer"]["detect AP50"]
+    assert "| model | method | Δ detect AP50 | Δ detect AP | Δ segment mIoU |" in md
+    assert "| sup | checkpoint | +1.00 ± 0.00 (2; 2/2 ahead) | +0.50 ± 0.00 (2; 2/2 ahead) |" in md
     assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
 
     # again: every cell reused, no process started, no result file touched

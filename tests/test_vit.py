@@ -105,3 +105,13 @@ def test_mocolab_export_to_timm_round_trip(tmp_path):
     torch.testing.assert_close(ref.eval()(x), vit(x))
     with pytest.raises(ValueError, match="timm only"):
         export(tmp_path / "final.pth", "torchvision", tmp_path / "tv.pth")
+
+
+def test_every_cifar_vit_is_recognised_from_its_weights():
+    """infer_vit tells ViT-Ti/4 from ViT-mini/4 (and each from its image size), so evaluations rebuild the right one."""
+    from mocolab.models.vit import VITS, build_vit, infer_vit
+
+    for arch in ("vit_tiny_patch4", "vit_mini_patch4"):
+        vit, dim = build_vit(arch, 32)
+        assert dim == VITS[arch]["embed_dim"] and len(vit.blocks) == VITS[arch]["depth"]
+        assert infer_vit(vit.state_dict()) == {"arch": arch, "img_size": 32}

@@ -20,7 +20,7 @@ import yaml
 from .errors import UserError
 
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50",  # mocolab.models.backbones
-         "vit_small_patch16", "vit_base_patch16", "vit_tiny_patch4")  # mocolab.models.vit
+         "vit_small_patch16", "vit_base_patch16", "vit_tiny_patch4", "vit_mini_patch4")  # mocolab.models.vit
 HEADS = ("linear", "mlp", "mlp_bn", "mlp2_bn", "mlp3_bn")  # mocolab.models.heads
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 
@@ -32,7 +32,8 @@ class ConfigError(UserError, ValueError):
 @dataclass
 class ModelConfig:
     # resnet10 (one block per stage) | resnet18 | resnet34 | resnet50 | vit_small_patch16 | vit_base_patch16 |
-    # vit_tiny_patch4 (CIFAR size): MoCo v3's ViTs from timm (frozen patch projection, sin-cos positions)
+    # vit_tiny_patch4 | vit_mini_patch4 (CIFAR size): MoCo v3's ViTs from timm (frozen patch projection,
+    # sin-cos positions)
     arch: str = "resnet18"
     width: int = 64  # channels of the first stage (64 = torchvision's ResNet)
     stem: str = "auto"  # auto | cifar | imagenet ("auto": cifar below 96 px)

@@ -257,6 +257,7 @@ def compare(entries: list[str], ctx: Context, out: str | Path, *, protocols=("kn
                 m, sd, n = mean_std(vals)
                 r["transfer"][title] = {"seeds": [s for s, *_ in got], "values": vals, "mean": m, "std": sd,
                                         "n": n, "results": [str(c / f"{kind}.json") for *_, c in got]}
+        paired_with_random(rows)
         (out / "compare.json").write_text(json.dumps(table, indent=2))
         (out / "compare.md").write_text(markdown(table))
         if png:
@@ -286,6 +287,23 @@ def compare(entries: list[str], ctx: Context, out: str | Path, *, protocols=("kn
     return table
 
 
+def paired_with_random(rows: list[dict]) -> None:
+    """Adds r["transfer"][column]["vs_random"] to every row but the first random-init row: the
+    difference to it seed by seed (a seed fixes the labeled subset, the data order and the new
+    layers' init for every backbone alike, so the pairs cancel what the seeds share) ->
+    {"mean", "std", "n", "ahead": seeds where this row is higher}."""
+    base = next((r for r in rows if r["method"] == "random init"), None)
+    for r in rows:
+        if base is None or r is base:
+            continue
+        for title, st in r["transfer"].items():
+            ref = dict(zip(base["transfer"][title]["seeds"], base["transfer"][title]["values"]))
+            diffs = [v - ref[s] for s, v in zip(st["seeds"], st["values"])
+                     if s in ref and v is not None and ref[s] is not None]
+            m, sd, n = mean_std(diffs)
+            st["vs_random"] = {"mean": m, "std": sd, "n": n, "ahead": sum(d > 0 for d in diffs)}
+
+
 def markdown(table: dict) -> str:
     cols, tcols = table["columns"], table.get("transfer_columns", [])
     lines = []
@@ -307,6 +325,17 @@ def markdown(table: dict) -> str:
     for r in table["rows"]:
         cells = [f"{r['top1'][c]:.2f}" for c in cols] + [format_stat(r["transfer"][c]) for c in tcols]
         lines.append(f"| {r['name']} | {r['method']} | " + " | ".join(cells) + " |")
+    paired = [r for r in table["rows"] if any("vs_random" in r["transfer"][c] for c in tcols)]
+    if paired:
+        base = next(r["name"] for r in table["rows"] if r["method"] == "random init")
+        lines += ["", f"Paired by seed against {base} (each seed: this row minus random init at that seed, the same "
+                  "labeled images and data order): mean ± std (pairs; pairs ahead).", "",
+                  "| model | method | " + " | ".join(f"Δ {c}" for c in tcols) + " |",
+                  "| --- | --- |" + " ---: |" * len(tcols)]
+        for r in paired:
+            cells = [(f"{d['mean']:+.2f} ± {d['std']:.2f} ({d['n']}; {d['ahead']}/{d['n']} ahead)" if d["n"] else "n/a")
+                     for d in (r["transfer"][c].get("vs_random", {"n": 0}) for c in tcols)]
+            lines.append(f"| {r['name']} | {r['method']} | " + " | ".join(cells) + " |")
     if table.get("failed"):
         lines += ["", "Failed: " + ", ".join(table["failed"]) + "."]
     return "\n".join(lines) + "\n"

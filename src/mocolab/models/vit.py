@@ -20,11 +20,14 @@ from torch import nn
 if typing.TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
 
-# MoCo v3's ViT-S has 12 heads (timm's vit_small_patch16_224 has 6); the CIFAR one is ViT-Ti/4
+# MoCo v3's ViT-S has 12 heads (timm's vit_small_patch16_224 has 6). For CIFAR-size images (patch 4,
+# 64 patches): ViT-Ti/4 and a smaller ViT-mini/4 (width 128, 4 blocks) for 2 CPU cores, whose training
+# step costs 1/6 of ViT-Ti/4's (benchmarks/RESULTS.md, session 11, 'A ViT that learns in 10 minutes')
 VITS = {
     "vit_small_patch16": dict(patch_size=16, embed_dim=384, depth=12, num_heads=12),
     "vit_base_patch16": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
     "vit_tiny_patch4": dict(patch_size=4, embed_dim=192, depth=12, num_heads=3),
+    "vit_mini_patch4": dict(patch_size=4, embed_dim=128, depth=4, num_heads=4),
 }
 
 
