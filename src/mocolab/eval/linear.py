@@ -122,19 +122,20 @@ def check_unchanged(before: dict, after: dict) -> None:
 
 def linear_paper(net: nn.Module, train, test, mean, std, size: int, fc: FitConfig, device: torch.device,
                  autocast_dtype=None, channels_last: bool = False, crop_scale=(0.08, 1.0), out=None,
-                 settings: dict | None = None) -> dict:
+                 settings: dict | None = None, workers: int = 2) -> dict:
     """The paper's linear protocol on a frozen `net` (pooled features N x D). out: a folder for
-    the loop's checkpoints (resumed when made with the same `settings`), or None."""
-    num_classes = len(train.classes) or int(train.labels.max()) + 1
+    the loop's checkpoints (resumed when made with the same `settings`), or None.
+    train, test: TensorData, or FileLists streamed through `workers` DataLoader workers."""
+    num_classes = len(train.classes) or int(max(train.labels)) + 1
     model = paper_classifier(net, feature_dim_of(net, size), num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}  # for check_unchanged
     aug = BatchAugment(crop_flip(size, crop_scale), mean, std, channels_last)
     stats = fit(model, [{"params": model.fc.parameters()}], train, aug, fc, device, autocast_dtype, desc="linear",
-                out=out, settings=settings)
+                out=out, settings=settings, workers=workers)
     check_unchanged(before, model.backbone.state_dict())
-    res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last)
+    res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last, workers)
     return {**res, **{k: v for k, v in stats.items() if k != "history"}}
 
 
