@@ -92,7 +92,7 @@ def _features(model: nn.Module, data: TensorData | FileList, mean, std, *, batch
 
 @torch.no_grad()
 def extract_to_store(model: nn.Module, data: TensorData | FileList, mean, std, *, memory_limit: float,
-                     store_dtype: str = "float16", store_dir=None, batch_size: int = 512,
+                     store_dtype: str = "float32", store_dir=None, batch_size: int = 512,
                      device: torch.device | str = "cpu", channels_last: bool = False,
                      autocast_dtype: torch.dtype | None = None, size: int | None = None, workers: int = 2,
                      normalize: bool = False) -> FeatureStore:

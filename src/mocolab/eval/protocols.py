@@ -89,7 +89,7 @@ class Context:
     amp: str | None = None  # None: the checkpoint's run setting
     stream: str = "auto"
     memory_limit_gb: float = 8.0
-    store_dtype: str = "float16"
+    store_dtype: str = "float32"
     chunk_rows: int = 16384
     _splits: dict = field(default_factory=dict)
 

@@ -1,6 +1,6 @@
 """A feature store for streaming evaluation: the rows of an N x D feature matrix written batch by
-batch, kept in memory (float32) when they fit a memory limit, else in a float16 (or float32)
-memory-mapped file in a temporary folder, deleted by close(). Readers take it chunk by chunk
+batch, kept in memory (float32) when they fit a memory limit, else in a float32 (or float16: half
+the disk, rounded) memory-mapped file in a temporary folder, deleted by close(). Readers take it chunk by chunk
 (`chunks`), so that what is in memory at once is one chunk, not the N x D matrix."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class FeatureStore:
     memory_limit: bytes; the rows stay in memory (float32) when capacity x D x 4 <= memory_limit, else
     they go to a np.memmap of `dtype` under `folder` (default: the system's temporary folder)."""
 
-    def __init__(self, capacity: int, memory_limit: float, dtype: str = "float16", folder: str | Path | None = None):
+    def __init__(self, capacity: int, memory_limit: float, dtype: str = "float32", folder: str | Path | None = None):
         if dtype not in STORE_DTYPES:
             raise UsageError(f"feature store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
         self.capacity, self.memory_limit, self.dtype, self.folder = capacity, memory_limit, dtype, folder
