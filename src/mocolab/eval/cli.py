@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from .. import distributed as du
@@ -50,26 +49,6 @@ def _target(args):
     return tg, context(args)
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GB, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
-
-
 def add_stream_options(p) -> None:
     """--stream, --memory-limit-gb, --store-dtype, --chunk-rows (knn, linear, finetune, compare)."""
     g = p.add_argument_group("streaming (data larger than memory)")
@@ -79,14 +58,14 @@ def add_stream_options(p) -> None:
                         "into a store, kNN and the cached linear probe read it chunk by chunk; linear --mode paper "
                         "and finetune decode each batch's files); auto (default): on when the decoded train + "
                         "test splits (images x 3 x S x S bytes) exceed --memory-limit-gb")
-    g.add_argument("--memory-limit-gb", type=_positive_float, default=8.0, metavar="GB",
+    g.add_argument("--memory-limit-gb", type=float, default=8.0, metavar="GB",
                    help="memory for decoded images and features (default 8): above it --stream auto streams, and "
                         "a split's features (N x D float32) go to a memory-mapped file in TMPDIR, deleted after")
     g.add_argument("--store-dtype", choices=["float32", "float16"], default="float32",
                    help="the on-disk feature store's type: float32 (default) gives the in-memory accuracies; "
                         "float16 takes half the disk and reads but its rounding flips near-tie predictions "
                         "(about 0.1 %% of kNN's on CIFAR-10, and L-BFGS may stop elsewhere)")
-    g.add_argument("--chunk-rows", type=_positive_int, default=16384, metavar="N",
+    g.add_argument("--chunk-rows", type=int, default=16384, metavar="N",
                    help="feature rows per chunk read from an on-disk store (kNN bank, linear probe; default "
                         "16384): what is in memory at once")
 
