@@ -2,6 +2,8 @@
 chunk by chunk equal their in-memory versions; files streamed through DataLoader workers give the
 same accuracies as the decoded in-memory split on real CIFAR-10."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,79 @@ def test_streaming_equals_in_memory_knn_and_cached_linear_on_real_cifar(cifar_di
             assert lin_stream["weight_decay"] == lin_mem["weight_decay"]
         else:  # float16: near, not equal (see above)
             assert abs(knn_stream - knn_mem) <= 0.5 and abs(lin_stream["top1"] - lin_mem["top1"]) <= 2.0
+
+
+def test_paper_linear_and_finetune_from_files_equal_the_in_memory_runs(cifar_dir, tmp_path):
+    """linear --mode paper and finetune on files (FileFeed: decoded in workers, the same BatchAugment
+    drawing from the same step-seeded generator) train on the very batches of the in-memory split."""
+    from mocolab.data import decode_to_tensor, scan_folder
+    from mocolab.eval.classify import FitConfig
+    from mocolab.eval.finetune import finetune
+    from mocolab.eval.linear import linear_paper
+
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    train_fl, test_fl = scan_folder(cifar_dir / "train", 320), scan_folder(cifar_dir / "test", 100)
+    train_mem = decode_to_tensor(train_fl, 32, cache_dir=tmp_path)
+    test_mem = decode_to_tensor(test_fl, 32, cache_dir=tmp_path)
+    res = {}
+    for name, (train, test) in {"memory": (train_mem, test_mem), "files": (train_fl, test_fl)}.items():
+        torch.manual_seed(0)
+        fc = FitConfig(epochs=2, batch_size=64, lr=1.0, log_every=1)
+        lin = linear_paper(_tiny_net(), train, test, mean, std, 32, fc, torch.device("cpu"), workers=2)
+        ft = finetune(_tiny_net(), train, test, 0.5, mean, std, 32, FitConfig(epochs=1, batch_size=32, lr=0.05),
+                      torch.device("cpu"), seed=0, workers=2)
+        res[name] = (lin, ft)
+    for a, b in zip(res["memory"], res["files"]):
+        assert a["steps"] == b["steps"] > 0
+        assert a["final_loss"] == b["final_loss"] and a["top1"] == b["top1"], (a, b)
+    assert res["files"][1]["labeled_images"] == 160
+
+
+def test_stream_is_chosen_by_the_memory_limit(cifar_dir, tmp_path):
+    from mocolab.errors import UsageError
+    from mocolab.eval.protocols import Context
+    from tests.conftest import cifar_subset
+
+    data = cifar_subset(cifar_dir, tmp_path / "d", 20)  # 40 + 40 images of 32 x 32: 245,760 bytes decoded
+    assert Context(str(data), memory_limit_gb=240_000 / 2**30).streaming(32)
+    assert not Context(str(data), memory_limit_gb=250_000 / 2**30).streaming(32)
+    assert not Context(str(data), stream="off", memory_limit_gb=1e-9).streaming(32)
+    assert Context(str(data), stream="on").streaming(32)
+    assert not Context("cifar10", memory_limit_gb=1e-9).streaming(32)  # torchvision's arrays: in memory
+    with pytest.raises(UsageError, match="--stream on reads image folders"):
+        Context("cifar10", stream="on").streaming(32)
+
+
+def test_knn_and_linear_commands_stream_to_disk_with_the_same_figures(cifar_dir, tmp_path, monkeypatch, capsys):
+    from mocolab.cli import main
+    from tests.conftest import cifar_subset
+
+    data = cifar_subset(cifar_dir, tmp_path / "d", 60)
+    monkeypatch.chdir(tmp_path)
+    out = {}
+    for mode in (["--stream", "off"], ["--stream", "on", "--memory-limit-gb", "1e-6", "--chunk-rows", "50"]):
+        assert main(["knn", "--checkpoint", "random:cifar10_cpu", "--data", str(data), *mode]) == 0
+        assert main(["linear", "--random-init", "cifar10_cpu", "--data", str(data), *mode]) == 0
+        out[mode[1]] = capsys.readouterr().out
+    assert "features in memory" in out["off"] and "features in disk float32" in out["on"]
+    figures = {m: [line.split("(")[0] for line in o.splitlines() if "top-1" in line] for m, o in out.items()}
+    assert len(figures["on"]) == 2 and figures["on"] == figures["off"], out
+    rec = [json.loads(p.read_text()) for p in tmp_path.glob("*.linear_cached.*.json")]
+    assert len(rec) == 1 and rec[0]["features_store"] == "disk float32"  # one result: the settings are the same
+
+
+@pytest.mark.parametrize("argv,text", [
+    (["knn", "--checkpoint", "random:cifar10_cpu", "--data", "/tmp", "--memory-limit-gb", "0"],
+     "--memory-limit-gb must be positive"),
+    (["linear", "--random-init", "cifar10_cpu", "--data", "/tmp", "--chunk-rows", "-3"], "--chunk-rows must be"),
+    (["knn", "--checkpoint", "random:cifar10_cpu", "--data", "cifar10", "--stream", "on"],
+     "--stream on reads image folders"),
+])
+def test_bad_stream_options_are_one_line_errors(argv, text, capsys):
+    from mocolab.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("mocolab: error:")]
+    assert len(errors) == 1 and text in errors[0], err
+    assert "Traceback" not in err
