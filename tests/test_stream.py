@@ -203,3 +203,15 @@ def test_bad_stream_options_are_one_line_errors(argv, text, capsys):
     errors = [line for line in err.splitlines() if line.startswith("mocolab: error:")]
     assert len(errors) == 1 and text in errors[0], err
     assert "Traceback" not in err
+
+
+def test_streaming_under_torchrun_is_a_one_line_error(monkeypatch):
+    """The store is per process: under torchrun streaming is refused (the in-memory path shards)."""
+    from mocolab import distributed as du
+    from mocolab.data import FileList
+    from mocolab.errors import UsageError
+    from mocolab.eval.features import extract_to_store
+
+    monkeypatch.setattr(du, "is_dist", lambda: True)
+    with pytest.raises(UsageError, match="not under torchrun"):
+        extract_to_store(_tiny_net(), FileList(".", [], [], []), [0.5] * 3, [0.25] * 3, memory_limit=0)
