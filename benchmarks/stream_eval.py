@@ -150,20 +150,22 @@ def estimate_chunk(queries: int, bank: int, dim: int, k: int) -> dict:
         t0 = time.perf_counter()
         bank_st.read(0, bank)  # the chunk's read alone (from the page cache: just written)
         t_read = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         knn_predict_store(query_st, bank_st, 1000, k=k, query_chunk=queries, bank_chunk=bank)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         bank_st.close()
         query_st.close()
-    return {"queries": queries, "bank": bank, "dim": dim, "k": k, "seconds": seconds, "read_seconds": t_read,
+    return {"queries": queries, "bank": bank, "dim": dim, "k": k, "seconds": seconds, "cpu_seconds": cpu,
+            "read_seconds": t_read,
             "peak_rss_mb": rss, "rss_before_mb": rss0, "threads": torch.get_num_threads()}
 
 
 def extrapolate(chunk: dict, queries: int = 50_000, bank: int = 1_281_167) -> dict:
     chunks = math.ceil(queries / chunk["queries"]) * math.ceil(bank / chunk["bank"])
     return {"queries": queries, "bank": bank, "chunks": chunks, "seconds": chunks * chunk["seconds"],
-            "hours": chunks * chunk["seconds"] / 3600, "peak_rss_mb": chunk["peak_rss_mb"],
+            "hours": chunks * chunk["seconds"] / 3600, "cpu_hours": chunks * chunk["cpu_seconds"] / 3600,
+            "peak_rss_mb": chunk["peak_rss_mb"],
             "bank_store_gb_float16": bank * chunk["dim"] * 2 / 1e9,
             "bank_store_gb_float32": bank * chunk["dim"] * 4 / 1e9,
             "bank_reads": math.ceil(queries / chunk["queries"])}
@@ -206,10 +208,11 @@ def main() -> None:
         est = extrapolate(chunk)
         res["knn_chunk"], res["knn_estimate"] = chunk, est
         print(f"kNN chunk: {chunk['queries']} queries x {chunk['bank']} bank x {chunk['dim']} dims (float16 store -> "
-              f"float32, {chunk['threads']} thread(s)): {chunk['seconds']:.2f} s (of which the read "
-              f"{chunk['read_seconds']:.2f} s), peak RSS {chunk['peak_rss_mb']:.0f} MB")
+              f"float32, {chunk['threads']} thread(s)): {chunk['seconds']:.2f} s wall, {chunk['cpu_seconds']:.2f} s "
+              f"CPU (the chunk's read alone {chunk['read_seconds']:.2f} s), peak RSS {chunk['peak_rss_mb']:.0f} MB")
         print(f"estimate: {est['queries']} queries x {est['bank']} bank = {est['chunks']} chunks: "
-              f"{est['seconds']:.0f} s ({est['hours']:.1f} h) on this CPU, peak RSS ~{est['peak_rss_mb']:.0f} MB "
+              f"{est['hours']:.1f} h wall at this share of this CPU, {est['cpu_hours']:.1f} h of CPU time, "
+              f"peak RSS ~{est['peak_rss_mb']:.0f} MB "
               f"(bounded by the chunk); the bank store {est['bank_store_gb_float16']:.1f} GB float16 / "
               f"{est['bank_store_gb_float32']:.1f} GB float32, read {est['bank_reads']} times")
     if a.json:

@@ -237,7 +237,7 @@ def knn_from_stores(train: FeatureStore, test: FeatureStore, num_classes: int, k
                     device) -> float:
     """The kNN top-1: on whole matrices when both stores are in memory, else chunk by chunk."""
     if not (train.on_disk or test.on_disk):
-        f_tr, f_te = F.normalize(train.tensor().to(device), dim=1), F.normalize(test.tensor().to(device), dim=1)
+        f_tr, f_te = F.normalize(train.tensor(device), dim=1), F.normalize(test.tensor(device), dim=1)
         return knn_accuracy(f_tr, train.labels, f_te, test.labels, num_classes, k, t)
     return knn_accuracy_store(train, test, num_classes, k, t, device=device, query_chunk=min(4096, ctx.chunk_rows),
                               bank_chunk=ctx.chunk_rows)
@@ -248,7 +248,7 @@ def linear_from_stores(train: FeatureStore, test: FeatureStore, num_classes: int
     """The cached linear probe: in memory when both stores are (the exact in-memory fit), else
     chunk by chunk from the stores."""
     if not (train.on_disk or test.on_disk):
-        f_tr, f_te = train.tensor().to(device), test.tensor().to(device)
+        f_tr, f_te = train.tensor(device), test.tensor(device)
         return linear_cached(f_tr, train.labels.to(device), f_te, test.labels.to(device), num_classes,
                              weight_decay=weight_decay, seed=ctx.seed)
     return linear_cached_store(train, test, num_classes, weight_decay=weight_decay, seed=ctx.seed,

@@ -97,9 +97,11 @@ class FeatureStore:
         for lo in range(0, self.n, chunk):
             yield lo, self.read(lo, min(lo + chunk, self.n), device)
 
-    def tensor(self) -> torch.Tensor:
-        """All rows, N x D float32 (in memory: for stores that fit it)."""
-        return self.read(0, self.n)
+    def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """All rows, N x D float32 (in memory: for stores that fit it), on `device` (None: where they are)."""
+        if not self.on_disk and device is None:
+            return self.rows[:self.n]
+        return self.read(0, self.n, device or "cpu")
 
     def close(self) -> None:
         """Deletes the memory-mapped file (if any)."""
