@@ -66,8 +66,8 @@ def add_stream_options(p) -> None:
                         "float16 takes half the disk and reads but its rounding flips near-tie predictions "
                         "(about 0.1 %% of kNN's on CIFAR-10, and L-BFGS may stop elsewhere)")
     g.add_argument("--chunk-rows", type=int, default=16384, metavar="N",
-                   help="feature rows per chunk read from an on-disk store (kNN bank, linear probe; default "
-                        "16384): what is in memory at once")
+                   help="feature rows per chunk read from an on-disk store (default 16384): kNN compares 1024 "
+                        "queries with N bank rows at a time, the linear probe sums its loss over N rows at a time")
 
 
 def _common(p, target: bool = True) -> None:

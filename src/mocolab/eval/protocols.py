@@ -235,11 +235,13 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
 
 def knn_from_stores(train: FeatureStore, test: FeatureStore, num_classes: int, k: int, t: float, ctx: Context,
                     device) -> float:
-    """The kNN top-1: on whole matrices when both stores are in memory, else chunk by chunk."""
+    """The kNN top-1: on whole matrices when both stores are in memory, else chunk by chunk: 1024
+    queries against ctx.chunk_rows bank rows at a time (similarities 1024 x chunk_rows float32: 64 MB
+    at the default 16384, as knn_predict's 1024 queries x the bank in memory)."""
     if not (train.on_disk or test.on_disk):
         f_tr, f_te = F.normalize(train.tensor(device), dim=1), F.normalize(test.tensor(device), dim=1)
         return knn_accuracy(f_tr, train.labels, f_te, test.labels, num_classes, k, t)
-    return knn_accuracy_store(train, test, num_classes, k, t, device=device, query_chunk=min(4096, ctx.chunk_rows),
+    return knn_accuracy_store(train, test, num_classes, k, t, device=device, query_chunk=min(1024, ctx.chunk_rows),
                               bank_chunk=ctx.chunk_rows)
 
 
