@@ -103,7 +103,8 @@ def top1(stdout: str) -> float:
     return float(re.search(r"top-1 ([0-9.]+)%", stdout).group(1))
 
 
-def measure(folder: Path, sizes: list[int], n_train: int, workers: int, chunk_rows: int, work: Path) -> list[dict]:
+def measure(folder: Path, sizes: list[int], n_train: int, workers: int, chunk_rows: int, work: Path,
+            commands=("knn", "linear"), paths=("memory", "stream")) -> list[dict]:
     preset = work / "bench_r10w8.yaml"
     preset.write_text(PRESET % workers)
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
@@ -111,7 +112,9 @@ def measure(folder: Path, sizes: list[int], n_train: int, workers: int, chunk_ro
     for n in sizes:
         limit = [] if n >= n_train else ["--limit", str(n)]
         for command in (["knn"], ["linear", "--mode", "cached"]):
-            for mode in ("memory", "stream"):
+            if command[0] not in commands:
+                continue
+            for mode in paths:
                 cache = Path(tempfile.mkdtemp(prefix="cache_", dir=work))  # cold: the decoding is timed too
                 flag = (["--stream", "off"] if mode == "memory" else
                         ["--stream", "on", "--memory-limit-gb", "0.01", "--chunk-rows", str(chunk_rows)])
@@ -183,6 +186,8 @@ def main() -> None:
     p.add_argument("--est-bank", type=int, default=65536)
     p.add_argument("--est-dim", type=int, default=2048)
     p.add_argument("--k", type=int, default=200)
+    p.add_argument("--commands", nargs="+", choices=["knn", "linear"], default=["knn", "linear"])
+    p.add_argument("--paths", nargs="+", choices=["memory", "stream"], default=["memory", "stream"])
     p.add_argument("--skip-commands", action="store_true", help="only the kNN chunk estimate")
     p.add_argument("--skip-estimate", action="store_true")
     p.add_argument("--estimate-child", action="store_true", help=argparse.SUPPRESS)
@@ -198,7 +203,7 @@ def main() -> None:
         how = f"generated in {gen:.0f} s" if gen else "reused"
         print(f"data: {folder} ({a.train} train / {a.test} test 32x32 JPEGs; {how})", flush=True)
         with tempfile.TemporaryDirectory(prefix="stream_eval_") as work:
-            res["rows"] = measure(folder, a.sizes, a.train, a.workers, a.chunk_rows, Path(work))
+            res["rows"] = measure(folder, a.sizes, a.train, a.workers, a.chunk_rows, Path(work), a.commands, a.paths)
     if not a.skip_estimate:
         out = subprocess.run([sys.executable, __file__, "--estimate-child", "--est-queries", str(a.est_queries),
                               "--est-bank", str(a.est_bank), "--est-dim", str(a.est_dim), "--k", str(a.k)],
