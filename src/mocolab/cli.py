@@ -54,7 +54,6 @@ def cmd_pretrain(args) -> int:
 
 def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
-    from .eval.knn import knn_evaluate
     from .eval.load import load_for_eval, random_backbone, resolve_entry
     from .eval.results import result_path
     from .runtime import resolve_amp, resolve_device
@@ -96,7 +95,14 @@ def cmd_knn(args) -> int:
                                  workers=cfg.data.workers)
         if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
             raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
-        acc = knn_evaluate(net, splits.train, splits.test, cfg.data.mean, cfg.data.std, args.k, args.t, **kw)
+        from .eval.features import extract_features
+        from .eval.protocols import knn_from_stores
+        from .eval.store import FeatureStore
+
+        kw["normalize"] = False  # raw features, normalised by knn_from_stores as streamed ones are
+        train = FeatureStore.from_tensor(*extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw))
+        test = FeatureStore.from_tensor(*extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw))
+        acc = knn_from_stores(train, test, len(splits.train.classes), args.k, args.t, ctx, device)
         n_train, n_test = len(splits.train), len(splits.test)
     result = {"protocol": "knn", "knn_top1": acc, "k": args.k, "t": args.t, "features": args.features,
               "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": n_train,
