@@ -54,7 +54,6 @@ def cmd_pretrain(args) -> int:
 
 def cmd_knn(args) -> int:
     from .data import cache_size_for, load_splits
-    from .eval.knn import knn_evaluate
     from .eval.load import load_for_eval, random_backbone, resolve_entry
     from .eval.results import result_path
     from .runtime import resolve_amp, resolve_device
@@ -73,16 +72,41 @@ def cmd_knn(args) -> int:
     net = net.to(device)
     if cfg.run.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    with du.main_first():  # rank 0 decodes into the shared cache first
-        splits = load_splits(args.data, cache_size_for(cfg.data.image_size), limit=args.limit, workers=cfg.data.workers)
-    if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
-        raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
+    from .eval.cli import context
+
+    ctx = context(argparse.Namespace(**{**vars(args), "seed": 0}))
     dtype = resolve_amp(args.amp or cfg.run.amp, device)  # as in the run, so the figures agree
     kw = dict(device=device, autocast_dtype=dtype, size=cfg.data.image_size, channels_last=cfg.run.channels_last)
-    acc = knn_evaluate(net, splits.train, splits.test, cfg.data.mean, cfg.data.std, args.k, args.t, **kw)
+    how = "memory"
+    if ctx.streaming(cfg.data.image_size):  # files -> DataLoader workers -> feature stores, read chunk by chunk
+        from .eval.features import extract_to_store
+        from .eval.protocols import knn_from_stores
+
+        files = ctx.files()
+        kw.update(memory_limit=ctx.memory_limit, store_dtype=ctx.store_dtype, workers=cfg.data.workers)
+        with extract_to_store(net, files.train_files, cfg.data.mean, cfg.data.std, **kw) as train, \
+                extract_to_store(net, files.test_files, cfg.data.mean, cfg.data.std, **kw) as test:
+            acc = knn_from_stores(train, test, len(files.train_files.classes), args.k, args.t, ctx, device)
+            how = f"disk {ctx.store_dtype}" if train.on_disk or test.on_disk else "memory (streamed)"
+            n_train, n_test = len(train), len(test)
+    else:
+        with du.main_first():  # rank 0 decodes into the shared cache first
+            splits = load_splits(args.data, cache_size_for(cfg.data.image_size), limit=args.limit,
+                                 workers=cfg.data.workers)
+        if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
+            raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
+        from .eval.features import extract_features
+        from .eval.protocols import knn_from_stores
+        from .eval.store import FeatureStore
+
+        kw["normalize"] = False  # raw features, normalised by knn_from_stores as streamed ones are
+        train = FeatureStore.from_tensor(*extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw))
+        test = FeatureStore.from_tensor(*extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw))
+        acc = knn_from_stores(train, test, len(splits.train.classes), args.k, args.t, ctx, device)
+        n_train, n_test = len(splits.train), len(splits.test)
     result = {"protocol": "knn", "knn_top1": acc, "k": args.k, "t": args.t, "features": args.features,
-              "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": len(splits.train),
-              "test_size": len(splits.test)}
+              "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": n_train,
+              "test_size": n_test, "features_store": how}
     if not du.is_main():
         return 0
     # named by the command and its settings: never the file of `mocolab compare` (BASE.knn.seed0.*.json)
@@ -90,7 +114,7 @@ def cmd_knn(args) -> int:
     out = result_path(base, f"knn_k{args.k}_t{args.t:g}_{args.features}",
                       {"seed": 0, "data": str(args.data), "limit": args.limit, "image_size": cfg.data.image_size})
     print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
-          f"{len(splits.train)} train / {len(splits.test)} test images)")
+          f"{n_train} train / {n_test} test images; features in {how})")
     try:
         out.write_text(json.dumps(result, indent=2))
     except OSError as e:  # a read-only checkpoint folder, a full disk: the figure above is not saved
@@ -148,6 +172,9 @@ def parser() -> argparse.ArgumentParser:
     kn.add_argument("--device", default="auto")
     kn.add_argument("--amp", choices=["auto", "bf16", "off"], help="default: the run's setting")
     kn.add_argument("--limit", type=int, default=0, help="first N images per split (class-balanced)")
+    from .eval.cli import add_stream_options
+
+    add_stream_options(kn)
     kn.set_defaults(fn=cmd_knn)
 
     from .eval.cli import add_commands as add_eval_commands

@@ -157,6 +157,35 @@ class _DecodeDataset(Dataset):
             return i, torch.zeros(self.size, self.size, 3, dtype=torch.uint8), why_unreadable(e)
 
 
+class CenterCropFiles(Dataset):
+    """Image files decoded as the uint8 cache decodes them (shorter side to `resize`, center crop,
+    see `_resize_square`), then center-cropped to `size`: (3 x size x size uint8, label), or None for
+    an unreadable file (a warning names it; collate_skip_none drops it). In DataLoader workers this
+    is the streaming counterpart of decode_to_tensor + the center crop of extract_features: the
+    same pixels, without the whole split in memory."""
+
+    def __init__(self, fl: FileList, size: int, resize: int | None = None):
+        self.fl, self.size, self.resize = fl, size, resize or size
+
+    def __len__(self):
+        return len(self.fl)
+
+    def __getitem__(self, i):
+        try:
+            arr = _resize_square(load_image(self.fl.files[i]), self.resize)  # R x R x 3 uint8
+        except Exception as e:
+            warnings.warn(f"skipped unreadable image {self.fl.files[i]} ({why_unreadable(e)})", stacklevel=2)
+            return None
+        top = left = (self.resize - self.size) // 2
+        x = torch.from_numpy(arr[top:top + self.size, left:left + self.size].copy()).permute(2, 0, 1)
+        return x, self.fl.labels[i]  # 3 x size x size uint8, int
+
+
+def decoded_bytes(n: int, size: int) -> int:
+    """Bytes of n images decoded into the uint8 cache at `size` (n x 3 x size x size)."""
+    return n * 3 * size * size
+
+
 def _warn_skipped(bad: list[tuple[Path, str]], total: int) -> None:
     for path, why in bad:
         warnings.warn(f"skipped unreadable image {path} ({why})", stacklevel=3)

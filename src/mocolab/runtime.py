@@ -216,7 +216,7 @@ def check_arguments(args) -> None:
     limits and worker counts >= 0, image sizes >= 8, momenta in [0, 1)."""
     check_positive(args, ("epochs", "batch_size", "lr", "budget_minutes", "k", "t", "iters", "shard_size",
                           "budget_minutes_finetune", "epochs_finetune", "paper_epochs", "paper_budget_minutes",
-                          "transfer_budget_minutes"))
+                          "transfer_budget_minutes", "memory_limit_gb", "chunk_rows"))
     check_at_least(args, ("seed", "limit", "weight_decay", "warmup_epochs", "backbone_lr_scale", "knn_every"), 0)
     check_at_least(args, ("image_size",), 8, " (pixels)")
     m = getattr(args, "momentum", None)

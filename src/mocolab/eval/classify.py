@@ -19,7 +19,7 @@ from .. import distributed as du
 from ..augment import AugSpec, BatchAugment
 from ..checkpoint import latest_checkpoint, safe_load
 from ..config import LoopConfig, OptimConfig, RunConfig
-from ..data import TensorData
+from ..data import CenterCropFiles, FileList, TensorData, cache_size_for, collate_skip_none, ignore_signals
 from ..methods.base import Method
 from .features import extract_features
 
@@ -122,6 +122,32 @@ class LabeledFeed:
             yield (x, self.labels[idx.to(self.labels.device)]), None
 
 
+class FileFeed(LabeledFeed):
+    """LabeledFeed's batches streamed from files: each batch of the epoch's order is decoded and
+    resized (shorter side to cache_size_for(S), center crop: the uint8 cache's pixels) in `workers`
+    DataLoader workers, pinned for CUDA, then augmented on the device by the same BatchAugment, drawing
+    from the step-seeded generator: the same views as from the in-memory split, exact resume, with
+    one batch in memory instead of the split. A batch loses its unreadable files (a warning each)."""
+
+    def __init__(self, files: FileList, aug: BatchAugment, batch: int, device: torch.device, workers: int = 2):
+        self.files, self.aug, self.batch, self.device, self.workers = files, aug, batch, device, workers
+        self.labels = torch.as_tensor(files.labels)
+        self.generator: torch.Generator | None = None
+
+    def batches(self, order: torch.Tensor, start: int, epoch: int):
+        B, size = self.batch, cache_size_for(self.aug.spec.size)
+        plan = [order[it * B:(it + 1) * B].tolist() for it in range(start, len(self) // B)]  # steps' indices
+        loader = torch.utils.data.DataLoader(CenterCropFiles(self.files, size, size), batch_sampler=plan,
+                                             num_workers=self.workers, collate_fn=collate_skip_none,
+                                             pin_memory=self.device.type == "cuda",
+                                             worker_init_fn=ignore_signals if self.workers else None)
+        for b in loader:
+            if b is None:  # every file of the batch was unreadable
+                continue
+            x, y = b  # B x 3 x R x R uint8, B
+            yield (self.aug(x.to(self.device, non_blocking=True), self.generator), y.to(self.device)), None
+
+
 def loop_config(fc: FitConfig, batch_size: int) -> LoopConfig:
     """FitConfig -> the engine's optim/run settings (fc.lr is the lr of the batch as given)."""
     optim = OptimConfig(batch_size=batch_size, lr=fc.lr, base_batch_size=batch_size, momentum=fc.momentum,
@@ -132,10 +158,12 @@ def loop_config(fc: FitConfig, batch_size: int) -> LoopConfig:
     return LoopConfig(optim, run)
 
 
-def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugment, fc: FitConfig,
+def fit(model: nn.Module, groups: list[dict], train: TensorData | FileList, aug: BatchAugment, fc: FitConfig,
         device: torch.device, autocast_dtype: torch.dtype | None = None, logger=None, desc: str = "train",
-        out: Path | None = None, resume: bool = True, cfg=None, settings: dict | None = None) -> dict:
-    """Trains `model` with cross-entropy on `train` (uint8 images, labels) on the engine: the
+        out: Path | None = None, resume: bool = True, cfg=None, settings: dict | None = None,
+        workers: int = 2) -> dict:
+    """Trains `model` with cross-entropy on `train` (uint8 images, labels; or files, streamed through
+    `workers` DataLoader workers: FileFeed) on the engine: the
     budget, SIGTERM (checkpoint + exit 75), NaN checks and, with `out`, checkpoints in
     out/checkpoints (resumed when `resume` and they were made with these `settings`, a JSON-able
     dict naming the weights and data, kept in out/settings.json, and this cfg).
@@ -157,7 +185,9 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
     method = Classification(model, groups)
-    trainer = Trainer(cfg, method, None, device, out, autocast_dtype, feed=LabeledFeed(train, aug, B, device))
+    feed = (FileFeed(train, aug, B, device, workers) if isinstance(train, FileList)
+            else LabeledFeed(train, aug, B, device))
+    trainer = Trainer(cfg, method, None, device, out, autocast_dtype, feed=feed)
     if out is not None:
         marker = Path(out) / "settings.json"
         same = marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(settings or {}))
@@ -185,11 +215,12 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData, aug: BatchAugme
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, mean, std, size: int, device: torch.device,
-             autocast_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict:
-    """Top-1 / top-5 (%) of `model` on the center crop of every image of `data`."""
+def evaluate(model: nn.Module, data: TensorData | FileList, mean, std, size: int, device: torch.device,
+             autocast_dtype: torch.dtype | None = None, channels_last: bool = False, workers: int = 2) -> dict:
+    """Top-1 / top-5 (%) of `model` on the center crop of every image of `data` (files: decoded in
+    `workers` DataLoader workers; only the logits N x C are kept)."""
     logits, y = extract_features(model, data, mean, std, device=device, size=size, channels_last=channels_last,
-                                 autocast_dtype=autocast_dtype, normalize=False)  # N x C
+                                 autocast_dtype=autocast_dtype, normalize=False, workers=workers)  # N x C
     return topk_accuracy(logits, y)
 
 

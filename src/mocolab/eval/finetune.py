@@ -39,15 +39,16 @@ def finetune_defaults(n: int, batch_size: int | None = None, epochs: int | None 
 def finetune(net: nn.Module, train, test, fraction: float, mean, std, size: int, fc: FitConfig | None,
              device: torch.device, autocast_dtype=None, channels_last: bool = False,
              backbone_lr_scale: float = 1.0, crop_scale=(0.2, 1.0), seed: int = 0, out=None,
-             settings: dict | None = None) -> dict:
+             settings: dict | None = None, workers: int = 2) -> dict:
     """Fine-tunes `net` (modified in place) on label_subset(train, fraction, seed) ->
     {top1, top5 on the whole test split, subset size, steps, ...}. fc=None: finetune_defaults.
-    out: a folder for the loop's checkpoints (resumed when made with the same `settings`)."""
+    out: a folder for the loop's checkpoints (resumed when made with the same `settings`).
+    train, test: TensorData, or FileLists streamed through `workers` DataLoader workers."""
     idx = label_subset(train.labels, fraction, seed)
     labeled = subset(train, idx)
     fc = fc or finetune_defaults(len(labeled))
     fc.seed = seed
-    num_classes = len(train.classes) or int(train.labels.max()) + 1
+    num_classes = len(train.classes) or int(max(train.labels)) + 1
     torch.manual_seed(seed)  # the new layer's init
     model = Classifier(net, feature_dim_of(net, size), num_classes, frozen=False).to(device)
     if channels_last:
@@ -56,7 +57,7 @@ def finetune(net: nn.Module, train, test, fraction: float, mean, std, size: int,
     groups = [{"params": model.backbone.parameters(), "lr_scale": backbone_lr_scale},
               {"params": model.fc.parameters()}]
     stats = fit(model, groups, labeled, aug, fc, device, autocast_dtype, desc=f"finetune {fraction:g}", out=out,
-                settings=settings)
-    res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last)
+                settings=settings, workers=workers)
+    res = evaluate(model, test, mean, std, size, device, autocast_dtype, channels_last, workers)
     return {**res, "labeled_images": len(labeled), "fit": fc.to_dict(),
             **{k: v for k, v in stats.items() if k != "history"}}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .features import extract_features
+from .store import FeatureStore
 
 
 @torch.no_grad()
@@ -38,3 +40,38 @@ def knn_accuracy(train_f, train_y, test_f, test_y, num_classes: int, k: int = 20
     """Top-1 accuracy in percent of the weighted kNN."""
     pred = knn_predict(test_f, train_f, train_y.to(train_f.device), num_classes, k, t)
     return 100.0 * (pred.cpu() == test_y.cpu()).float().mean().item()
+
+
+@torch.no_grad()
+def knn_predict_store(query: FeatureStore, bank: FeatureStore, num_classes: int, k: int = 200, t: float = 0.1,
+                      query_chunk: int = 4096, bank_chunk: int = 65536,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """knn_predict with neither side in memory: query (M x D) and bank (N x D) are FeatureStores of
+    raw features (L2-normalised here, chunk by chunk, in float32 on `device`). For each chunk of
+    queries the bank is read chunk by chunk and each bank chunk's top-k is merged into the running
+    top-k (the k best of the union of both; no library keeps a top-k over a stream, hence this
+    loop). In memory at once: query_chunk x (bank_chunk + k) similarities. Returns predictions M."""
+    k = min(k, len(bank))
+    labels = bank.labels.to(device)  # N
+    preds = []
+    for _, q in query.chunks(query_chunk, device):
+        q = F.normalize(q, dim=1)  # m x D
+        best_w = torch.full((q.shape[0], 0), float("-inf"), device=device)  # m x k' running top-k similarities
+        best_i = torch.zeros((q.shape[0], 0), dtype=torch.long, device=device)  # m x k' their bank rows
+        for lo, b in bank.chunks(bank_chunk, device):
+            sim = q @ F.normalize(b, dim=1).t()  # m x n cosine similarities
+            w, i = sim.topk(min(k, sim.shape[1]), dim=1)  # m x k
+            cat_w, cat_i = torch.cat([best_w, w], 1), torch.cat([best_i, i + lo], 1)  # m x (k' + k)
+            best_w, pick = cat_w.topk(min(k, cat_w.shape[1]), dim=1)
+            best_i = cat_i.gather(1, pick)
+        votes = torch.zeros(q.shape[0], num_classes, device=device)
+        votes.scatter_add_(1, labels[best_i], (best_w / t).exp())  # m x C
+        preds.append(votes.argmax(dim=1))
+    return torch.cat(preds)
+
+
+def knn_accuracy_store(train: FeatureStore, test: FeatureStore, num_classes: int, k: int = 200, t: float = 0.1,
+                       device: torch.device | str = "cpu", **chunks) -> float:
+    """Top-1 accuracy in percent of the weighted kNN, streamed (knn_predict_store)."""
+    pred = knn_predict_store(test, train, num_classes, k, t, device=device, **chunks)
+    return 100.0 * (pred.cpu() == test.labels).float().mean().item()

@@ -10,18 +10,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from .. import distributed as du
-from ..data import DataError, Splits, cache_size_for, load_splits
+from ..data import DataError, FileList, Splits, TensorData, cache_size_for, decoded_bytes, load_splits
+from ..errors import UsageError
 from ..runtime import data_id, resolve_amp, resolve_device
 from .classify import FitConfig
-from .features import extract_features
+from .features import extract_features, extract_to_store
 from .finetune import finetune, finetune_defaults, protocol_name
-from .knn import knn_accuracy
-from .linear import CACHED, PAPER, linear_cached, linear_paper
+from .knn import knn_accuracy_store
+from .linear import CACHED, PAPER, linear_cached_store, linear_paper
 from .load import load_for_eval, random_backbone, resolve_entry
 from .results import file_identity, find_matching, result_path, write_result
+from .store import FeatureStore
 from .subsets import check_fraction, label_subset
 
 log = logging.getLogger("mocolab")
@@ -67,16 +68,38 @@ class Target:
         return {"checkpoint": str(self.path.resolve()), **file_identity(self.path)}
 
 
+STREAM_MODES = ("auto", "on", "off")
+
+
 @dataclass
 class Context:
-    """The data and the device, shared by every target of a command."""
+    """The data and the device, shared by every target of a command.
+
+    stream: "off" decodes each split into memory (data.load_splits: fast for small data); "on" streams
+    the files through DataLoader workers (features into a FeatureStore, training batches decoded per
+    step); "auto" streams when the decoded train + test splits (N x 3 x S x S bytes) exceed
+    memory_limit_gb. Feature stores go to a memory-mapped file of store_dtype (in TMPDIR) when their
+    N x D float32 exceed memory_limit_gb; chunk_rows: rows per chunk read from a store."""
 
     data: str
     limit: int = 0
     seed: int = 0
     device: str = "auto"
     amp: str | None = None  # None: the checkpoint's run setting
+    stream: str = "auto"
+    memory_limit_gb: float = 8.0
+    store_dtype: str = "float32"
+    chunk_rows: int = 16384
     _splits: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.stream not in STREAM_MODES:
+            raise UsageError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {self.stream!r}")
+
+    @property
+    def memory_limit(self) -> float:
+        """In bytes."""
+        return self.memory_limit_gb * 2**30
 
     def splits(self, image_size: int) -> Splits:
         size = cache_size_for(image_size)
@@ -87,6 +110,35 @@ class Context:
                 raise DataError(f"evaluation needs labeled train/ and test/ (or val/) folders under {self.data}")
             self._splits[size] = s
         return self._splits[size]
+
+    def files(self) -> Splits:
+        """The train and test FileLists (Splits.train_files, test_files), not decoded."""
+        if "files" not in self._splits:
+            s = load_splits(self.data, 0, limit=self.limit, decode=False)
+            if s.test_files is None or not s.train_files.classes:
+                raise DataError(f"evaluation needs labeled train/ and test/ (or val/) folders under {self.data}")
+            self._splits["files"] = s
+        return self._splits["files"]
+
+    def streaming(self, image_size: int) -> bool:
+        """Whether the splits are streamed from their files (see `stream`)."""
+        if self.stream == "off":
+            return False
+        name = str(self.data).partition(":")[0]
+        if name in ("cifar10", "cifar100") and not Path(self.data).exists():  # torchvision's arrays, in memory
+            if self.stream == "on":
+                raise UsageError(f"--stream on reads image folders; {self.data} is torchvision's in-memory "
+                                 "dataset (give its folder, or --stream off)")
+            return False
+        if self.stream == "on":
+            return True
+        s = self.files()
+        need = decoded_bytes(len(s.train_files) + len(s.test_files), cache_size_for(image_size))
+        if need > self.memory_limit:
+            log.info("streaming the evaluation: the decoded splits would take %.1f GB > --memory-limit-gb %g",
+                     need / 2**30, self.memory_limit_gb)
+            return True
+        return False
 
     def data_id(self) -> str:
         return data_id(self.data)
@@ -107,17 +159,20 @@ def _settings(target: Target, ctx: Context, cfg, key: str, **params) -> dict:
             "seed": ctx.seed, "image_size": cfg.data.image_size, **params}
 
 
-def _record(target: Target, ctx: Context, protocol: str, settings: dict, numbers: dict, splits: Splits,
+def _record(target: Target, ctx: Context, protocol: str, settings: dict, numbers: dict, sizes: tuple[int, int],
             seconds: float, device) -> dict:
+    """sizes: (train images, test images) evaluated."""
     return {"protocol": protocol, "name": target.name, "method": target.method,
             "checkpoint": str(target.path) if target.path else target.entry, "data": ctx.data_id(),
-            "seed": ctx.seed, "train_size": len(splits.train), "test_size": len(splits.test),
+            "seed": ctx.seed, "train_size": sizes[0], "test_size": sizes[1],
             **numbers, "settings": settings, "seconds": seconds, "device": str(device)}
 
 
 def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, linear: bool = True, k: int = 200,
                           t: float = 0.1, weight_decay: float | None = None, reuse: bool = True) -> dict:
-    """kNN and the cached-feature linear probe on one feature extraction -> {key: result}."""
+    """kNN and the cached-feature linear probe on one feature extraction -> {key: result}.
+    Streamed (ctx.streaming): the features go to FeatureStores (on disk over the memory limit) and
+    both protocols read them chunk by chunk; a result records how ("features_store")."""
     net, cfg, device, dtype = _prepare(target, ctx)
     wanted = {}
     if knn:
@@ -133,30 +188,67 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
     todo = [key for key in wanted if key not in out]
     if not todo:
         return out
-    splits = ctx.splits(cfg.data.image_size)
     t0 = time.perf_counter()
     kw = {"device": device, "size": cfg.data.image_size, "channels_last": cfg.run.channels_last,
-              "autocast_dtype": dtype, "normalize": False}
-    f_tr, y_tr = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)  # N x D
-    f_te, y_te = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)  # M x D
+          "autocast_dtype": dtype, "normalize": False}
+    if ctx.streaming(cfg.data.image_size):
+        files = ctx.files()
+        kw.update(memory_limit=ctx.memory_limit, store_dtype=ctx.store_dtype, workers=cfg.data.workers)
+        train = extract_to_store(net, files.train_files, cfg.data.mean, cfg.data.std, **kw)  # N x D
+        test = None
+        try:
+            test = extract_to_store(net, files.test_files, cfg.data.mean, cfg.data.std, **kw)  # M x D
+            how = f"disk {ctx.store_dtype}" if train.on_disk or test.on_disk else "memory (streamed)"
+        except BaseException:
+            train.close()
+            raise
+        num_classes = len(files.train_files.classes)
+    else:
+        splits = ctx.splits(cfg.data.image_size)
+        f_tr, y_tr = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)  # N x D
+        f_te, y_te = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)  # M x D
+        train, test, how = FeatureStore.from_tensor(f_tr, y_tr), FeatureStore.from_tensor(f_te, y_te), "memory"
+        num_classes = len(splits.train.classes)
     t_feat = time.perf_counter() - t0
-    num_classes = len(splits.train.classes)
-    for key in todo:
-        t1 = time.perf_counter()
-        if key == "knn":
-            acc = knn_accuracy(F.normalize(f_tr, dim=1), y_tr, F.normalize(f_te, dim=1), y_te, num_classes, k, t)
-            numbers = {"top1": acc, "knn_top1": acc, "k": k, "t": t, "features": "backbone"}
-            protocol = "knn"
-        else:
-            numbers = linear_cached(f_tr, y_tr, f_te, y_te, num_classes, weight_decay=weight_decay, seed=ctx.seed)
-            protocol = CACHED
-        rec = _record(target, ctx, protocol, wanted[key], numbers, splits,
-                      t_feat + time.perf_counter() - t1, device)
-        path = result_path(target.base, key, wanted[key])
-        rec["result_file"] = str(path)
-        write_result(path, rec)
-        out[key] = rec
+    try:
+        for key in todo:
+            t1 = time.perf_counter()
+            if key == "knn":
+                acc = knn_from_stores(train, test, num_classes, k, t, ctx, device)
+                numbers = {"top1": acc, "knn_top1": acc, "k": k, "t": t, "features": "backbone"}
+                protocol = "knn"
+            else:
+                numbers = linear_from_stores(train, test, num_classes, weight_decay, ctx, device)
+                protocol = CACHED
+            rec = _record(target, ctx, protocol, wanted[key], {**numbers, "features_store": how},
+                          (len(train), len(test)), t_feat + time.perf_counter() - t1, device)
+            path = result_path(target.base, key, wanted[key])
+            rec["result_file"] = str(path)
+            write_result(path, rec)
+            out[key] = rec
+    finally:
+        train.close()
+        test.close()
     return out
+
+
+def knn_from_stores(train: FeatureStore, test: FeatureStore, num_classes: int, k: int, t: float, ctx: Context,
+                    device) -> float:
+    """The kNN top-1, chunk by chunk (1024 queries against ctx.chunk_rows bank rows at a time:
+    similarities 1024 x chunk_rows float32, 64 MB at the default 16384), wherever the features are:
+    one computation for both paths, so that streamed and in-memory features give the same figure."""
+    return knn_accuracy_store(train, test, num_classes, k, t, device=device, query_chunk=min(1024, ctx.chunk_rows),
+                              bank_chunk=ctx.chunk_rows)
+
+
+def linear_from_stores(train: FeatureStore, test: FeatureStore, num_classes: int, weight_decay, ctx: Context,
+                       device) -> dict:
+    """The cached linear probe, its loss summed over ctx.chunk_rows rows at a time wherever the
+    features are (in memory: slices): one computation for both paths. L-BFGS on a weakly
+    regularised problem follows float rounding: the whole-matrix fit (linear_cached) and this one
+    differed by 2 of 10,000 test predictions on 50k features (benchmarks/RESULTS.md, session 11)."""
+    return linear_cached_store(train, test, num_classes, weight_decay=weight_decay, seed=ctx.seed,
+                               chunk=ctx.chunk_rows, device=device)
 
 
 def loop_dir(result: Path) -> Path:
@@ -164,6 +256,15 @@ def loop_dir(result: Path) -> Path:
     and tb/ (`backbone.linear_paper.seed0.3f2a9c1d.json` -> `backbone.linear_paper.seed0.3f2a9c1d.run/`):
     a stopped protocol run resumes there when started again with the same settings."""
     return result.with_suffix(".run")
+
+
+def _train_test(ctx: Context, image_size: int) -> tuple[TensorData | FileList, TensorData | FileList]:
+    """The train and test splits for a training loop: decoded in memory, or their files when streamed."""
+    if ctx.streaming(image_size):
+        s = ctx.files()
+        return s.train_files, s.test_files
+    s = ctx.splits(image_size)
+    return s.train, s.test
 
 
 def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.08, 1.0), reuse: bool = False) -> dict:
@@ -174,12 +275,14 @@ def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.
     path = result_path(target.base, "linear_paper", st)
     if reuse and (old := find_matching(target.base, "linear_paper", st)) is not None:
         return old
-    splits = ctx.splits(cfg.data.image_size)
+    train, test = _train_test(ctx, cfg.data.image_size)
     torch.manual_seed(ctx.seed)  # the linear layer's init
     t0 = time.perf_counter()
-    numbers = linear_paper(net, splits.train, splits.test, cfg.data.mean, cfg.data.std, cfg.data.image_size, fc,
-                           device, dtype, cfg.run.channels_last, crop_scale, out=loop_dir(path), settings=st)
-    rec = _record(target, ctx, PAPER, st, numbers, splits, time.perf_counter() - t0, device)
+    numbers = linear_paper(net, train, test, cfg.data.mean, cfg.data.std, cfg.data.image_size, fc,
+                           device, dtype, cfg.run.channels_last, crop_scale, out=loop_dir(path), settings=st,
+                           workers=cfg.data.workers)
+    numbers["streamed"] = isinstance(train, FileList)
+    rec = _record(target, ctx, PAPER, st, numbers, (len(train), len(test)), time.perf_counter() - t0, device)
     rec["result_file"] = str(path)
     write_result(path, rec)
     return rec
@@ -191,8 +294,8 @@ def run_finetune(target: Target, ctx: Context, fraction: float, *, epochs: int |
                  reuse: bool = False) -> dict:
     check_fraction(fraction)
     net, cfg, device, dtype = _prepare(target, ctx)
-    splits = ctx.splits(cfg.data.image_size)  # needed to size the defaults
-    n_labeled = len(label_subset(splits.train.labels, fraction, ctx.seed))
+    train, test = _train_test(ctx, cfg.data.image_size)  # needed to size the defaults
+    n_labeled = len(label_subset(train.labels, fraction, ctx.seed))
     fc = finetune_defaults(n_labeled, batch_size, epochs)
     if lr is not None:
         fc.lr = lr
@@ -207,10 +310,12 @@ def run_finetune(target: Target, ctx: Context, fraction: float, *, epochs: int |
         log.info("%s: reusing %s", target.name, old["result_file"])
         return old
     t0 = time.perf_counter()
-    numbers = finetune(net, splits.train, splits.test, fraction, cfg.data.mean, cfg.data.std, cfg.data.image_size,
+    numbers = finetune(net, train, test, fraction, cfg.data.mean, cfg.data.std, cfg.data.image_size,
                        fc, device, dtype, cfg.run.channels_last, backbone_lr_scale, crop_scale, ctx.seed,
-                       out=loop_dir(path), settings=st)
-    rec = _record(target, ctx, protocol_name(fraction), st, numbers, splits, time.perf_counter() - t0, device)
+                       out=loop_dir(path), settings=st, workers=cfg.data.workers)
+    numbers["streamed"] = isinstance(train, FileList)
+    rec = _record(target, ctx, protocol_name(fraction), st, numbers, (len(train), len(test)),
+                  time.perf_counter() - t0, device)
     rec["label_fraction"] = fraction
     rec["result_file"] = str(path)
     write_result(path, rec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import DataError, TensorData
+from ..data import DataError, FileList, TensorData
 from ..errors import UsageError
 
 
@@ -31,5 +31,8 @@ def label_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.
     return torch.cat(keep).sort().values
 
 
-def subset(data: TensorData, idx: torch.Tensor) -> TensorData:
+def subset(data: TensorData | FileList, idx: torch.Tensor) -> TensorData | FileList:
+    if isinstance(data, FileList):
+        return FileList(data.root, [data.files[i] for i in idx.tolist()], [data.labels[i] for i in idx.tolist()],
+                        data.classes)
     return TensorData(data.images[idx], data.labels[idx], data.classes)
