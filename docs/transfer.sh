@@ -9,6 +9,7 @@ SHARED=${SHARED:-../shared/data}
 M=${MOCOLAB:-.venv/bin/mocolab}
 T=(run.threads=${THREADS:-1})
 MOCO_EPOCHS=${MOCO_EPOCHS:-20}  # the Imagenette MoCo backbone (epochs, not minutes: the same backbone on a busy machine)
+MOCO_K=${MOCO_K:-4096}  # its queue: the measured tables' backbone used K 4096 (the preset has 1024 since session 11)
 SUP_EPOCHS=${SUP_EPOCHS:-5}
 # per fine-tune, the same for every backbone and seed: the presets' full schedules (bccd_cpu 438
 # steps, camvid_cpu 450); ITERS=N shortens every fine-tune to N steps (then into runs/*_itersN)
@@ -25,7 +26,7 @@ done_run() { [ -f "$1/summary.json" ]; }
 
 # 1. backbones (the imagenette_cpu preset: ResNet-18 width 32, ImageNet stem)
 done_run "runs/inette_moco_e$MOCO_EPOCHS" || $M pretrain --preset imagenette_cpu --data "$SHARED/imagenette" \
-  --out "runs/inette_moco_e$MOCO_EPOCHS" --epochs "$MOCO_EPOCHS" --resume auto run.threads=2
+  --out "runs/inette_moco_e$MOCO_EPOCHS" --epochs "$MOCO_EPOCHS" --resume auto run.threads=2 moco.queue_size="$MOCO_K"
 done_run runs/inette_sup || $M supervised --preset imagenette_cpu --data "$SHARED/imagenette" --out runs/inette_sup \
   --epochs "$SUP_EPOCHS" --resume auto "${T[@]}"
 # the targets' own training images, unlabeled (BCCD trainval; CamVid train)
