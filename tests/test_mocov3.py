@@ -150,6 +150,7 @@ def test_presets_hold_the_official_defaults():
     assert (vit.optim.name, vit.optim.lr, vit.optim.weight_decay, vit.optim.warmup_epochs, vit.moco.T) == \
         ("adamw", 1.5e-4, 0.1, 40, 0.2)
     assert (r50.model.head, vit.model.head, vit.model.arch, cpu.model.arch) == \
-        ("mlp2_bn", "mlp3_bn", "vit_small_patch16", "vit_tiny_patch4")
+        ("mlp2_bn", "mlp3_bn", "vit_small_patch16", "vit_mini_patch4")
+    assert (cpu.model.head, cpu.optim.name, cpu.optim.weight_decay) == ("mlp3_bn", "adamw", 0.1)  # v3's ViT recipe
     assert all((c.model.dim, c.model.hidden_dim, c.model.predictor_dim, c.moco.m) == (256, 4096, 4096, 0.99)
                for c in (r50, vit))
