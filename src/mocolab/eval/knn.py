@@ -9,6 +9,14 @@ from .features import extract_features
 from .store import FeatureStore
 
 
+def _vote(sim_w: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, t: float) -> torch.Tensor:
+    """sim_w: m x k similarities of the k nearest bank items, neighbour_labels: m x k their classes.
+    Each votes for its class with weight exp(sim / t); returns the predicted labels m."""
+    votes = torch.zeros(sim_w.shape[0], num_classes, device=sim_w.device)
+    votes.scatter_add_(1, neighbour_labels, (sim_w / t).exp())  # m x C
+    return votes.argmax(dim=1)
+
+
 @torch.no_grad()
 def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tensor, num_classes: int,
                 k: int = 200, t: float = 0.1, chunk: int = 1024) -> torch.Tensor:
@@ -20,10 +28,7 @@ def knn_predict(query: torch.Tensor, bank: torch.Tensor, bank_labels: torch.Tens
     for i in range(0, query.shape[0], chunk):
         sim = query[i:i + chunk] @ bank.t()  # m x N cosine similarities
         sim_w, sim_idx = sim.topk(k, dim=1)  # m x k
-        weights = (sim_w / t).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
-        votes.scatter_add_(1, bank_labels[sim_idx], weights)  # m x C
-        preds.append(votes.argmax(dim=1))
+        preds.append(_vote(sim_w, bank_labels[sim_idx], num_classes, t))
     return torch.cat(preds)
 
 
@@ -64,9 +69,7 @@ def knn_predict_store(query: FeatureStore, bank: FeatureStore, num_classes: int,
             cat_w, cat_i = torch.cat([best_w, w], 1), torch.cat([best_i, i + lo], 1)  # m x (k' + k)
             best_w, pick = cat_w.topk(min(k, cat_w.shape[1]), dim=1)
             best_i = cat_i.gather(1, pick)
-        votes = torch.zeros(q.shape[0], num_classes, device=device)
-        votes.scatter_add_(1, labels[best_i], (best_w / t).exp())  # m x C
-        preds.append(votes.argmax(dim=1))
+        preds.append(_vote(best_w, labels[best_i], num_classes, t))
     return torch.cat(preds)
 
 

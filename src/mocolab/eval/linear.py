@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..augment import BatchAugment
-from .classify import Classifier, FitConfig, crop_flip, evaluate, feature_dim_of, fit, topk_accuracy
+from .classify import Classifier, FitConfig, crop_flip, evaluate, feature_dim_of, fit
 from .store import FeatureStore
 
 CACHED = "linear (cached features)"
@@ -39,61 +39,23 @@ class LinearProbe:
         return ((f - self.mean) / self.std) @ self.weight.t() + self.bias  # N x C
 
 
-def _lbfgs(x: torch.Tensor, y: torch.Tensor, num_classes: int, wd: float, max_iter: int,
-           init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Minimises mean CE + wd/2 |W|^2 over (W: C x D, b: C) on standardised x (N x D)."""
-    W = torch.zeros(num_classes, x.shape[1], device=x.device) if init is None else init[0].clone()
-    b = torch.zeros(num_classes, device=x.device) if init is None else init[1].clone()
-    W.requires_grad_(True)
-    b.requires_grad_(True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-6,
-                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ W.t() + b, y) + 0.5 * wd * W.pow(2).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return W.detach(), b.detach()
-
-
 def fit_linear_cached(f: torch.Tensor, y: torch.Tensor, num_classes: int, *, weight_decay: float | None = None,
                       max_iter: int = 300, seed: int = 0) -> tuple[LinearProbe, dict]:
-    """f: N x D features (not normalised), y: N labels. With weight_decay=None the L2 strength is
-    chosen from WD_GRID by top-1 on a seeded, held-out 10% of (f, y), then refitted on all of it.
-    Returns (probe, info with the chosen weight_decay and the validation scores)."""
-    f, y = f.float(), y.to(f.device)
-    mean, std = f.mean(0), f.std(0).clamp_min(1e-6)
-    x = (f - mean) / std  # N x D, standardised
-    info: dict = {"optimizer": "L-BFGS (full batch, strong Wolfe)", "max_iter": max_iter, "standardised": True}
-    if weight_decay is None:
-        g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(y), generator=g).to(f.device)
-        n_val = max(1, len(y) // 10)
-        val, tr = perm[:n_val], perm[n_val:]
-        scores, init = {}, None
-        for wd in WD_GRID:  # strongest first; each fit warm-starts the next
-            init = _lbfgs(x[tr], y[tr], num_classes, wd, max_iter, init)
-            scores[wd] = (x[val] @ init[0].t() + init[1]).argmax(1).eq(y[val]).float().mean().item() * 100
-        weight_decay = max(WD_GRID, key=lambda wd: (scores[wd], wd))  # ties: the stronger wd
-        info["val_top1"] = {f"{wd:g}": s for wd, s in scores.items()}
-    W, b = _lbfgs(x, y, num_classes, weight_decay, max_iter)
-    info["weight_decay"] = weight_decay
-    return LinearProbe(mean, std, W, b), info
+    """f: N x D features (not normalised), y: N labels, in memory: fit_linear_store on them as one
+    chunk. With weight_decay=None the L2 strength is chosen from WD_GRID by top-1 on a seeded,
+    held-out 10% of (f, y), then refitted on all of it. Returns (probe, info with the chosen
+    weight_decay and the validation scores)."""
+    return fit_linear_store(FeatureStore.from_tensor(f, y), num_classes, weight_decay=weight_decay,
+                            max_iter=max_iter, seed=seed, chunk=max(1, len(f)), device=f.device)
 
 
 def linear_cached(f_train, y_train, f_test, y_test, num_classes: int, *, weight_decay: float | None = None,
                   max_iter: int = 300, seed: int = 0) -> dict:
-    """Fits on the train features, scores on the test features -> {top1, top5, train_top1, ...}."""
-    t0 = time.perf_counter()
-    probe, info = fit_linear_cached(f_train, y_train, num_classes, weight_decay=weight_decay,
-                                    max_iter=max_iter, seed=seed)
-    res = topk_accuracy(probe.logits(f_test.float()), y_test)
-    res["train_top1"] = topk_accuracy(probe.logits(f_train.float()), y_train)["top1"]
-    return {**res, **info, "fit_seconds": time.perf_counter() - t0}
+    """Fits on the train features, scores on the test features (in memory, one chunk each) ->
+    {top1, top5, train_top1, weight_decay, ...}."""
+    return linear_cached_store(FeatureStore.from_tensor(f_train, y_train), FeatureStore.from_tensor(f_test, y_test),
+                               num_classes, weight_decay=weight_decay, max_iter=max_iter, seed=seed,
+                               chunk=max(1, len(f_train), len(f_test)), device=f_train.device)
 
 
 def paper_defaults() -> FitConfig:
@@ -156,9 +118,9 @@ def _standardisation(store: FeatureStore, chunk: int, device) -> tuple[torch.Ten
 def _lbfgs_store(store: FeatureStore, rows: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, num_classes: int,
                  wd: float, max_iter: int, chunk: int, device,
                  init: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """_lbfgs on the store's rows where `rows` (N bool) is set, standardised chunk by chunk: the loss
-    and its gradient are sums over chunks (one pass over the store per evaluation), the same
-    objective as the in-memory fit."""
+    """Minimises mean CE + wd/2 |W|^2 over (W: C x D, b: C) on the store's rows where `rows` (N bool)
+    is set, standardised chunk by chunk: the loss and its gradient are sums over chunks (one pass
+    over the store per evaluation; one chunk when the features are in memory)."""
     W = torch.zeros(num_classes, store.dim, device=device) if init is None else init[0].clone()
     b = torch.zeros(num_classes, device=device) if init is None else init[1].clone()
     W.requires_grad_(True)
@@ -202,8 +164,10 @@ def _top1_store(probe: LinearProbe, store: FeatureStore, rows: torch.Tensor | No
 def fit_linear_store(store: FeatureStore, num_classes: int, *, weight_decay: float | None = None,
                      max_iter: int = 300, seed: int = 0, chunk: int = 65536,
                      device: torch.device | str = "cpu") -> tuple[LinearProbe, dict]:
-    """fit_linear_cached on a FeatureStore read chunk by chunk (the same held-out 10%, grid and
-    objective; sums in another order, so equal up to float rounding)."""
+    """The cached probe's fit on a FeatureStore read chunk by chunk: standardised features, L2
+    strength picked from WD_GRID on a seeded, held-out 10% (strongest first, each fit warm-starting
+    the next; ties go to the stronger), then refitted on all rows. Other chunk sizes sum in
+    another order, so they agree up to float rounding."""
     device = torch.device(device)
     mean, std = _standardisation(store, chunk, device)
     info: dict = {"optimizer": "L-BFGS (full batch, strong Wolfe)", "max_iter": max_iter, "standardised": True}
@@ -228,7 +192,7 @@ def fit_linear_store(store: FeatureStore, num_classes: int, *, weight_decay: flo
 def linear_cached_store(train: FeatureStore, test: FeatureStore, num_classes: int, *,
                         weight_decay: float | None = None, max_iter: int = 300, seed: int = 0, chunk: int = 65536,
                         device: torch.device | str = "cpu") -> dict:
-    """linear_cached on FeatureStores (fit_linear_store); top-5 and top-1 of the test store."""
+    """The cached probe on FeatureStores (fit_linear_store); top-1 and top-5 (%) of the test store."""
     t0 = time.perf_counter()
     probe, info = fit_linear_store(train, num_classes, weight_decay=weight_decay, max_iter=max_iter, seed=seed,
                                    chunk=chunk, device=device)
