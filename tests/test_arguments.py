@@ -99,6 +99,7 @@ def test_config_values_are_range_checked(override, message, tmp_path, capsys):
     ("run.seed=-1", "run.seed must be >= 0"),
     ("task.workers=-1", "task.num_classes and task.train_images must be >= 0"),
     ("task.train_images=-2", "task.train_images must be >= 0"),
+    ("task.subset_seed=-2", "task.subset_seed must be -1 (run.seed) or a seed >= 0"),
 ])
 def test_transfer_config_values_are_range_checked(override, message, tmp_path, capsys):
     one_line_error(capsys, ["segment", "--backbone", "random:cifar10_cpu", "--data", "/x",

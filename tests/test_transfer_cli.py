@@ -225,3 +225,14 @@ def test_train_images_is_a_seeded_subset_the_same_for_every_backbone(voc):
     seg = SegData([Path(f"{i}.jpg") for i in range(6)], [Path(f"{i}.png") for i in range(6)], num_classes=3)
     sub = labeled_subset(seg, 3, 0)
     assert [p.stem for p in sub.images] == [p.stem for p in sub.masks] and len(sub) == 3 and sub.num_classes == 3
+
+
+def test_subset_seed_fixes_the_labeled_images_across_seeds():
+    """task.subset_seed=-1 (default) draws the labeled images with run.seed; a seed >= 0 draws one
+    subset that every run.seed shares."""
+    from mocolab.transfer.config import build_transfer_config
+    from mocolab.transfer.run import subset_seed
+
+    assert [subset_seed(build_transfer_config("bccd_cpu", [f"run.seed={s}"])) for s in (0, 3)] == [0, 3]
+    fixed = [build_transfer_config("bccd_cpu", [f"run.seed={s}", "task.subset_seed=7"]) for s in (0, 3)]
+    assert [subset_seed(c) for c in fixed] == [7, 7]

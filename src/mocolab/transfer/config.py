@@ -33,6 +33,10 @@ class TaskConfig:
     # > 0: fine-tune on this many training images only (few labels), drawn with run.seed, so every
     # backbone fine-tuned at a seed sees the same images
     train_images: int = 0
+    # the draw of those images: -1 draws with run.seed (each seed its own labeled images); >= 0 draws
+    # one fixed subset for every seed (as the 1% / 10% label subsets of semi-supervised ImageNet), so
+    # the seeds vary only the fine-tuning (random init of the new layers, data order, augmentation)
+    subset_seed: int = -1
     # detection
     train_sizes: list[int] = field(default_factory=lambda: [800])  # shorter side, one picked per batch
     test_size: int = 800  # shorter side at test time
@@ -66,6 +70,7 @@ class TaskConfig:
             (0 <= self.trainable_layers <= 5, "task.trainable_layers must be in 0..5"),
             (min(self.iters, self.warmup_iters, self.workers, self.num_classes, self.train_images) >= 0,
              "task.iters, task.warmup_iters, task.workers, task.num_classes and task.train_images must be >= 0"),
+            (self.subset_seed >= -1, "task.subset_seed must be -1 (run.seed) or a seed >= 0"),
             (0.0 <= self.flip <= 1.0, "task.flip must lie in [0, 1]"),
             (len(self.train_sizes) >= 1 and min(self.train_sizes) >= 32,
              "task.train_sizes must list one or more sizes >= 32"),

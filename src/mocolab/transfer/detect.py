@@ -23,7 +23,7 @@ from .config import TransferConfig
 from .feeds import DetectionFeed
 from .metrics import coco_detection_ap, voc_detection_ap
 from .models import build_detector, detection_loss, load_backbone
-from .run import backbone_record, gather, labeled_subset, setup, train, write_results
+from .run import backbone_record, gather, labeled_subset, setup, subset_seed, train, write_results
 from .voc import load_voc
 
 log = logging.getLogger("mocolab")
@@ -179,7 +179,7 @@ def run_detect(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     else:
         source = data if isinstance(data, DetectionSource) else detection_source(data)
         train_data, test_data, fmt = load_detection(source)
-    train_data = labeled_subset(train_data, cfg.task.train_images, cfg.run.seed)
+    train_data = labeled_subset(train_data, cfg.task.train_images, subset_seed(cfg))
     n_cls = train_data.num_classes
     if cfg.task.num_classes and cfg.task.num_classes != n_cls:
         raise DataError(f"task.num_classes={cfg.task.num_classes} but the training data has {n_cls} "
@@ -208,6 +208,7 @@ def run_detect(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
         "task": "detect", "head": cfg.task.head, "norm": cfg.task.norm, **scores,
         "backbone": backbone_record(meta), "seed": cfg.run.seed,
         "data": {"format": fmt, "classes": train_data.classes, "train_images": len(train_data),
+                 "subset_seed": subset_seed(cfg) if cfg.task.train_images else None,
                  "test_images": len(test_data), "test_size": cfg.task.test_size,
                  "train_sizes": cfg.task.train_sizes},
         "train": summary, "settings": cfg.to_dict(),

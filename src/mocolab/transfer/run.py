@@ -96,6 +96,11 @@ def train(cfg: TransferConfig, method, feed, device: torch.device, out: Path,
     return trainer
 
 
+def subset_seed(cfg) -> int:
+    """The seed of the few-labels draw: task.subset_seed, or run.seed when that is -1."""
+    return cfg.run.seed if cfg.task.subset_seed < 0 else cfg.task.subset_seed
+
+
 def labeled_subset(data, n: int, seed: int):
     """The first n of a seeded permutation of the training images (n = 0: all), as the same type
     (DetectionData or SegData): the few-labels regime, the same images for every backbone at a seed."""

@@ -20,7 +20,7 @@ from .feeds import SegmentationFeed
 from .masks import SegData, load_masks
 from .metrics import confusion_matrix, segmentation_scores
 from .models import _freeze_stages, build_segmenter, load_backbone, segmentation_loss
-from .run import backbone_record, labeled_subset, setup, train, write_results
+from .run import backbone_record, labeled_subset, setup, subset_seed, train, write_results
 
 log = logging.getLogger("mocolab")
 
@@ -99,7 +99,7 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
         train_data, test_data = data
     else:
         train_data, test_data = load_segmentation(data, t.num_classes, t.ignore_index)
-    train_data = labeled_subset(train_data, t.train_images, cfg.run.seed)
+    train_data = labeled_subset(train_data, t.train_images, subset_seed(cfg))
     n_cls = train_data.num_classes
     log.info("data: %d train, %d test images; %d classes (ignore %d)", len(train_data), len(test_data),
              n_cls, t.ignore_index)
@@ -124,6 +124,7 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
         "task": "segment", "head": t.head, "norm": t.norm, **scores,
         "backbone": backbone_record(meta), "seed": cfg.run.seed,
         "data": {"num_classes": n_cls, "ignore_index": t.ignore_index, "train_images": len(train_data),
+                 "subset_seed": subset_seed(cfg) if t.train_images else None,
                  "test_images": len(test_data), "crop_size": t.crop_size, "test_scale": t.test_scale},
         "confusion_matrix": conf.cpu().tolist(),
         "train": summary, "settings": cfg.to_dict(),
