@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 SHARED=${SHARED:-../shared/data}
 M=${MOCOLAB:-.venv/bin/mocolab}
 T=(run.threads=${THREADS:-1})
-MOCO_EPOCHS=${MOCO_EPOCHS:-20}  # the Imagenette MoCo backbone (epochs, not minutes: the same backbone on a busy machine)
-MOCO_K=${MOCO_K:-4096}  # its queue: the measured tables' backbone used K 4096 (the preset has 1024 since session 11)
+MOCO_EPOCHS=${MOCO_EPOCHS:-40}  # the Imagenette MoCo backbone (epochs, not minutes: the same backbone on a busy machine)
+MOCO_K=${MOCO_K:-1024}  # its queue (the preset's); session 10's and 11's tables used MOCO_EPOCHS=20 MOCO_K=4096
+MOCO=runs/inette_moco_e${MOCO_EPOCHS}_k$MOCO_K
 SUP_EPOCHS=${SUP_EPOCHS:-5}
 # per fine-tune, the same for every backbone and seed: the presets' full schedules (bccd_cpu 438
 # steps, camvid_cpu 450); ITERS=N shortens every fine-tune to N steps (then into runs/*_itersN)
@@ -19,14 +20,17 @@ ITERS=${ITERS:-}
 # count epochs (30 BCCD images x 6 epochs would be 45 steps). The few-labels table in RESULTS.md
 # (session 11) is LABELS=30 ITERS=150 SEEDS=0,1,2,3,4 bash docs/transfer.sh
 LABELS=${LABELS:-}
+# SUBSET=S (with LABELS): one fixed labeled subset, drawn with seed S, for every seed (task.subset_seed),
+# so that the seeds vary only the fine-tuning; without it each seed draws its own N images
+SUBSET=${SUBSET:-}
 SEEDS=${SEEDS:-0,1,2}  # fine-tune seeds (and random inits): compare pairs each backbone with random init by seed
-SUFFIX=${ITERS:+_iters$ITERS}${LABELS:+_labels$LABELS}
+SUFFIX=${ITERS:+_iters$ITERS}${LABELS:+_labels$LABELS}${SUBSET:+_subset$SUBSET}
 
 done_run() { [ -f "$1/summary.json" ]; }
 
 # 1. backbones (the imagenette_cpu preset: ResNet-18 width 32, ImageNet stem)
-done_run "runs/inette_moco_e$MOCO_EPOCHS" || $M pretrain --preset imagenette_cpu --data "$SHARED/imagenette" \
-  --out "runs/inette_moco_e$MOCO_EPOCHS" --epochs "$MOCO_EPOCHS" --resume auto run.threads=2 moco.queue_size="$MOCO_K"
+done_run "$MOCO" || $M pretrain --preset imagenette_cpu --data "$SHARED/imagenette" \
+  --out "$MOCO" --epochs "$MOCO_EPOCHS" --resume auto run.threads=2 moco.queue_size="$MOCO_K"
 done_run runs/inette_sup || $M supervised --preset imagenette_cpu --data "$SHARED/imagenette" --out runs/inette_sup \
   --epochs "$SUP_EPOCHS" --resume auto "${T[@]}"
 # the targets' own training images, unlabeled (BCCD trainval; CamVid train)
@@ -41,8 +45,9 @@ done_run runs/camvid_moco || $M pretrain --preset imagenette_cpu --data "$SHARED
   --out runs/camvid_moco --resume auto "${SMALL[@]}" "${T[@]}"
 
 # 2. the comparison: the same fine-tuning recipe (preset, ITERS iterations) for every backbone
-SET=(--transfer-set ${ITERS:+task.iters=$ITERS} ${LABELS:+task.train_images=$LABELS} "${T[@]}")
-$M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/bccd_moco \
+SET=(--transfer-set ${ITERS:+task.iters=$ITERS} ${LABELS:+task.train_images=$LABELS} ${SUBSET:+task.subset_seed=$SUBSET}
+     "${T[@]}")
+$M compare random:imagenette_cpu runs/inette_sup "$MOCO" runs/bccd_moco \
   --out "runs/compare_bccd$SUFFIX" --protocols none --detect "$SHARED/bccd/BCCD" --seeds "$SEEDS" "${SET[@]}"
-$M compare random:imagenette_cpu runs/inette_sup "runs/inette_moco_e$MOCO_EPOCHS" runs/camvid_moco \
+$M compare random:imagenette_cpu runs/inette_sup "$MOCO" runs/camvid_moco \
   --out "runs/compare_camvid$SUFFIX" --protocols none --segment "$SHARED/camvid" --seeds "$SEEDS" "${SET[@]}"
