@@ -18,7 +18,8 @@ ITERS=${ITERS:-}
 # LABELS=N: fine-tune on N labeled training images only (task.train_images; the same N images for
 # every backbone at a seed), into runs/*_labelsN: the few-labels regime. Give ITERS too: the presets
 # count epochs (30 BCCD images x 6 epochs would be 45 steps). The few-labels table in RESULTS.md
-# (session 11) is LABELS=30 ITERS=150 SEEDS=0,1,2,3,4 bash docs/transfer.sh
+# (sessions 11 and 12) is LABELS=30 ITERS=150 SEEDS=0,1,2,3,4 bash docs/transfer.sh (its 20-epoch row:
+# MOCO_EPOCHS=20 MOCO_K=4096)
 LABELS=${LABELS:-}
 # SUBSET=S (with LABELS): one fixed labeled subset, drawn with seed S, for every seed (task.subset_seed),
 # so that the seeds vary only the fine-tuning; without it each seed draws its own N images
