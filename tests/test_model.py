@@ -301,7 +301,7 @@ def test_compile_mode_reaches_torch_compile(monkeypatch, mode, expected):
     ("cuda", "reduce-overhead", True), ("cuda:1", "max-autotune", True), ("cuda", "default", False),
     ("cuda", "max-autotune-no-cudagraphs", False), ("cpu", "reduce-overhead", False), ("cpu", "max-autotune", False)])
 def test_cuda_graphs_only_in_their_modes_on_cuda(device, mode, expected):
-    from mocolab.pretrain import uses_cudagraphs
+    from mocolab.compiling import uses_cudagraphs
     assert uses_cudagraphs(tiny_config(**{"run.compile_mode": mode}), torch.device(device)) is expected
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import torch
 
 from . import distributed as du
 from .checkpoint import CheckpointError, export_backbone, load_training_checkpoint
+from .compiling import compiles, uses_cudagraphs
 from .config import Config, ConfigError, apply_overrides, check_bn_groups, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
@@ -57,26 +56,6 @@ def build_model(cfg: Config, device: torch.device, n_train: int = 0) -> Method:
         model.compiled = True  # the Trainer compiles the augmentation along with them
         model.cudagraphs = uses_cudagraphs(cfg, device)
     return model
-
-
-def uses_cudagraphs(cfg: Config, device: torch.device) -> bool:
-    """Whether the compiled encoders run as CUDA graphs. Those replay from fixed memory, so
-    train_step (and the kNN monitor, per batch) marks where each step begins (cudagraph trees)."""
-    return device.type == "cuda" and cfg.run.compile_mode in ("reduce-overhead", "max-autotune")
-
-
-def compiles(cfg: Config) -> bool:
-    """run.compile, for runs long enough to win back a cold compile: with run.compile_min_minutes
-    > 0 only a time budget at least that long compiles (epoch runs and short budgets stay eager)."""
-    r = cfg.run
-    if r.compile and r.compile_min_minutes > 0 and r.budget_minutes < r.compile_min_minutes:
-        log.info("run.compile: off for this run (needs --budget-minutes >= run.compile_min_minutes=%g)",
-                 r.compile_min_minutes)
-        return False
-    if r.compile and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c):
-        log.warning("run.compile: no C++ compiler found (torch.compile's inductor needs one); training eagerly")
-        return False
-    return r.compile
 
 
 def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[Config | None, dict | None]:
