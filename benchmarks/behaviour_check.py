@@ -6,7 +6,7 @@ Fixed-seed, single-thread, float32 runs, so that the arithmetic is deterministic
 - a 1-epoch pretraining of each method (moco, e2e, bank, mocov3) on 512 CIFAR-10 images with a
   width-8 ResNet-10: the SHA-256 of every tensor of final.pth's model state (and the final loss);
 - a 20-iteration `detect` (BCCD, 16 labeled images) and `segment` (CamVid, 16 labeled images)
-  from random:cifar10_cpu-sized backbones: their metrics.
+  from random:imagenette_cpu backbones: their metrics.
 
 --src runs another checkout's code (its src/ first on PYTHONPATH): the reference from before
 the change is made with `git worktree add ../ref <commit>` and `--src ../ref/src`.
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ["--preset", "cifar10_cpu", "--epochs", "1", "model.width=8", "data.limit=512", "optim.batch_size=64",
             "moco.queue_size=256", "run.threads=1", "run.amp=off", "run.compile=false", "data.workers=0",
             "run.seed=3", "run.log_every=2"]
-TRANSFER = ["--iters", "20", "--backbone", "random:cifar10_cpu", "task.train_images=16", "run.threads=1",
+TRANSFER = ["--iters", "20", "--backbone", "random:imagenette_cpu", "task.train_images=16", "run.threads=1",
             "run.amp=off", "run.seed=1", "task.workers=0"]
 
 
