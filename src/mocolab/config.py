@@ -142,6 +142,27 @@ class Config:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> Config:
+        """A preset's config with overrides, validated.
+
+        Args:
+            name: a preset name (`mocolab presets`) or a YAML file.
+            **overrides: group__key=value pairs (`optim__lr=0.1`) or a dict of dotted keys
+                passed as `**{"optim.lr": 0.1}`.
+
+        Returns:
+            The validated Config.
+
+        Example:
+            >>> from mocolab.config import Config
+            >>> cfg = Config.from_preset("cifar10_cpu", **{"optim.lr": 0.05}, run__epochs=2)
+            >>> cfg.optim.lr, cfg.run.epochs
+            (0.05, 2)
+        """
+        items = [f"{k.replace('__', '.')}={_override_text(v)}" for k, v in overrides.items()]
+        return build_config(name, items)
+
     def validate(self) -> Config:
         """Checks the values that a type alone cannot; raises ConfigError."""
         checks = [
@@ -393,6 +414,14 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ConfigError(f"override '{item}' must look like key=value (for example optim.lr=0.1)")
         _set(cfg, key.strip(), value.strip())
     return cfg
+
+
+def _override_text(value) -> str:
+    """A Python value as the text of a key=value override (lists and booleans as YAML reads them)."""
+    if isinstance(value, (list, tuple, dict, bool)) or value is None:
+        text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)
+        return text.strip().removesuffix("...").strip()  # a bare scalar document ends with '...'
+    return str(value)
 
 
 def build_config(preset: str, overrides: list[str] | None = None) -> Config:
