@@ -159,7 +159,7 @@ def test_table_and_plots(tmp_path):
                         + [f"{k}={v}" for k, v in c.overrides.items()])
     keys = list(sw.parse_grid(grid)) + ["run.seed"]
     sw.write_results(tmp_path, cells, keys, {}, None, "cifar10_cpu", "d")
-    for png in ("knn_vs_K.png", "knn_vs_m.png", "curves_shuffle.png"):
+    for png in ("knn_vs_K.png", "knn_vs_m.png", "curves_shuffle.png", "curves.png", "knn_by_cell.png"):
         assert (tmp_path / png).stat().st_size > 1000
     table = json.loads((tmp_path / "results.json").read_text())
     e2e = [r for r in table["rows"] if r["method"] == "e2e"]
@@ -171,11 +171,12 @@ def test_table_and_plots(tmp_path):
     md = (tmp_path / "results.md").read_text()
     assert md.count("| method=") == 24 + 12 and "| kNN | linear (cached) |" in md  # cells, then seed means
     assert len(table["seed_means"]) == 12 and all(m["seeds"] == [0, 1] for m in table["seed_means"])
-    # a grid without K or m: those plots are not written, and results.md says so
+    # a grid without K or m: those plots are not written, and results.md says so; every sweep
+    # draws its cells' curves and kNN
     other = tmp_path / "lr"
     sw.sweep("cifar10_cpu", "d", other, ["lr=0.03,0.06"], epochs=1, linear=False,
              runner=fake_runner([]))
-    assert not list(other.glob("*.png"))
+    assert sorted(p.name for p in other.glob("*.png")) == ["curves.png", "knn_by_cell.png"]
     assert "knn_vs_K.png not written: moco.queue_size is not a grid axis" in \
         (other / "results.md").read_text()
     assert "| lr |" in (other / "results.md").read_text()

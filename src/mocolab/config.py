@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .registry import METHODS
 
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50",  # mocolab.models.backbones
          "vit_small_patch16", "vit_base_patch16", "vit_tiny_patch4", "vit_mini_patch4")  # mocolab.models.vit
@@ -50,7 +51,6 @@ class ModelConfig:
     sync_bn: bool = False  # SyncBatchNorm over all ranks (GPUs; MoCo v3 style, instead of shuffle BN)
 
 
-METHODS = ("moco", "e2e", "bank", "mocov3")  # the paper's three dictionary mechanisms, and MoCo v3 (mocolab.methods)
 
 
 @dataclass
@@ -173,14 +173,7 @@ class Config:
             (self.model.bn_splits >= 1, "model.bn_splits must be >= 1"),
             (self.model.predictor_dim >= 0, "model.predictor_dim must be >= 0"),
             (not self.model.sync_bn or self.model.bn_splits == 1, "model.sync_bn=true needs model.bn_splits=1"),
-            (self.moco.method in METHODS, f"moco.method must be one of: {', '.join(METHODS)}"),
-            (self.moco.queue_size >= (0 if self.moco.method == "bank" else 1),
-             "moco.queue_size must be >= 1 (>= 0 for moco.method=bank, where 0 uses every entry)"),
             (0.0 <= self.moco.bank_m < 1.0, "moco.bank_m must lie in [0, 1)"),
-            (self.moco.method == "moco" or not (self.moco.symmetric or self.data.small_crops),
-             "moco.symmetric and data.small_crops apply to moco.method=moco only (mocov3 is symmetric always)"),
-            (self.moco.method in ("moco", "mocov3") or not self.model.predictor_dim,
-             "model.predictor_dim applies to moco.method=moco or mocov3 only"),
             (0.0 <= self.moco.m < 1.0, "moco.m must lie in [0, 1) (the key encoder's momentum)"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
             (0 < self.moco.T < math.inf, "moco.T must be positive"),
@@ -201,10 +194,6 @@ class Config:
             (not self.data.small_crops or (self.data.backend == "tensor" and not self.moco.symmetric),
              "data.small_crops needs data.backend=tensor and moco.symmetric=false"),
             (self.optim.batch_size >= 2, "optim.batch_size must be >= 2"),
-            (self.moco.method != "moco"
-             or self.moco.queue_size >= self.optim.batch_size * (2 if self.moco.symmetric else 1),
-             f"moco.queue_size (K={self.moco.queue_size}) is smaller than the keys enqueued per step "
-             f"({self.optim.batch_size * (2 if self.moco.symmetric else 1)}): the queue would not hold one batch"),
             (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (min(self.run.checkpoint_every, self.run.save_every, self.run.skip_nonfinite) >= 0,
              "run.checkpoint_every, run.save_every and run.skip_nonfinite must be >= 0"),
@@ -235,7 +224,26 @@ class Config:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for ok, message in self._method_checks():
+            if not ok:
+                raise ConfigError(message)
         return self
+
+    def _method_checks(self) -> list[tuple[bool, str]]:
+        """The method's own rules (Method.check_config), and no method-specific key set for a
+        method that ignores it (only keys whose default is off: symmetric, small_crops, predictor)."""
+        if self.moco.method not in METHODS:
+            return [(False, f"moco.method must be one of: {', '.join(METHODS.names())}")]
+        method = METHODS.get(self.moco.method)
+        checks = []
+        for key in sorted(set().union(*(m.config_keys for m in METHODS)) - method.config_keys):
+            group, name = key.split(".")
+            section = getattr(self, group)
+            value, default = getattr(section, name), getattr(type(section)(), name)
+            readers = [m.name for m in METHODS if key in m.config_keys]
+            checks.append((not value or bool(default),
+                           f"{key} applies to moco.method={' or '.join(readers)} only, not {method.name}"))
+        return checks + method.check_config(self)
 
 
 def rank_bn_splits(bn_splits: int, world: int) -> int:

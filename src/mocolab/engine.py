@@ -96,8 +96,9 @@ class Trainer:
         elif isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
             # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
             train = TensorData(train.images.to(device), train.labels, train.classes)
-        if method.STATE == ("bank",) and (isinstance(train, ShardStream) or cfg.data.backend != "tensor") and not feed:
-            raise ConfigError("moco.method=bank needs each image's index: use data.backend=tensor (not tar shards)")
+        if method.needs_index and (isinstance(train, ShardStream) or cfg.data.backend != "tensor") and not feed:
+            raise ConfigError(f"moco.method={method.name} needs each image's index: use an image folder with "
+                              "data.backend=tensor, not tar shards")
         self.cfg, self.method, self.train, self.device, self.out = cfg, method, train, device, out
         self.monitor = monitor  # callable(method) -> dict, run every knn_every epochs
         o = cfg.optim

@@ -288,8 +288,9 @@ def add_command(sub) -> None:
 def _method_name(cfg: dict, model: dict) -> str:
     """The method of a training checkpoint, named as the exports name it: a `mocolab supervised`
     run's holds its classifier (encoder_q.fc), a pretraining's names its method in its config."""
-    from .methods import METHOD_NAMES
+    from .registry import METHODS
 
     if any(k.startswith("encoder_q.fc.") for k in model):
         return "supervised"
-    return METHOD_NAMES.get(cfg.get("moco", {}).get("method", "moco"), "MoCo")
+    name = cfg.get("moco", {}).get("method", "moco")
+    return METHODS.get(name).title if name in METHODS else "MoCo"

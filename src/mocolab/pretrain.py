@@ -20,7 +20,7 @@ from .config import Config, ConfigError, apply_overrides, check_bn_groups, from_
 from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .eval.knn import knn_evaluate
-from .methods import METHOD_NAMES, build_method
+from .methods import build_method, method_class
 from .methods.base import Method
 from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
 from .shards import ShardStream, is_shard_pattern
@@ -92,8 +92,8 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     t_load = time.perf_counter()
     size = cache_size_for(cfg.data.image_size)
     with du.main_first():  # rank 0 decodes into the shared cache; the others then read it
-        if is_shard_pattern(data) and cfg.moco.method == "bank":
-            raise ConfigError("moco.method=bank needs each image's index: use an image folder with "
+        if is_shard_pattern(data) and method_class(cfg.moco.method).needs_index:  # checked before decoding
+            raise ConfigError(f"moco.method={cfg.moco.method} needs each image's index: use an image folder with "
                               "data.backend=tensor, not tar shards")
         if is_shard_pattern(data):  # streamed; the kNN monitor reads data.knn_data if given
             train, bank, test = ShardStream(data, size, cfg.data.shuffle_buffer), None, None
@@ -132,7 +132,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     trainer.save("final.pth")
     meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
             "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,
-            "method": METHOD_NAMES[cfg.moco.method],
+            "method": method_class(cfg.moco.method).title,
             "std": cfg.data.std, "load_with": "mocolab.models.backbones.torchvision_model"}
     if cfg.model.arch.startswith("vit"):  # a timm VisionTransformer's state_dict (strict load)
         meta.update(width=None, stem=None, load_with="mocolab.models.vit.timm_vit(arch, img_size)",

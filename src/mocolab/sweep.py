@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import config as C
 from .config import Config, ConfigError
-from .methods import applies
+from .methods import applies, method_class
 from .runtime import Preempted, check_arguments, data_id, read_json, run_process
 
 log = logging.getLogger("mocolab")
@@ -269,7 +269,7 @@ def cell_row(cell: Cell, cell_dir: Path, rc: int | None = None) -> dict:
                 if all(key in r for r in rs)]
 
     return {"cell": cell.name, "method": method,
-            "K": cfg.optim.batch_size - 1 if method in ("e2e", "mocov3") else cfg.moco.queue_size,
+            "K": method_class(method).num_negatives(cfg),
             "m": cfg.moco.m if applies(method, "moco.m") else None,
             "shuffle": cfg.moco.shuffle_bn if applies(method, "moco.shuffle_bn") else None,
             "seed": cfg.run.seed, "axes": {short(k): v for k, v in cell.overrides.items()},
@@ -407,7 +407,8 @@ def write_results(out: Path, cells: list[Cell], grid_keys: list[str], failed: di
 
 # -- plots ------------------------------------------------------------------------------------
 def write_plots(rows: list[dict], grid_keys: list[str], out: Path) -> list[str]:
-    """knn_vs_K.png, knn_vs_m.png, curves_shuffle.png where their axis is in the grid -> notes."""
+    """knn_vs_K.png, knn_vs_m.png, curves_shuffle.png where their axis is in the grid, and always
+    curves.png and knn_by_cell.png -> notes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -425,17 +426,41 @@ def write_plots(rows: list[dict], grid_keys: list[str], out: Path) -> list[str]:
         if fname == "knn_vs_K.png":
             fig = _plot_vs(plt, rows, "K", keys, "K (negatives; e2e: batch - 1)", log2=True)
         elif fname == "knn_vs_m.png":
-            moco = [r for r in rows if r["method"] == "moco"]
-            fig = _plot_vs(plt, moco, "m", keys, "m (momentum)")
+            # the methods with a key encoder (m is None for the others), a line each
+            fig = _plot_vs(plt, [r for r in rows if r["m"] is not None], "m", keys, "m (momentum)")
         else:
             fig = _plot_curves(plt, [r for r in rows if r["shuffle"] is not None])
         if fig is None:
             notes.append(f"{fname} not written yet: no finished cell has the values")
             continue
-        fig.tight_layout()
-        fig.savefig(out / fname, dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        _save(plt, fig, out / fname)
+    # every sweep, whatever its axes: each cell's curves and its kNN
+    for fname, fig in (("curves.png", _plot_curves(plt, rows, by_shuffle=False)),
+                       ("knn_by_cell.png", _plot_knn_bars(plt, rows))):
+        if fig is None:
+            notes.append(f"{fname} not written yet: no finished cell has the values")
+        else:
+            _save(plt, fig, out / fname)
     return notes
+
+
+def _save(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _plot_knn_bars(plt, rows):
+    """A bar per cell: its kNN top-1."""
+    done = [r for r in rows if r["knn"] is not None]
+    if not done:
+        return None
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.5 * len(done) + 2), 4.2))
+    ax.bar(range(len(done)), [r["knn"] for r in done], color="C0")
+    ax.set_xticks(range(len(done)), [r["cell"] for r in done], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("kNN top-1 (%)")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
 
 
 def _plot_vs(plt, rows, x: str, x_keys: set[str], xlabel: str, log2: bool = False):
@@ -469,10 +494,14 @@ def _plot_vs(plt, rows, x: str, x_keys: set[str], xlabel: str, log2: bool = Fals
     return fig
 
 
-def _plot_curves(plt, rows):
-    """Loss, pretext accuracy and kNN per epoch, mean over seeds; solid: Shuffle BN on, dashed:
-    off, a color per other setting."""
-    hide = {short(k) for k in ("moco.method", "moco.shuffle_bn", "run.seed")}
+def _plot_curves(plt, rows, by_shuffle: bool = True):
+    """Loss, pretext accuracy and kNN per epoch, mean over seeds, a color per setting; with
+    by_shuffle, solid: Shuffle BN on, dashed: off."""
+    hide = {short(k) for k in ("moco.method", "run.seed")}
+    if by_shuffle:
+        hide.add(short("moco.shuffle_bn"))
+    else:
+        rows = [{**r, "shuffle": True} for r in rows]  # one style for all
     groups: dict[tuple, dict] = {}  # (setting, shuffle) -> curve -> {epoch: [values]}
     for r in rows:
         label = " ".join([r["method"]] + [f"{k}={v}" for k, v in r["axes"].items()
@@ -490,15 +519,16 @@ def _plot_curves(plt, rows):
         for ax, key in zip(axes, ("loss", "pretext_acc", "knn")):
             pts = sorted(g.get(key, {}).items())
             if pts:
-                ax.plot([e for e, _ in pts], [sum(v) / len(v) for _, v in pts],
-                        label=f"{label}, shuffle {'on' if on else 'off'}", **style)
+                shuffle = f", shuffle {'on' if on else 'off'}" if by_shuffle else ""
+                ax.plot([e for e, _ in pts], [sum(v) / len(v) for _, v in pts], label=label + shuffle, **style)
     for ax, title in zip(axes, ("loss", "pretext accuracy (%)", "kNN top-1 (%)")):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.legend(*max(axes, key=lambda a: len(a.lines)).get_legend_handles_labels(), fontsize=8,
                loc="upper left", bbox_to_anchor=(1, 0.95))
-    fig.suptitle("Shuffle BN on (solid) and off (dashed), mean over seeds")
+    fig.suptitle("Shuffle BN on (solid) and off (dashed), mean over seeds" if by_shuffle
+                 else "Each setting's curves, mean over seeds")
     return fig
 
 

@@ -11,12 +11,33 @@ from torch import nn
 from .. import distributed as du
 from ..bank import FeatureBank
 from ..losses import contrastive_logits, cross_entropy_at, pretext_top1
+from ..registry import METHODS
 from .base import Method
 
 
+@METHODS.register
 class MemoryBank(Method):
+    name = "bank"
+    title = "memory bank"
+    config_keys = frozenset({"moco.queue_size", "moco.bank_m"})  # no key encoder: no m, no Shuffle BN
+    needs_index = True
     STATE = ("bank",)
     num_views = 1  # one augmented view per image: there is no key to compute
+
+    @classmethod
+    def from_config(cls, cfg, encoder: nn.Module, n_train: int = 0) -> MemoryBank:
+        if n_train < 1:
+            raise ValueError("moco.method=bank needs the training set's size")
+        return cls(encoder, n_train, cfg.model.dim, cfg.moco.queue_size, cfg.moco.T, m=cfg.moco.bank_m,
+                   seed=cfg.run.seed)
+
+    @classmethod
+    def check_config(cls, cfg) -> list[tuple[bool, str]]:
+        return [(cfg.moco.queue_size >= 0, "moco.queue_size must be >= 0 for moco.method=bank (0: every entry)")]
+
+    @classmethod
+    def num_negatives(cls, cfg) -> int:
+        return cfg.moco.queue_size
 
     def __init__(self, encoder: nn.Module, n: int, dim: int, K: int, T: float = 0.07, *, m: float = 0.5,
                  seed: int = 0):

@@ -1,6 +1,11 @@
 """What the engine drives: a method declares what SGD updates, which (online, target) pairs
 follow by momentum, its per-step loss (`forward`, so DistributedDataParallel can wrap it) and
-its state update after the step (`after_step`: queue, bank)."""
+its state update after the step (`after_step`: queue, bank).
+
+A method class also says who it is: its `name` (moco.method=<name>), its `title` (tables,
+exports), the config keys only it reads, whether it needs image indices, and how it is built
+from a config (`from_config`). `@METHODS.register` (mocolab.registry) makes it available to
+every command; docs/contributing.md shows a new method end to end."""
 
 from __future__ import annotations
 
@@ -12,11 +17,32 @@ from torch import nn
 
 
 class Method(nn.Module):
+    name = ""  # moco.method=<name>
+    title = ""  # in tables, exports and model cards
+    # the method-specific config keys it reads (keys that some method lists and this one does not
+    # are ignored by it: `mocolab sweep` drops such axes, and a non-default value is an error)
+    config_keys: frozenset[str] = frozenset()
+    needs_index = False  # its loss needs each image's dataset index (the bank): the tensor backend only
     STATE = ()  # names of child modules that hold the method's state (queue, bank), not weights
     num_views = 2  # augmented views per image the feed makes (1: the bank's single view)
     compiled = False  # set by pretrain.build_model when the encoders are compiled
     cudagraphs = False  # likewise, when they run as CUDA graphs (the step marks its beginning)
     encoder_q: nn.Module  # the online encoder: its backbone is exported and evaluated
+
+    @classmethod
+    def from_config(cls, cfg, encoder: nn.Module, n_train: int = 0) -> Method:
+        """The method on `encoder` with the config's settings. n_train: the training set's size."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, cfg) -> list[tuple[bool, str]]:
+        """(condition, message) pairs that Config.validate checks when moco.method is this one."""
+        return []
+
+    @classmethod
+    def num_negatives(cls, cfg) -> int:
+        """K, the negatives of each query (tables and sweeps): the batch's other keys by default."""
+        return cfg.optim.batch_size - 1
 
     def learnable_params(self) -> list[nn.Parameter]:
         """What SGD updates."""

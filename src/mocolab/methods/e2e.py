@@ -9,10 +9,20 @@ from torch import nn
 
 from .. import distributed as du
 from ..losses import cross_entropy_at, pretext_top1
+from ..registry import METHODS
 from .base import Method
 
 
+@METHODS.register
 class EndToEnd(Method):
+    name = "e2e"
+    title = "end-to-end"
+    config_keys = frozenset({"moco.shuffle_bn"})  # K = batch - 1: the dictionary is the (gathered) batch
+
+    @classmethod
+    def from_config(cls, cfg, encoder: nn.Module, n_train: int = 0) -> EndToEnd:
+        return cls(encoder, cfg.moco.T, shuffle_bn=cfg.moco.shuffle_bn)
+
     def __init__(self, encoder: nn.Module, T: float = 0.07, *, shuffle_bn: bool = True):
         super().__init__()
         self.encoder_q = encoder

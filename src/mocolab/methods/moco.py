@@ -9,12 +9,19 @@ from torch import nn
 
 from .. import distributed as du
 from ..losses import contrastive_logits, cross_entropy_at, info_nce, pretext_top1
+from ..models.encoder import build_query_predictor
 from ..momentum import cosine_momentum
 from ..queue import KeyQueue
+from ..registry import METHODS
 from .base import MomentumEncoders
 
 
+@METHODS.register
 class MoCo(MomentumEncoders):
+    name = "moco"
+    title = "MoCo"
+    config_keys = frozenset({"moco.queue_size", "moco.m", "moco.m_schedule", "moco.shuffle_bn", "moco.symmetric",
+                             "model.predictor_dim", "data.small_crops"})
     STATE = ("queue",)
 
     def __init__(self, encoder: nn.Module, dim: int, K: int, m: float = 0.999, T: float = 0.07, *,
@@ -24,6 +31,28 @@ class MoCo(MomentumEncoders):
         self.queue = KeyQueue(K, dim)
         self.m, self.T, self.m_schedule = m, T, m_schedule
         self.shuffle_bn, self.symmetric = shuffle_bn, symmetric
+
+    @classmethod
+    def from_config(cls, cfg, encoder: nn.Module, n_train: int = 0) -> MoCo:
+        mc = cfg.moco
+        return cls(encoder, cfg.model.dim, mc.queue_size, mc.m, mc.T, m_schedule=mc.m_schedule,
+                   shuffle_bn=mc.shuffle_bn, symmetric=mc.symmetric, predictor=build_query_predictor(cfg))
+
+    @classmethod
+    def check_config(cls, cfg) -> list[tuple[bool, str]]:
+        # keys enqueued per step: the batch's, twice when both views are queries
+        per_step = cfg.optim.batch_size * (2 if cfg.moco.symmetric else 1)
+        return [
+            (cfg.moco.queue_size >= 1, "moco.queue_size must be >= 1 (>= 0 for moco.method=bank, where 0 uses "
+                                       "every entry)"),
+            (cfg.moco.queue_size >= per_step,
+             f"moco.queue_size (K={cfg.moco.queue_size}) is smaller than the keys enqueued per step "
+             f"({per_step}): the queue would not hold one batch"),
+        ]
+
+    @classmethod
+    def num_negatives(cls, cfg) -> int:
+        return cfg.moco.queue_size
 
     def momentum(self, progress: float) -> float:
         return self.m if self.m_schedule == "constant" else cosine_momentum(self.m, progress)

@@ -11,11 +11,23 @@ from torch import nn
 
 from .. import distributed as du
 from ..losses import cross_entropy_at, pretext_top1
+from ..models.encoder import build_query_predictor
 from ..momentum import cosine_momentum
+from ..registry import METHODS
 from .base import MomentumEncoders
 
 
+@METHODS.register
 class MoCoV3(MomentumEncoders):
+    name = "mocov3"
+    title = "MoCo v3"
+    # K = batch - 1, no queue; m always by cosine; no Shuffle BN
+    config_keys = frozenset({"moco.m", "model.predictor_dim"})
+
+    @classmethod
+    def from_config(cls, cfg, encoder: nn.Module, n_train: int = 0) -> MoCoV3:
+        return cls(encoder, build_query_predictor(cfg, official_v3=True), cfg.moco.T, cfg.moco.m)
+
     def __init__(self, encoder: nn.Module, predictor: nn.Module | None = None, T: float = 0.2, m: float = 0.99):
         super().__init__(encoder, predictor)  # f_q, f_k, the predictor (None: the ablation without one)
         self.T, self.m = T, m

@@ -42,14 +42,14 @@ def build_encoder(cfg: Config) -> tuple[Encoder, dict]:
     return enc, {"stem": stem, "feature_dim": feat_dim}
 
 
-def build_query_predictor(cfg: Config) -> nn.Module | None:
-    """MoCo v3's predictor MLP on the query side (model.predictor_dim > 0), else None;
-    moco.method=mocov3: the official one (v3_mlp), else build_predictor."""
+def build_query_predictor(cfg: Config, official_v3: bool = False) -> nn.Module | None:
+    """A predictor MLP on the query side (model.predictor_dim > 0), else None: MoCo v3's official
+    one (v3_mlp) with official_v3, else build_predictor."""
     mc = cfg.model
     if not mc.predictor_dim:
         return None
     splits = rank_bn_splits(mc.bn_splits, du.world_size())
-    if cfg.moco.method == "mocov3":
+    if official_v3:
         pred = v3_mlp(2, mc.dim, mc.predictor_dim, mc.dim, last_bn=False, bn_splits=splits)
     else:
         pred = build_predictor(mc.dim, mc.predictor_dim, splits)
