@@ -5,7 +5,8 @@
 - a single ImageFolder (class sub-folders) or a flat folder of unlabeled images;
 - `cifar10` / `cifar100` (optionally `cifar10:ROOT`): torchvision's dataset, downloaded into
   ROOT (default ~/.cache/mocolab/data) when it is not there.
-Corrupt or unreadable images are skipped: one warning names each file, and a count follows.
+Corrupt or unreadable images, and images over the size bounds (MAX_PIXELS, MAX_ASPECT, checked
+from the header before decoding), are skipped: one warning names each file, and a count follows.
 """
 
 from __future__ import annotations
@@ -116,9 +117,43 @@ def find_splits(data: str | Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-def load_image(path: Path) -> Image.Image:
-    """Opens and fully decodes an image as RGB (CMYK, RGBA, L, P, I;16 are converted)."""
-    with Image.open(path) as im:
+MAX_PIXELS = 2**26  # 8192 x 8192: decoding (RGBA, composited, then RGB) stays well under 1 GB
+MAX_ASPECT = 32  # longer side / shorter side: resizing the shorter side up to S takes up to S x 32S pixels
+
+
+class ImageTooLarge(ValueError):
+    """An image whose header promises more than mocolab decodes (see check_image_size)."""
+
+
+def check_image_size(size: tuple[int, int]) -> None:
+    """Raises ImageTooLarge for a (width, height), read from a file's header before anything is
+    decoded, over MAX_PIXELS or MAX_ASPECT: a 467-byte PNG of 1 x 200,000 pixels would otherwise
+    take gigabytes once its shorter side is resized up to the training size."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageTooLarge(f"an empty image ({w}x{h} pixels)")
+    if w * h > MAX_PIXELS:
+        raise ImageTooLarge(f"too large to decode: {w}x{h} pixels, over the limit of {MAX_PIXELS:,}")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageTooLarge(f"too elongated to decode: {w}x{h} pixels, an aspect ratio over {MAX_ASPECT}:1")
+
+
+def open_image(path) -> Image.Image:
+    """Image.open (a path or a file object) whose header size passed check_image_size; nothing is
+    decoded yet. Every image mocolab decodes is opened here."""
+    im = Image.open(path)
+    try:
+        check_image_size(im.size)
+    except ImageTooLarge:
+        im.close()
+        raise
+    return im
+
+
+def load_image(path) -> Image.Image:
+    """Opens (within the size bounds of check_image_size) and fully decodes an image as RGB
+    (CMYK, RGBA, L, P, I;16 are converted)."""
+    with open_image(path) as im:
         im.load()
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit: scale to 8-bit before RGB
             arr = np.asarray(im, dtype=np.float32)

@@ -1,9 +1,10 @@
 """Semantic segmentation data: split/images/NAME.jpg with split/masks/NAME.png (one channel of
 class indices, `ignore_index` for unlabelled pixels; CamVid: 11 classes, ignore 11).
 
-Bad input: a missing, unreadable, multi-channel or wrong-size mask -> one warning naming it at
-load time, pair dropped; mask values >= num_classes (and not ignore) -> set to ignore in
-read_pair with one warning naming the file; no usable pair -> DataError.
+Bad input: a missing, unreadable, multi-channel or wrong-size mask, or an image or mask over the
+size bounds of data.check_image_size -> one warning naming it at load time, pair dropped; mask
+values >= num_classes (and not ignore) -> set to ignore in read_pair with one warning naming the
+file; no usable pair -> DataError.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mocolab.data import DataError, why_unreadable
+from mocolab.data import DataError, open_image, why_unreadable
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("L", "P", "I", "I;16")  # single-channel PIL modes
@@ -36,9 +37,9 @@ class SegData:
 
     def read_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (image uint8 3 x H x W, mask int64 H x W with out-of-range values set to ignore)."""
-        with Image.open(self.images[i]) as im:
+        with open_image(self.images[i]) as im:  # within the size bounds of data.check_image_size
             x = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
-        with Image.open(self.masks[i]) as m:
+        with open_image(self.masks[i]) as m:
             y = np.array(m)
         if y.ndim != 2 or y.shape != tuple(x.shape[1:]):
             raise DataError(f"{self.masks[i]}: mask of shape {y.shape} does not match its image "
@@ -60,12 +61,12 @@ def _check_pair(img: Path, mask: Path) -> str | None:
     if not mask.is_file():
         return f"mask not found: {mask}"
     try:
-        with Image.open(img) as a, Image.open(mask) as b:
+        with open_image(img) as a, open_image(mask) as b:
             if b.mode not in MASK_MODES:
                 return f"mask {mask} is not single-channel (mode {b.mode})"
             if a.size != b.size:
                 return f"mask {mask} is {b.size[0]}x{b.size[1]}, its image {a.size[0]}x{a.size[1]}"
-    except OSError as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # ValueError: data.ImageTooLarge
         return f"unreadable image or mask ({why_unreadable(e)})"
     return None
 
@@ -94,7 +95,7 @@ def load_masks(split_dir: str | Path, num_classes: int | None = None, ignore_ind
     if num_classes is None:  # scan the masks once
         top = -1
         for m in masks:
-            with Image.open(m) as im:
+            with open_image(m) as im:
                 v = np.unique(np.array(im))
             v = v[v != ignore_index]
             top = max(top, int(v.max()) if v.size else -1)
