@@ -6,6 +6,7 @@ convention); labels are 1-based class indices (0 is torchvision's background).
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,38 @@ class DetectionData:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+MAX_COORD = 1e9  # a coordinate or size beyond this is not a pixel position (float32 keeps it finite)
+MAX_ID = 2**63 - 1  # ids are int64 (torch, numpy, pycocotools)
+
+
+def number(v, lo: float = -MAX_COORD, hi: float = MAX_COORD) -> float | None:
+    """A JSON number (int or float, not bool) that is finite and within [lo, hi], else None.
+    Strings, lists, null, inf, NaN, 1e999: None."""
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:  # an int too large for a float
+        return None
+    return f if math.isfinite(f) and lo <= f <= hi else None
+
+
+def integer(v, lo: int = 0, hi: int = MAX_ID) -> int | None:
+    """A JSON integer within [lo, hi] (an integral float such as 3.0 counts), else None."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v if lo <= v <= hi else None
+    f = number(v, lo, hi)
+    return int(f) if f is not None and f.is_integer() else None
+
+
+def text_number(text: str | None, lo: float = -MAX_COORD, hi: float = MAX_COORD) -> float | None:
+    """An XML field's text as a finite number within [lo, hi], else None (empty, 'inf', '1e999')."""
+    try:
+        return number(float((text or "").strip()), lo, hi)
+    except ValueError:
+        return None
 
 
 def plural(n: int, what: str) -> str:

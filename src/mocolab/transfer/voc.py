@@ -4,10 +4,12 @@ ImageSets/Main/<split>.txt.
 VOC pixel coordinates are 1-based and inclusive; like detectron2 (`bbox[0] -= 1.0;
 bbox[1] -= 1.0`) we subtract 1 from xmin/ymin only. A box with xmax <= xmin or ymax <= ymin
 in the file is a zero-size annotation (BCCD has two) and is dropped.
-Bad input: a broken or missing XML, a missing image -> one warning naming the file, image
-dropped; an unknown class (when `classes` is given), a zero-size box -> one warning per file,
-object dropped; boxes outside the image are clipped; an image without objects is kept as a
-negative. A missing root or split file, or a split with no usable image -> DataError.
+Bad input: a broken or missing XML, a missing image, an image id that is not a plain file name
+-> one warning naming the file, image dropped; an unknown class (when `classes` is given), a
+zero-size box, a coordinate that is not a finite number (inf, NaN, 1e999, text) -> one warning
+per file, object dropped; an unusable <size> is read from the image header and a <difficult>
+other than 0 or 1 is read as 0 (one warning per file); boxes outside the image are clipped; an
+image without objects is kept as a negative. A missing root or split file, or a split with no usable image -> DataError.
 """
 
 from __future__ import annotations
@@ -16,10 +18,8 @@ import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from PIL import Image
-
-from mocolab.data import DataError, why_unreadable
-from mocolab.transfer.boxes import DetectionData, make_item, plural, warn_file
+from mocolab.data import DataError, open_image, why_unreadable
+from mocolab.transfer.boxes import MAX_COORD, DetectionData, make_item, plural, text_number, warn_file
 
 COORDS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -35,42 +35,50 @@ def _read_ids(split_file: Path) -> list[str]:
     return [line.split()[0] for line in lines if line.strip()]
 
 
-def _number(text: str | None) -> float:
-    return float((text or "").strip())
+def _short(text: str | None) -> str:
+    return repr((text or "").strip()[:20])
 
 
 def _parse(xml: Path):
-    """-> (width, height, [(name, [xmin, ymin, xmax, ymax] as in the file, difficult)],
-    problems)."""
+    """-> (width, height (0 when <size> is unusable), [(name, [xmin, ymin, xmax, ymax] as in the
+    file, difficult)], problems). Every number must be finite (not inf, NaN, 1e999)."""
     root = ET.parse(xml).getroot()
     problems, objects = [], []
-    try:
-        w, h = int(_number(root.findtext("size/width"))), int(_number(root.findtext("size/height")))
-    except ValueError:
-        w = h = 0
-    n_bad = 0
+    texts = [root.findtext(f"size/{k}") for k in ("width", "height")]
+    w, h = (text_number(t, 1, MAX_COORD) for t in texts)
+    if w is None or h is None:
+        w = h = 0  # read from the image header
+        if any((t or "").strip() for t in texts):
+            problems.append(f"unusable <size> (width {_short(texts[0])}, height {_short(texts[1])}): "
+                            "read from the image")
+    n_bad = n_difficult = 0
     for obj in root.iter("object"):
         name = (obj.findtext("name") or "").strip()
-        try:
-            box = [_number(obj.findtext(f"bndbox/{k}")) for k in COORDS]
-        except ValueError:
-            box = None
-        if not name or box is None:
+        box = [text_number(obj.findtext(f"bndbox/{k}")) for k in COORDS]
+        if not name or None in box:
             n_bad += 1
             continue
-        try:
-            difficult = bool(int(_number(obj.findtext("difficult") or "0")))
-        except ValueError:
-            difficult = False
-        objects.append((name, box, difficult))
+        text = (obj.findtext("difficult") or "0").strip() or "0"
+        difficult = text_number(text)
+        if difficult not in (0.0, 1.0):
+            n_difficult += 1
+        objects.append((name, box, difficult == 1.0))
     if n_bad:
-        problems.append(f"dropped {plural(n_bad, 'object')} without a name or a numeric bndbox")
-    return w, h, objects, problems
+        problems.append(f"dropped {plural(n_bad, 'object')} without a name or a finite numeric bndbox")
+    if n_difficult:
+        problems.append(f"read {plural(n_difficult, '<difficult> value')} other than 0 or 1 as 0")
+    return int(w), int(h), objects, problems
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    with Image.open(path) as im:
+    """From the header (within data.check_image_size's bounds)."""
+    with open_image(path) as im:
         return im.size
+
+
+def _plain_name(name: str) -> bool:
+    """A split file's image id names a file inside the VOC folder (no separators, not ..)."""
+    return name not in (".", "..") and "/" not in name and "\\" not in name and "\x00" not in name
 
 
 def load_voc(root: str | Path, split: str, classes: list[str] | None = None) -> DetectionData:
@@ -81,13 +89,16 @@ def load_voc(root: str | Path, split: str, classes: list[str] | None = None) -> 
     ids = _read_ids(root / "ImageSets" / "Main" / f"{split}.txt")
     parsed = []  # (image_id, xml, image path, width, height, objects, problems)
     for image_id, name in enumerate(ids, 1):
+        if not _plain_name(name):
+            warnings.warn(f"skipped {name!r} of {split}.txt: an image id must be a plain file name", stacklevel=2)
+            continue
         xml, img = root / "Annotations" / f"{name}.xml", root / "JPEGImages" / f"{name}.jpg"
         if not xml.is_file():
             warnings.warn(f"skipped {name}: annotation not found: {xml}", stacklevel=2)
             continue
         try:
             w, h, objects, problems = _parse(xml)
-        except (ET.ParseError, OSError, UnicodeDecodeError) as e:
+        except (ET.ParseError, OSError, ValueError, LookupError) as e:  # ValueError: UnicodeDecodeError...
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             warnings.warn(f"skipped {xml}: not a readable VOC XML file ({msg})", stacklevel=2)
             continue
@@ -97,7 +108,7 @@ def load_voc(root: str | Path, split: str, classes: list[str] | None = None) -> 
         if w <= 0 or h <= 0:  # no usable <size>: read it from the image header
             try:
                 w, h = _image_size(img)
-            except OSError as e:
+            except Exception as e:  # unreadable, or over the size bounds (data.ImageTooLarge)
                 warnings.warn(f"skipped unreadable image {img} ({why_unreadable(e)})", stacklevel=2)
                 continue
         parsed.append((image_id, xml, img, w, h, objects, problems))
