@@ -127,7 +127,7 @@ def cmd_shards(args) -> int:
     from .shards import write_shards
 
     check_arguments(args)
-    for pattern in write_shards(args.data, args.out, args.shard_size, args.seed):
+    for pattern in write_shards(args.data, args.out, args.shard_size, args.seed, overwrite=args.overwrite):
         print(f"wrote {pattern}")
     return 0
 
@@ -199,6 +199,7 @@ def parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", required=True, help="PREFIX of the shards (folder and name start)")
     sh.add_argument("--shard-size", type=int, default=10000, help="samples per shard")
     sh.add_argument("--seed", type=int, default=0, help="the order in which images are written (shuffled)")
+    sh.add_argument("--overwrite", action="store_true", help="replace the existing shards of PREFIX (else refused)")
     sh.set_defaults(fn=cmd_shards)
 
     pr = sub.add_parser("presets", help="list the presets")

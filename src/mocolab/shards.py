@@ -9,6 +9,7 @@ and batched. A corrupt sample is skipped with a warning.
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import random
@@ -22,29 +23,64 @@ import torch
 
 from . import distributed as du
 from .data import DataError, _resize_square, find_splits, ignore_signals, load_image, scan_folder, why_unreadable
+from .errors import UsageError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
+
+
+def image_key(sample: dict) -> str | None:
+    """The sample's first image field, by its last extension as webdataset's decoders read it
+    ('jpg', 'png', 'c.jpeg' in a sample with key 'a/b' from 'a/b.c.jpeg'), or None."""
+    return next((k for k in sample if not k.startswith("__") and k.rsplit(".", 1)[-1].lower() in IMAGE_KEYS), None)
+
+
+def _label(sample: dict) -> int:
+    """The 'cls' field (or '*.cls') as an int; -1 when there is none. ValueError when it is not an
+    integer (the sample is then skipped as corrupt)."""
+    key = next((k for k in sample if k == "cls" or k.endswith(".cls")), None)
+    if key is None:
+        return -1
+    try:
+        return int(sample[key])
+    except ValueError:
+        raise ValueError(f"its label {sample[key][:20]!r} is not an integer") from None
 
 
 def is_shard_pattern(data: str) -> bool:
     return ".tar" in str(data)
 
 
-def write_shards(data: str | Path, prefix: str | Path, shard_size: int, seed: int = 0) -> list[str]:
+def _written(base: str) -> list[Path]:
+    """The files a write_shards of `base` makes: BASE-NNNNNN.tar and BASE.json."""
+    folder, stem = Path(base).parent, Path(base).name
+    shards = sorted(folder.glob(f"{glob.escape(stem)}-[0-9][0-9][0-9][0-9][0-9][0-9].tar")) if folder.is_dir() else []
+    return shards + [Path(f"{base}.json")] * Path(f"{base}.json").exists()
+
+
+def write_shards(data: str | Path, prefix: str | Path, shard_size: int, seed: int = 0,
+                 overwrite: bool = False) -> list[str]:
     """Writes the folder's images (original bytes, shuffled so that every shard mixes the classes)
-    into tar shards of `shard_size` samples; returns the brace patterns to pass as --data."""
+    into tar shards of `shard_size` samples; returns the brace patterns to pass as --data.
+    Existing shards of the prefix are refused (UsageError) unless `overwrite`, which removes them
+    first (a shorter set leaves no stale shard behind)."""
     import webdataset as wds
 
     if shard_size < 1:
         raise DataError("--shard-size must be >= 1")
     train_dir, test_dir = find_splits(data)
     splits = [("train", train_dir), ("test", test_dir)] if test_dir else [("", train_dir)]
+    bases = [f"{prefix}-{name}" if name else str(prefix) for name, _ in splits]
+    old = [p for base in bases for p in _written(base)]
+    if old and not overwrite:
+        raise UsageError(f"{old[0]} exists ({len(old)} shard file(s) of {prefix}); "
+                         "pass --overwrite to replace them")
+    files = [scan_folder(folder) for _, folder in splits]  # every split scanned before anything is removed
+    for p in old:
+        p.unlink()
     patterns = []
-    for name, folder in splits:
-        fl = scan_folder(folder)
+    for base, fl in zip(bases, files, strict=True):
         order = list(range(len(fl)))
         random.Random(seed).shuffle(order)
-        base = f"{prefix}-{name}" if name else str(prefix)
         Path(base).parent.mkdir(parents=True, exist_ok=True)
         counts: list[int] = []
         with wds.ShardWriter(f"{base}-%06d.tar", maxcount=shard_size, verbose=0) as sink:
@@ -99,16 +135,16 @@ class ShardStream:
 
     def _decode(self, sample: dict):
         """-> (uint8 3 x S x S, label) or None (with a warning) for a corrupt sample."""
-        key = next((k for k in IMAGE_KEYS if k in sample), None)
+        key = image_key(sample)
         try:
             if key is None:
                 raise ValueError("no image in the sample")
-            img = _resize_square(load_image(io.BytesIO(sample[key])), self.size)
+            img = _resize_square(load_image(io.BytesIO(sample[key])), self.size)  # within the size bounds
+            label = _label(sample)
         except Exception as e:  # any decode failure: reported, then skipped
             warnings.warn(f"skipped corrupt sample {sample.get('__key__')} in {sample.get('__url__')} "
                           f"({why_unreadable(e)})", stacklevel=2)
             return None
-        label = int(sample["cls"]) if "cls" in sample else -1
         return torch.from_numpy(img.copy()).permute(2, 0, 1), label
 
     def dataset(self, epoch: int, seed: int = 0, cycle: int = 0):
@@ -144,6 +180,24 @@ class ShardStream:
                 raise DataError(f"the shards give fewer than {batch} readable samples to this rank")
 
 
+def _member_names(tar: tarfile.TarFile):
+    """The members webdataset's tar_file_iterator reads, as its {"fname", "data"} records (names
+    only): regular files, without its metadata files (__*__)."""
+    from webdataset import tariterators as ti
+
+    for m in tar.getmembers():
+        meta = "/" not in m.name and m.name.startswith(ti.meta_prefix) and m.name.endswith(ti.meta_suffix)
+        if m.isreg() and not meta and not re.match(r"__[^/]*__($|/)", m.name):
+            yield {"fname": m.name, "data": b"", "__url__": tar.name}
+
+
 def _count(url: str) -> int:
-    with tarfile.open(url) as tar:
-        return len({m.name.split(".", 1)[0] for m in tar.getmembers() if m.isfile()})
+    """Samples with an image, grouped as webdataset groups them (its group_by_keys and
+    base_plus_ext: `./000.jpg` and `a/b.c.jpg` are keys `./000` and `a/b`, extension `c.jpg`)."""
+    from webdataset.tariterators import group_by_keys
+
+    try:
+        with tarfile.open(url) as tar:
+            return sum(image_key(s) is not None for s in group_by_keys(_member_names(tar)))
+    except (tarfile.TarError, OSError, ValueError) as e:  # ValueError: a file name twice in a sample
+        raise DataError(f"cannot count the samples of {url}: {str(e).splitlines()[0] if str(e) else e}") from None
