@@ -6,6 +6,9 @@ Rows:
   (c) pil      mocolab with the PIL backend (torchvision transforms in DataLoader workers)
   (d) peer     lightly's MoCo building blocks with the same backbone, batch, K and augmentations
                (only when `lightly` is installed: pip install -e '.[bench]')
+  official     the official MoCo CIFAR-10 demo's own code (facebookresearch/moco, colab notebook): its
+               ModelMoCo with SplitBatchNorm by reshape, torchvision ResNet with the CIFAR stem, float32,
+               its PIL augmentation in DataLoader workers (cifar10_r18 is that recipe in mocolab)
   compiled     (a) with run.compile=true (torch.compile of both encoders; only when asked for in
                --rows: compiling takes minutes, done in the warm-up, whose time is printed)
   mocolab_compiled  (b) with run.compile=true: encoders and augmentation compiled (likewise)
@@ -18,8 +21,9 @@ while timed is reported (table, and failed_rows in the JSON); the others are sti
 
 Each round times every row for --steps steps, in turn; the figure per row is the median over
 rounds, so slow phases of a noisy machine hit every row alike. Prints img/s, (b)/(a), (b)/(d),
-peak RSS and, on CUDA, the host-device syncs of one step of each row; --json PATH writes
-limit_img_s, mocolab_img_s, pil_img_s, peer_img_s, peak_rss_mb (and more).
+peak RSS and, on CUDA, the host-device syncs and the peak GPU memory (of its warm-up) of each row;
+--json PATH writes limit_img_s, mocolab_img_s, pil_img_s, peer_img_s, peak_rss_mb, img_s and
+peak_gpu_mb (every row's) and more.
 
   python benchmarks/throughput.py --data ../shared/data/cifar10 --width 16 --batch-size 256
 """
@@ -79,7 +83,7 @@ def step_fn(tr: Trainer):
     cfg = tr.cfg
 
     def step(views, index):
-        return train_step(tr.method, tr.optimizer, views, m=cfg.moco.m, index=index, autocast=tr._autocast(),
+        return train_step(tr.method, tr.optimizer, views, m=cfg.moco.m, index=index, autocast=tr.autocast(),
                           generator=tr.gen)[0]
     return step
 
@@ -87,7 +91,7 @@ def step_fn(tr: Trainer):
 def endless_views(tr: Trainer):
     epoch = 0
     while True:
-        yield from tr.views(epoch_order(len(tr.train), 0, epoch), 0, epoch)
+        yield from tr.feed.batches(epoch_order(len(tr.feed), 0, epoch), 0, epoch)
         epoch += 1
 
 
@@ -153,6 +157,103 @@ def peer_row(cfg, data: TensorData, device, dtype):
     return step
 
 
+def official_row(cfg, data: TensorData, device):
+    """The official CIFAR-10 demo's training step as published (float32; .cuda() made device-agnostic):
+    SplitBatchNorm by reshape, a torchvision ResNet with a 3x3 stem and no max-pool, a linear head,
+    single-GPU batch shuffle, queue of K keys, SGD lr 0.06 wd 5e-4; torchvision PIL augmentation in
+    DataLoader workers. cfg gives arch, width, bn_splits, K, m, T, batch and workers."""
+    from functools import partial
+
+    import torchvision
+    from torch import nn
+    from torchvision import transforms as T
+
+    from mocolab.data import TensorTwoViewDataset
+
+    class SplitBatchNorm(nn.BatchNorm2d):
+        def __init__(self, num_features, num_splits, **kw):
+            super().__init__(num_features, **kw)
+            self.num_splits = num_splits
+
+        def forward(self, input):
+            N, C, H, W = input.shape
+            if self.training or not self.track_running_stats:
+                running_mean_split = self.running_mean.repeat(self.num_splits)
+                running_var_split = self.running_var.repeat(self.num_splits)
+                outcome = nn.functional.batch_norm(
+                    input.view(-1, C * self.num_splits, H, W), running_mean_split, running_var_split,
+                    self.weight.repeat(self.num_splits), self.bias.repeat(self.num_splits),
+                    True, self.momentum, self.eps).view(N, C, H, W)
+                self.running_mean.data.copy_(running_mean_split.view(self.num_splits, C).mean(dim=0))
+                self.running_var.data.copy_(running_var_split.view(self.num_splits, C).mean(dim=0))
+                return outcome
+            return nn.functional.batch_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                                            False, self.momentum, self.eps)
+
+    def base():  # ModelBase: the demo's CIFAR variant of a torchvision ResNet
+        norm = partial(SplitBatchNorm, num_splits=cfg.model.bn_splits) if cfg.model.bn_splits > 1 else nn.BatchNorm2d
+        net = getattr(torchvision.models, cfg.model.arch)(num_classes=cfg.model.dim, norm_layer=norm)
+        layers = []
+        for name, module in net.named_children():
+            if name == "conv1":
+                module = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            if isinstance(module, nn.MaxPool2d):
+                continue
+            if isinstance(module, nn.Linear):
+                layers.append(nn.Flatten(1))
+            layers.append(module)
+        return nn.Sequential(*layers)
+
+    K, m, temp = cfg.moco.queue_size, cfg.moco.m, cfg.moco.T
+    enc_q, enc_k = base().to(device), base().to(device)
+    for pq, pk in zip(enc_q.parameters(), enc_k.parameters()):
+        pk.data.copy_(pq.data)
+        pk.requires_grad = False
+    queue = nn.functional.normalize(torch.randn(cfg.model.dim, K, device=device), dim=0)  # C x K
+    ptr = 0
+    opt = torch.optim.SGD(enc_q.parameters(), lr=0.06, weight_decay=5e-4, momentum=0.9)
+    tf = T.Compose([T.RandomResizedCrop(cfg.data.image_size), T.RandomHorizontalFlip(p=0.5),
+                    T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8), T.RandomGrayscale(p=0.2),
+                    T.ToTensor(), T.Normalize(cfg.data.mean, cfg.data.std)])
+
+    def pair(img):
+        return tf(img), tf(img)
+    loader = torch.utils.data.DataLoader(TensorTwoViewDataset(data, pair), batch_size=cfg.optim.batch_size,
+                                         shuffle=True, drop_last=True, num_workers=cfg.data.workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.workers > 0)
+    it = iter(loader)
+
+    def step():
+        nonlocal it, ptr
+        try:
+            (im_q, im_k), _ = next(it)
+        except StopIteration:
+            it = iter(loader)
+            (im_q, im_k), _ = next(it)
+        im_q, im_k = im_q.to(device, non_blocking=True), im_k.to(device, non_blocking=True)
+        with torch.no_grad():  # _momentum_update_key_encoder
+            for pq, pk in zip(enc_q.parameters(), enc_k.parameters()):
+                pk.data = pk.data * m + pq.data * (1.0 - m)
+        q = nn.functional.normalize(enc_q(im_q), dim=1)  # N x C
+        with torch.no_grad():  # _batch_shuffle_single_gpu
+            idx = torch.randperm(im_k.shape[0], device=device)
+            k = nn.functional.normalize(enc_k(im_k[idx]), dim=1)[torch.argsort(idx)]
+        l_pos = torch.einsum("nc,nc->n", [q, k]).unsqueeze(-1)
+        l_neg = torch.einsum("nc,ck->nk", [q, queue.clone().detach()])
+        logits = torch.cat([l_pos, l_neg], dim=1) / temp  # N x (1 + K)
+        loss = nn.functional.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=device))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():  # _dequeue_and_enqueue
+            n = k.shape[0]
+            queue[:, ptr:ptr + n] = k.t()
+            ptr = (ptr + n) % K
+        return loss.detach()
+
+    return step
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
@@ -183,7 +284,7 @@ def main(argv=None) -> dict:
     def trainer_row(extra: list[str], fixed: bool, eager_aug: bool):
         tr = make_trainer(build_config(args.preset, over + extra), data, device, dtype)
         if eager_aug:
-            tr.aug.compile = False  # the encoders compiled, the augmentation eager
+            tr.feed.aug.compile = False  # the encoders compiled, the augmentation eager
         step, views = step_fn(tr), endless_views(tr)
         if fixed:  # ready-made views: no data work in this row
             ready = next(views)  # (views, index)
@@ -204,9 +305,9 @@ def main(argv=None) -> dict:
         "limit_bank": (["moco.method=bank"], True, False),
         "bank": (["moco.method=bank"], False, False),
     }
-    unknown = [name for name in wanted if name not in [*specs, "peer"]]
+    unknown = [name for name in wanted if name not in [*specs, "peer", "official"]]
     if unknown:
-        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join([*specs, 'peer'])}")
+        raise SystemExit(f"unknown rows {unknown}: choose from {', '.join([*specs, 'peer', 'official'])}")
     if "compiled_cudagraphs" in wanted and hasattr(inductor_config.triton, "cudagraph_or_error"):
         # a graph inductor would quietly run without CUDA graphs fails that row instead (GPU only)
         inductor_config.triton.cudagraph_or_error = True
@@ -226,15 +327,19 @@ def main(argv=None) -> dict:
                     print("peer row skipped: lightly is not installed (pip install -e '.[bench]')")
                     continue
                 rows["peer"] = peer
+            elif name == "official":
+                rows["official"] = official_row(cfg, data, device)
             else:
                 rows[name] = trainer_row(*specs[name])
         except Exception as e:  # noqa: BLE001 -- see drop()
             drop(name, "build", e)
 
     times: dict[str, list[float]] = {k: [] for k in rows}
-    warmup_s = {}
+    warmup_s, peak_gpu_rows = {}, {}
     for name, fn in list(rows.items()):  # warm-up (allocator, kernels, workers; compiled rows compile here)
         t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         try:
             for _ in range(3):  # CUDA graphs: a warm-up call, then the recording, then replays
                 fn()
@@ -243,6 +348,8 @@ def main(argv=None) -> dict:
             drop(name, "warm-up", e)
             continue
         warmup_s[name] = time.perf_counter() - t0
+        if device.type == "cuda":  # this row's steps (and whatever earlier rows still hold)
+            peak_gpu_rows[name] = torch.cuda.max_memory_allocated(device) / 2**20
         print(f"warm-up {name}: {warmup_s[name]:.1f} s", flush=True)
     for r in range(args.rounds):
         for name, fn in list(rows.items()):
@@ -284,12 +391,14 @@ def main(argv=None) -> dict:
               "compiled_eager_aug_img_s": ips.get("compiled_eager_aug"),
               "compiled_cudagraphs_img_s": ips.get("compiled_cudagraphs"), "host_syncs_per_step": syncs,
               "failed_rows": failed, "sync_count_errors": sync_errors, "device": str(device), "arch": cfg.model.arch,
+              "img_s": ips, "peak_gpu_mb": peak_gpu_rows,
               "width": cfg.model.width, "batch_size": B, "amp": str(dtype)}
     for key, num, den, label in [("mocolab_over_limit", "mocolab", "limit", "(b)/(a) mocolab / limit"),
                                  ("compiled_over_limit", "compiled", "limit", "compiled / limit"),
                                  ("cudagraphs_over_compiled", "compiled_cudagraphs", "compiled",
                                   "compiled_cudagraphs / compiled"),
                                  ("mocolab_over_peer", "mocolab", "peer", "(b)/(d) mocolab / peer"),
+                                 ("mocolab_over_official", "mocolab", "official", "(b) mocolab / official demo"),
                                  ("compiled_over_peer", "mocolab_compiled", "peer", "mocolab_compiled / peer"),
                                  ("compiled_e2e_over_limit", "mocolab_compiled", "compiled",
                                   "mocolab_compiled / compiled"),

@@ -282,7 +282,7 @@ def test_compile_only_for_runs_long_enough(over, compiled):
     # the training loop compiles its augmentation along with the encoders
     data = TensorData(torch.zeros(16, 3, 16, 16, dtype=torch.uint8), torch.zeros(16, dtype=torch.long), [])
     trainer = Trainer(tiny_config(**over), model, data, torch.device("cpu"), None, None)
-    assert trainer.aug.compile == compiled
+    assert trainer.feed.aug.compile == compiled
 
 
 @pytest.mark.parametrize("mode,expected", [("default", None), ("reduce-overhead", "reduce-overhead"),

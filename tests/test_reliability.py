@@ -63,10 +63,10 @@ def test_pil_views_do_not_depend_on_the_workers():
     views = []
     for workers in (0, 2):
         t = _trainer(tiny_config(**{"data.backend": "pil", "data.workers": workers}))
-        views.append([torch.cat(v) for v, _ in t.views(torch.arange(48), 2, epoch=1)])
+        views.append([torch.cat(v) for v, _ in t.feed.batches(torch.arange(48), 2, epoch=1)])
     assert len(views[0]) == 4 and all(torch.equal(x, y) for x, y in zip(*views, strict=True))
     t = _trainer(tiny_config(**{"data.backend": "pil", "data.workers": 0}))
-    other_epoch = [torch.cat(v) for v, _ in t.views(torch.arange(48), 2, epoch=2)]
+    other_epoch = [torch.cat(v) for v, _ in t.feed.batches(torch.arange(48), 2, epoch=2)]
     assert not torch.equal(other_epoch[0], views[0][0])
 
 

@@ -19,6 +19,7 @@ from .compiling import compiles, uses_cudagraphs
 from .config import Config, ConfigError, apply_overrides, check_bn_groups, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
+from .engine.feeds import check_indices
 from .eval.knn import knn_evaluate
 from .methods import build_method, method_class
 from .methods.base import Method
@@ -92,9 +93,8 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     t_load = time.perf_counter()
     size = cache_size_for(cfg.data.image_size)
     with du.main_first():  # rank 0 decodes into the shared cache; the others then read it
-        if is_shard_pattern(data) and method_class(cfg.moco.method).needs_index:  # checked before decoding
-            raise ConfigError(f"moco.method={cfg.moco.method} needs each image's index: use an image folder with "
-                              "data.backend=tensor, not tar shards")
+        # before decoding: a method that needs image indices cannot read shards
+        check_indices(cfg, method_class(cfg.moco.method).needs_index, is_shard_pattern(data))
         if is_shard_pattern(data):  # streamed; the kNN monitor reads data.knn_data if given
             train, bank, test = ShardStream(data, size, cfg.data.shuffle_buffer), None, None
             if cfg.data.knn_data:
@@ -120,16 +120,12 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         trainer.load_state_dict(state)
         log.info("continuing at step %d", trainer.progress.step)
         if cfg.run.budget_minutes <= 0:  # --epochs may have changed on the command line
-            trainer.progress.total_steps = trainer.steps_per_epoch * cfg.run.epochs
+            trainer.set_schedule(total_steps=trainer.steps_per_epoch * cfg.run.epochs)
 
     t0 = time.perf_counter()
-    try:
-        trainer.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
-    except BaseException:
-        trainer.logger.close()
-        raise
-    du.broadcast_buffers(model)  # rank 0's BN statistics on every rank, for the save and the kNN
-    trainer.save("final.pth")
+    # fit, final.pth (rank 0's BN statistics on every rank, for the save and the kNN), logs closed;
+    # Preempted (checkpoint written) on SIGTERM/SIGINT
+    trainer.run()
     meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
             "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,
             "method": method_class(cfg.moco.method).title,
@@ -156,5 +152,4 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     summary["wall_seconds"] = time.perf_counter() - t0
     if du.is_main():
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    trainer.logger.close()
     return summary

@@ -202,12 +202,7 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData | FileList, aug:
             log.info("%s: %s holds other settings; starting afresh", desc, path)
         marker.write_text(json.dumps(settings or {}, indent=2))
     trainer.on_log = logger
-    try:
-        p = trainer.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
-    finally:
-        trainer.logger.close()
-    if out is not None:
-        trainer.save("final.pth")
+    p = trainer.run()  # fit, final.pth (with `out`), logs closed; Preempted (checkpoint written) on SIGTERM
     loss = {k: (rec or {}).get("loss", float("nan")) for k, rec in
             (("first_loss", trainer.first_log), ("final_loss", trainer.last_log))}
     return {"steps": p.step, "epochs": p.step / trainer.steps_per_epoch, "images": p.images, "batch_size": B,

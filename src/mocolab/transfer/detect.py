@@ -199,7 +199,7 @@ def run_detect(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
 
     t_eval = time.perf_counter()
     test_feed = DetectionFeed(test_data, cfg, train=False, device=device)
-    detections = predict(model, test_feed, cfg.task.test_size, trainer._autocast())
+    detections = predict(model, test_feed, cfg.task.test_size, trainer.autocast())
     eval_seconds = time.perf_counter() - t_eval
     scores = score(detections, test_data, cfg.task.eval_metric)
     summary.update(eval_seconds=eval_seconds, eval_images_per_second=len(test_data) / max(eval_seconds, 1e-9),

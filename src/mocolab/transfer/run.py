@@ -77,22 +77,16 @@ def train(cfg: TransferConfig, method, feed, device: torch.device, out: Path,
         save_yaml(cfg, out / "config.yaml")
     trainer = Trainer(cfg, method, None, device, out, autocast_dtype, feed=feed)
     if cfg.task.warmup_iters:
-        trainer.warmup_steps = cfg.task.warmup_iters
+        trainer.set_schedule(warmup_steps=cfg.task.warmup_iters)
     if state is not None:
         trainer.load_state_dict(state)  # a CheckpointError if it is another model's
         log.info("continuing at step %d", trainer.progress.step)
     if cfg.run.budget_minutes <= 0:  # iterations or epochs (--epochs may change on resume)
-        trainer.progress.total_steps = cfg.task.iters or trainer.steps_per_epoch * cfg.run.epochs
+        trainer.set_schedule(total_steps=cfg.task.iters or trainer.steps_per_epoch * cfg.run.epochs)
     log.info("%d images, %d steps per epoch of %d; schedule: %s", len(feed), trainer.steps_per_epoch,
              cfg.optim.batch_size, f"{cfg.run.budget_minutes:g} minutes" if cfg.run.budget_minutes > 0
              else f"{trainer.progress.total_steps} steps")
-    try:
-        trainer.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
-    except BaseException:
-        trainer.logger.close()
-        raise
-    du.broadcast_buffers(method)
-    trainer.save("final.pth")
+    trainer.run()  # fit, final.pth, logs closed; Preempted (checkpoint written) on SIGTERM/SIGINT
     return trainer
 
 

@@ -115,7 +115,7 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
 
     t_eval = time.perf_counter()
     test_feed = SegmentationFeed(test_data, cfg, train=False, device=device)
-    conf = evaluate(model, test_feed, n_cls, t.ignore_index, trainer._autocast())
+    conf = evaluate(model, test_feed, n_cls, t.ignore_index, trainer.autocast())
     eval_seconds = time.perf_counter() - t_eval
     scores = segmentation_scores(conf, train_data.classes)
     summary.update(eval_seconds=eval_seconds, eval_images_per_second=len(test_data) / max(eval_seconds, 1e-9),

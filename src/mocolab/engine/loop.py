@@ -1,12 +1,13 @@
-"""The training loop: one `Trainer` that drives any method (mocolab.methods) alike and owns the
-optimizer, data order, budget, signals, logging and checkpoints.
+"""The training loop: one `Trainer` that drives any method (mocolab.methods) on any feed alike
+and owns the optimizer, data order, schedule, budget, signals, logging and checkpoints.
 
-`pretrain.py` builds the objects; this module runs steps, schedules, logs and checkpoints.
+Lifecycle: `Trainer(cfg, method, train | feed=...)`, optionally `load_state_dict(state)` and
+`set_schedule(...)`, then `run()`: fit, write checkpoints/final.pth, close the logs.
+`pretrain.py`, the transfer tasks and the classifiers build the objects; this module runs steps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import signal
@@ -20,24 +21,17 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import distributed as du
-from .augment import BatchAugment, TwoViews, pil_transform, preset
-from .checkpoint import CheckpointError, atomic_save, rng_state, set_rng_state
-from .config import Config, ConfigError, check_bn_groups
-from .data import (
-    DataError,
-    PILFileDataset,
-    TensorData,
-    TensorTwoViewDataset,
-    collate_skip_none,
-    ignore_signals,
-)
-from .methods.base import Method
-from .optim import build_optimizer
-from .runtime import NonFiniteLoss, Preempted, epoch_order
-from .schedules import StepBudget, lr_at, scaled_lr
-from .shards import ShardStream
-from .step import train_step
+from .. import distributed as du
+from ..checkpoint import CheckpointError, rng_state, set_rng_state
+from ..config import Config, ConfigError
+from ..methods.base import Method
+from ..optim import build_optimizer
+from ..runtime import NonFiniteLoss, Preempted, epoch_order
+from ..schedules import StepBudget, lr_at, scaled_lr
+from ..step import train_step
+from .checkpoints import CheckpointManager
+from .feeds import ViewsFeed
+from .logger import MetricsLogger
 
 log = logging.getLogger("mocolab")
 
@@ -53,95 +47,74 @@ class Progress:
     train_seconds: float = 0.0  # seconds spent in training steps only (for img/s)
 
 
-class MetricsLogger:
-    """metrics.jsonl + TensorBoard, written by rank 0 only."""
-
-    def __init__(self, out: Path | None):
-        self.file = self.tb = None
-        if out is not None and du.is_main():
-            self.file = open(out / "metrics.jsonl", "a")
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(out / "tb"))
-            except ImportError:  # tensorboard is optional at run time
-                log.warning("tensorboard is not installed; writing metrics.jsonl only")
-
-    def write(self, record: dict, step: int) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "epoch"):
-                    self.tb.add_scalar(k, v, step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
 class Trainer:
     def __init__(self, cfg: Config, method: Method, train, device: torch.device,
                  out: Path | None, autocast_dtype: torch.dtype | None, monitor=None, feed=None):
-        """train: the contrastive views' images (TensorData | FileList | ShardStream), or None with
-        `feed`: an object with len() (samples) and batches(order, start, epoch) -> iterator of
-        (views, index) for this rank (the transfer tasks' images and targets). With a feed, cfg
-        needs only its optim and run groups (and to_dict)."""
-        self.feed = feed
-        if feed is not None:
-            train = feed
-        elif isinstance(train, TensorData) and device.type == "cuda" and cfg.data.backend == "tensor":
-            # a small cached set lives on the GPU (the PIL backend's workers need it on the CPU)
-            train = TensorData(train.images.to(device), train.labels, train.classes)
-        if method.needs_index and (isinstance(train, ShardStream) or cfg.data.backend != "tensor") and not feed:
-            raise ConfigError(f"moco.method={method.name} needs each image's index: use an image folder with "
-                              "data.backend=tensor, not tar shards")
-        self.cfg, self.method, self.train, self.device, self.out = cfg, method, train, device, out
-        self.monitor = monitor  # callable(method) -> dict, run every knn_every epochs
+        """train: the images to pretrain on (TensorData | FileList | ShardStream), fed as augmented
+        views (engine.feeds.ViewsFeed); or None with `feed`: an object with len() (samples) and
+        batches(order, start, epoch) -> iterator of (views, index) for this rank (the transfer
+        tasks' and the classifiers' labeled feeds). With a feed, cfg needs only its optim and run
+        groups (and to_dict). monitor: callable(method) -> dict, run every run.knn_every epochs."""
+        if feed is None:
+            feed = ViewsFeed(cfg, method, train, device)
+        self.cfg, self.method, self.feed, self.device, self.out = cfg, method, feed, device, out
+        self.monitor = monitor
         o = cfg.optim
         self.base_lr = scaled_lr(o.lr, o.batch_size, o.base_batch_size)
         self.optimizer = build_optimizer(method.learnable_params(), o, self.base_lr)
         self.batch = o.batch_size  # global: each of the W ranks takes its slice of every batch
         self.world, self.rank = du.world_size(), du.rank()
-        if feed is None:  # model.bn_splits: BN groups of the global batch, each rank takes its share
-            check_bn_groups(cfg.model.bn_splits, self.batch, self.world)
-        elif self.batch % self.world:
+        if self.batch % self.world:
             raise ConfigError(f"the batch ({self.batch}) must be divisible by the number of processes ({self.world})")
         self.local_batch = self.batch // self.world
-        self.steps_per_epoch = len(train) // self.batch
+        self.steps_per_epoch = len(feed) // self.batch
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"optim.batch_size={self.batch} is larger than the dataset ({len(train)} images)")
+            raise ConfigError(f"optim.batch_size={self.batch} is larger than the dataset ({len(feed)} images)")
         self.warmup_steps = int(round(o.warmup_epochs * self.steps_per_epoch))
         self.budget_s = cfg.run.budget_minutes * 60.0
         self.budget = StepBudget(self.budget_s, start_step=0)  # restarted by fit() from the resumed step
         self.progress = Progress(total_steps=self.steps_per_epoch * cfg.run.epochs)
         self.gen = torch.Generator()  # augmentation + shuffle BN; seeded by (seed, step, rank) each step
-        if feed is not None:
-            feed.generator = self.gen  # the feed's augmentation draws from it (exact resume)
+        feed.generator = self.gen  # the feed's augmentation draws from it (exact resume)
         self.net = method  # what the step calls: DistributedDataParallel(method) under torchrun (see fit)
         self.autocast_dtype = autocast_dtype
         self.logger = MetricsLogger(out)
+        self.checkpoints = CheckpointManager(out, cfg.run.keep_checkpoints, self.steps_per_epoch)
         self.history: list[dict] = []  # monitor results (saved in checkpoints)
         self.records: list[dict] = []  # this process's log lines
-        self.first_log: dict | None = None  # the run's first and latest log lines (saved: a resumed or
-        self.last_log: dict | None = None  # finished run still reports its first and final loss)
+        # the run's first and latest log lines (saved: a resumed or finished run still reports its
+        # first and final loss)
+        self.first_log: dict | None = None
+        self.last_log: dict | None = None
         self.on_log = None  # optional callable(record) for each log line
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: finish the step, save, exit
         self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
         self.budget_over = False  # under torchrun: rank 0's time budget is spent (agreed at log steps)
         self.skipped = 0  # non-finite steps skipped (run.skip_nonfinite)
-        if feed is not None:
-            return
-        spec = preset(cfg.data.augment, cfg.data.crop_size or cfg.data.image_size, cfg.data.crop_scale)
-        compiled = method.compiled  # then the augmentation is compiled too
-        self.aug = BatchAugment(spec, cfg.data.mean, cfg.data.std, cfg.run.channels_last, compiled)
-        d = cfg.data  # multi-crop's small views: the same augmentation at their size and scale
-        self.aug_small = BatchAugment(preset(d.augment, d.small_crop_size, d.small_crop_scale), d.mean, d.std,
-                                      cfg.run.channels_last, compiled) if d.small_crops else None
-        self.pil_views = TwoViews(pil_transform(spec, cfg.data.mean, cfg.data.std))
+
+    def set_schedule(self, total_steps: int | None = None, warmup_steps: int | None = None) -> None:
+        """The schedule's length and its warm-up, in steps (the transfer tasks count iterations;
+        a resumed run's --epochs may differ from its checkpoint's)."""
+        if total_steps is not None:
+            self.progress.total_steps = total_steps
+        if warmup_steps is not None:
+            self.warmup_steps = warmup_steps
+
+    def autocast(self):
+        """The run's autocast context (bf16/fp16 with run.amp, else a disabled one)."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                              enabled=self.autocast_dtype is not None)
+
+    def run(self) -> Progress:
+        """fit(), then checkpoints/final.pth (rank 0's BN statistics on every rank), and the logs
+        closed whatever happens (Preempted, NonFiniteLoss and errors go to the caller)."""
+        try:
+            self.fit()  # raises Preempted (checkpoint written) on SIGTERM/SIGINT
+            du.broadcast_buffers(self.method)
+            self.save("final.pth")
+        finally:
+            self.logger.close()
+        return self.progress
 
     def summary(self) -> dict:
         """What every run's summary.json starts with: progress, speed, precision, device."""
@@ -185,19 +158,11 @@ class Trainer:
         self.first_log, self.last_log = logs.get("first"), logs.get("last")
 
     def save(self, name: str) -> Path | None:
+        """checkpoints/<name> with the full state (rank 0); the newest run.keep_checkpoints
+        periodic ones are kept."""
         if self.out is None or not du.is_main():
             return None
-        ckdir = self.out / "checkpoints"
-        ckdir.mkdir(exist_ok=True)
-        path = ckdir / name
-        atomic_save(self.state_dict(), path)
-        # keep the newest N periodic checkpoints (epoch ends and mid-epoch saves, by step)
-        spe = self.steps_per_epoch
-        periodic = sorted(list(ckdir.glob("epoch_*.pth")) + list(ckdir.glob("step_*.pth")),
-                          key=lambda f: int(f.stem.split("_")[1]) * (spe if f.stem.startswith("epoch") else 1))
-        for old in periodic[:-self.cfg.run.keep_checkpoints]:
-            old.unlink(missing_ok=True)
-        return path
+        return self.checkpoints.save(self.state_dict(), name)
 
     @contextmanager
     def _graceful_signals(self):
@@ -245,10 +210,6 @@ class Trainer:
         of ranks, draws what an uninterrupted one would."""
         return ((self.cfg.run.seed % 2**19) << 44) | ((step % 2**32) << 12) | (self.rank % 2**12)  # < 2**63
 
-    def _autocast(self):
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                              enabled=self.autocast_dtype is not None)
-
     # -- the loop ------------------------------------------------------------------------
     def fit(self) -> Progress:
         cfg, p = self.cfg, self.progress
@@ -287,67 +248,14 @@ class Trainer:
                             f"after step {p.step}; checkpoint {path}; continue with --resume auto")
         return p
 
-    def views(self, order: torch.Tensor, start: int, epoch: int):
-        """Yields (views, index) for the epoch's batches from batch `start` on: this rank's slice
-        of each global batch (the whole batch on one process). views: (x_q, x_k[, x_small]), or
-        (x,) for a one-view method; index: the images' dataset indices (None for shards and pil).
-        tensor backend: uint8 batches from the cache, augmented on the device, per image.
-        pil backend: torchvision transforms in DataLoader workers (files or the cache)."""
-        B, b, r, dev = self.batch, self.local_batch, self.rank, self.device
-        if isinstance(self.train, ShardStream):  # this rank's stream; a resumed epoch replays it
-            stream = self.train.batches(epoch, b, self.cfg.data.workers, self.cfg.run.seed, pin=dev.type == "cuda")
-            for it in range(self.steps_per_epoch):
-                x, _ = next(stream)
-                if it >= start:
-                    x = x.to(dev, non_blocking=True)
-                    yield self._augment(x), None
-            return
-        mine = [order[it * B + r * b:it * B + (r + 1) * b] for it in range(start, self.steps_per_epoch)]
-        if self.cfg.data.backend == "tensor":
-            for idx in mine:
-                # b x 3 x H x W uint8
-                x = self.train.images[du.to_device(idx, self.train.images.device)].to(dev, non_blocking=True)
-                yield self._augment(x), du.to_device(idx, dev)
-            return
-        # per-sample seeds from (seed, epoch, index): exact resume, whatever the workers
-        seed = self.cfg.run.seed * 1_000_003 + epoch
-        ds = (TensorTwoViewDataset if isinstance(self.train, TensorData) else PILFileDataset)(
-            self.train, self.pil_views, seed)
-        loader = torch.utils.data.DataLoader(
-            ds, batch_size=b, sampler=torch.cat(mine).tolist() if mine else [], drop_last=True,
-            num_workers=self.cfg.data.workers, collate_fn=collate_skip_none, pin_memory=dev.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if self.cfg.data.workers else None,
-            worker_init_fn=ignore_signals,
-            generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
-        fmt = torch.channels_last if self.cfg.run.channels_last else torch.contiguous_format
-        for batch in loader:
-            if batch is None:  # every image of the batch was unreadable: the data is broken, not a few files
-                raise DataError(f"a whole batch of {b} images was unreadable (rank {r}); see the warnings above")
-            (x_q, x_k), _ = batch
-            if x_q.shape[0] < b:  # unreadable images were skipped: repeat others (same shape on every rank)
-                fill = torch.arange(b) % x_q.shape[0]
-                x_q, x_k = x_q[fill], x_k[fill]
-            yield (x_q.to(dev, non_blocking=True, memory_format=fmt),
-                   x_k.to(dev, non_blocking=True, memory_format=fmt)), None
-
-    def _augment(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """uint8 b x 3 x H x W -> (x_q, x_k), plus x_small ((n b) x 3 x s x s, crop j of image i
-        at row j b + i) with multi-crop; (x,) for a one-view method."""
-        if self.method.num_views == 1:
-            return (self.aug(x, self.gen),)
-        views = self.aug.two_views(x, self.gen)
-        if self.aug_small is None:
-            return views
-        return (*views, self.aug_small(x.repeat(self.cfg.data.small_crops, 1, 1, 1), self.gen))
-
     def train_one_epoch(self, bar) -> None:
         cfg, p, method = self.cfg, self.progress, self.method
-        order = epoch_order(len(self.train), cfg.run.seed, p.epoch)
+        order = epoch_order(len(self.feed), cfg.run.seed, p.epoch)
         B, dev = self.batch, self.device
         losses: list[torch.Tensor] = []  # this log window's losses, on the device; read at log time only
         logs: dict[str, list[torch.Tensor]] = {}  # the method's logs (pretext_acc), likewise
         n_log, t_log = 0, time.perf_counter()
-        views = (self.feed.batches if self.feed is not None else self.views)(order, p.it, p.epoch)
+        views = self.feed.batches(order, p.it, p.epoch)
         t0 = time.perf_counter()
         while p.it < self.steps_per_epoch and not self._done():
             self.gen.manual_seed(self._step_seed(p.step))
@@ -360,7 +268,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             m = method.momentum(p.step / p.total_steps)
-            loss, step_logs = train_step(method, self.optimizer, x, m=m, index=index, autocast=self._autocast(),
+            loss, step_logs = train_step(method, self.optimizer, x, m=m, index=index, autocast=self.autocast(),
                                          generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0, net=self.net)
             for k, v in step_logs.items():
                 logs.setdefault(k, []).append(v)
