@@ -188,7 +188,12 @@ def parser() -> argparse.ArgumentParser:
 
     add_transfer_commands(sub)  # detect | segment: fine-tune a backbone for detection / segmentation
 
-    add_export(sub)  # export CKPT --format torchvision|timm|detectron2|safetensors
+    add_export(sub)  # export CKPT --format torchvision|timm|detectron2|safetensors|folder
+    from .embed import add_command as add_embed
+    from .neighbors import add_command as add_neighbors
+
+    add_embed(sub)  # embed SRC --data DIR --out FILE: features, paths, labels
+    add_neighbors(sub)  # neighbors SRC --data DIR --out DIR: neighbours, duplicates, leakage
     add_sweep(sub)  # sweep --grid key=v1,v2 ...: the paper's ablations, one process per cell
     add_report(sub)  # report RUN_DIR...: a static HTML page of curves, neighbours, embedding map, tables
 

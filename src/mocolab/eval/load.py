@@ -1,5 +1,6 @@
-"""Loading any checkpoint or weights file for evaluation: mocolab runs and exports, official
-MoCo checkpoints, torchvision state_dicts."""
+"""Loading any checkpoint or weights file for evaluation: mocolab runs and exports, model folders
+(`mocolab export --format folder`: model.safetensors + config.json + README.md), safetensors
+exports, official MoCo checkpoints, torchvision state_dicts."""
 
 from __future__ import annotations
 
@@ -15,14 +16,69 @@ from ..models.backbones import build_backbone, infer_arch
 from ..models.encoder import build_encoder
 from ..models.vit import VITS, build_vit, infer_vit, timm_vit
 
+MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"  # a model folder's weights and metadata
+
+
+def read_safetensors(path: str | Path) -> tuple[dict, dict]:
+    """A safetensors file -> (state_dict, metadata with numbers and lists decoded). A model
+    folder's config.json (beside model.safetensors) completes the metadata."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        sd = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+    for k, conv in (("width", int), ("image_size", int), ("img_size", int), ("epochs", float),
+                    ("mean", json.loads), ("std", json.loads)):
+        if k in meta and meta[k] not in ("None", ""):
+            try:
+                meta[k] = conv(meta[k])
+            except ValueError:
+                raise CheckpointError(f"{path}: metadata {k}={meta[k]!r} is not a {conv.__name__}") from None
+    if path.name == MODEL_FILE and (path.parent / CONFIG_FILE).is_file():
+        meta.update(folder_config(path.parent))
+    return sd, meta
+
+
+def folder_config(folder: str | Path) -> dict:
+    """A model folder's config.json (arch, width, stem, mean/std, method, epochs, data, ...)."""
+    path = Path(folder) / CONFIG_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"unreadable model folder metadata {path}: {e}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} is not a JSON object")
+    meta.pop("config", None)  # "config" means a training config to load_for_eval
+    return meta
+
+
+def load_weights(path: str | Path) -> tuple[dict, dict]:
+    """Any weights file `resolve_entry` gives -> (backbone state_dict, metadata): a training
+    checkpoint's metadata is {"config": ...}; an export's is its .json sidecar, a safetensors
+    file's its header (and a model folder's config.json); foreign weights have none."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        sd, meta = read_safetensors(path)
+        sd, _ = extract_backbone(sd)
+        return sd, meta
+    sd, meta = extract_backbone(safe_load(path))
+    side = path.with_suffix(".json")
+    if not meta and side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"unreadable metadata {side}: {e}") from None
+    return sd, meta
+
 
 def load_for_eval(path: str, features: str, image_size: int | None):
     """Any checkpoint or weights file -> (network to evaluate, config giving its preprocessing)."""
-    obj = safe_load(path)
-    sd, meta = extract_backbone(obj)
-    side = Path(path).with_suffix(".json")
-    if not meta and side.is_file():
-        meta = json.loads(side.read_text())
+    sd, meta = load_weights(path)
     cfg = from_dict(meta["config"]) if "config" in meta else Config()
     try:
         vit = infer_vit(sd)  # None for a ResNet
@@ -41,7 +97,8 @@ def load_for_eval(path: str, features: str, image_size: int | None):
         cfg.model.bn_splits = 1
         encoder, _ = build_encoder(cfg)  # f_q with its head, whatever the method
         prefix = "encoder_q."
-        encoder.load_state_dict({k[len(prefix):]: v for k, v in obj["model"].items() if k.startswith(prefix)})
+        model = safe_load(path)["model"]
+        encoder.load_state_dict({k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)})
         return encoder, cfg
     spec = vit or arch
     if vit:
@@ -75,8 +132,9 @@ def random_backbone(preset: str, seed: int = 0, image_size: int | None = None):
 
 def resolve_entry(entry: str, results_dir: Path | str = ".", seed: int = 0):
     """The one resolver of every command that takes weights (knn, linear, finetune, compare, export,
-    detect/segment --backbone): `random:PRESET`, a run folder (its backbone.pth) or a checkpoint
-    file (training checkpoint, export, official MoCo, torchvision) ->
+    embed, neighbors, detect/segment --backbone): `random:PRESET`, a model folder (its
+    model.safetensors), a run folder (its backbone.pth) or a weights file (training checkpoint,
+    export, safetensors export, official MoCo, torchvision) ->
     (name, path of the weights or None, base path for result files)."""
     if entry.startswith("random:"):
         preset = entry[len("random:"):]
@@ -85,10 +143,14 @@ def resolve_entry(entry: str, results_dir: Path | str = ".", seed: int = 0):
         return f"random init ({preset})", None, Path(results_dir) / f"random_{Path(preset).stem}_seed{seed}.pth"
     path = Path(entry).expanduser()
     if path.is_dir():
-        if not (path / "backbone.pth").is_file():
-            raise CheckpointError(f"{path} is a folder without backbone.pth (not a finished run); {ACCEPTED}")
-        path = path / "backbone.pth"
+        if (path / MODEL_FILE).is_file():
+            path = path / MODEL_FILE
+        elif (path / "backbone.pth").is_file():
+            path = path / "backbone.pth"
+        else:
+            raise CheckpointError(f"{path} is a folder without backbone.pth (not a finished run) or "
+                                  f"{MODEL_FILE} (not a model folder); {ACCEPTED}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}; {ACCEPTED}")
-    name = path.parent.name if path.name == "backbone.pth" else path.stem
+    name = path.parent.name if path.name in ("backbone.pth", MODEL_FILE) else path.stem
     return name, path, path
