@@ -16,38 +16,23 @@ read -r -a DETECT_SET <<<"${DETECT_SET:-}"
 $MOCOLAB pretrain --preset imagenette_cpu --data "$IMAGES" --out "$OUT/backbone" --epochs "$EPOCHS" \
   --overwrite "${PRETRAIN_SET[@]}"
 
-# 2. embeddings: the backbone's pooled features of every image, and each image's nearest neighbour
+# 2. embeddings with the Python API: the backbone's pooled features of every image, and each image's
+#    nearest neighbour (mocolab.load takes a run folder, an export, any checkpoint or random:PRESET)
 python - "$OUT/backbone" "$IMAGES" "$OUT/embeddings.npy" <<'PY'
-import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
-import torchvision.transforms.v2 as T
-from PIL import Image
+from mocolab.api import embed, load, neighbors
 
-from mocolab.models.backbones import torchvision_model
-
-run, images, out = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-meta = json.loads((run / "backbone.json").read_text())  # arch, width, stem, mean/std of the export
-model = torchvision_model(meta["arch"], meta["width"], meta["stem"])
-model.load_state_dict(torch.load(run / "backbone.pth", weights_only=True), strict=True)
-model.eval()
-size = meta.get("image_size", 96)
-tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToImage(), T.ToDtype(torch.float32, scale=True),
-                T.Normalize(meta["mean"], meta["std"])])
-files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-with torch.no_grad():
-    x = torch.stack([tf(Image.open(f).convert("RGB")) for f in files])  # N x 3 x S x S
-    feats = torch.nn.functional.normalize(model(x), dim=1)  # N x D, unit length
-np.save(out, feats.numpy())
-sim = feats @ feats.T  # N x N cosine similarity
-sim.fill_diagonal_(-2)
-nearest = sim.argmax(1)
-for i in range(min(3, len(files))):
-    print(f"{files[i].name}: nearest {files[nearest[i]].name} (cosine {sim[i, nearest[i]]:.3f})")
-print(f"embeddings: {tuple(feats.shape)} -> {out}")
+model = load(sys.argv[1])  # the backbone, its eval transform and metadata
+emb = embed(model, sys.argv[2])  # features N x D, with the images' relative paths
+sims, idx = neighbors(emb, k=1)  # the nearest other image of each, by cosine (N x 1)
+for i in range(min(3, len(emb.paths))):
+    print(f"{emb.paths[i]}: nearest {emb.paths[idx[i, 0]]} (cosine {sims[i, 0]:.3f})")
+feats = torch.nn.functional.normalize(torch.as_tensor(np.asarray(emb.features)), dim=1)  # N x D, unit length
+np.save(sys.argv[3], feats.numpy())
+print(f"embeddings: {tuple(feats.shape)} -> {sys.argv[3]}")
 PY
 
 # 3. detection: Faster R-CNN fine-tuned from the backbone (bccd_cpu), VOC AP on the test split
