@@ -7,15 +7,14 @@ as a later one'). So a run with run.compile compiles:
 - always when run.compile_min_minutes is 0;
 - otherwise only under a time budget (epoch runs stay eager):
   - when the inductor cache holds this run's graphs (a compiled run with the same graph key has
-    finished there before: a marker file beside inductor's own cache) and the budget is at least
-    WARM_MIN_MINUTES;
+    trained there before and called remember(): a marker file beside inductor's own cache) and the
+    budget is at least WARM_MIN_MINUTES;
   - from a cold cache when the budget is at least run.compile_min_minutes.
 Every other run trains eagerly and says why in one log line.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import json
 import logging
@@ -35,7 +34,6 @@ log = logging.getLogger("mocolab")
 WARM_MIN_MINUTES = 1.0
 # data keys that change no compiled graph (paths, loader settings, subset sizes)
 _DATA_KEYS_OFF = ("cache_dir", "workers", "limit", "shuffle_buffer", "knn_data")
-_pending: dict[str, dict] = {}  # graph key -> what the marker says, written at exit if graphs compiled
 
 
 def uses_cudagraphs(cfg: Config, device: torch.device) -> bool:
@@ -90,20 +88,9 @@ def _write_marker(key: str, info: dict) -> None:
 
 
 def remember(cfg: Config) -> None:
-    """Marks this config's graphs as held by the inductor cache (call once they have compiled)."""
+    """Marks this config's graphs as held by the inductor cache: call once a compiled run has trained
+    (its graphs are then in inductor's cache; a run stopped while compiling marks nothing)."""
     _write_marker(graph_key(cfg), _info(cfg))
-
-
-def _remember_at_exit() -> None:
-    """The graphs compiled in this process are in inductor's cache now: mark them (nothing compiled: none)."""
-    from torch._dynamo.utils import counters
-    if not counters["stats"]["unique_graphs"]:
-        return
-    for key, info in _pending.items():
-        try:
-            _write_marker(key, info)
-        except OSError:  # a read-only cache: the next run compiles cold again
-            pass
 
 
 def _compiler_found() -> bool:
@@ -133,7 +120,8 @@ def compile_decision(cfg: Config, warm: bool) -> tuple[bool, str]:
 
 def compiles(cfg: Config) -> bool:
     """Whether this run compiles its encoders (and augmentation): compile_decision on the real cache
-    state and a C++ compiler present. A run that compiles marks its graphs as cached when it exits."""
+    state, and a C++ compiler present. A pretraining that compiled calls remember(cfg) once it has
+    trained, so that the next budgeted run with these graphs compiles warm."""
     if not cfg.run.compile:
         return False
     ok, why = compile_decision(cfg, cache_holds(cfg))
@@ -144,7 +132,4 @@ def compiles(cfg: Config) -> bool:
         log.warning("run.compile: no C++ compiler found (torch.compile's inductor needs one); training eagerly")
         return False
     log.info("run.compile: compiling: %s", why)
-    if not _pending:
-        atexit.register(_remember_at_exit)
-    _pending[graph_key(cfg)] = _info(cfg)
     return True
