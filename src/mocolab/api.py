@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import Config, apply_overrides
 from .data import DataError, FileList, cache_size_for, load_splits
-from .embed import Embeddings
+from .embeddings import Embeddings
 from .errors import UsageError
 
 __all__ = ["Model", "Embeddings", "load", "embed", "neighbors", "knn", "linear", "pretrain", "detect", "segment"]
@@ -201,7 +201,7 @@ def embed(model: Model | str, data: str | Path, *, batch_size: int = 256, worker
         >>> emb.features.shape, emb.paths[0], emb.labels
         (torch.Size([6, 128]), 'img0.png', None)
     """
-    from .embed import extract_embeddings
+    from .embeddings import extract_embeddings
     from .runtime import resolve_amp
 
     if not isinstance(model, Model):
@@ -241,7 +241,7 @@ def neighbors(emb: Embeddings, query: Embeddings | None = None, k: int = 10, *, 
         >>> idx.shape, bool((idx != torch.arange(6)[:, None]).all())  # never the image itself
         (torch.Size([6, 2]), True)
     """
-    from .neighbors import top_k
+    from .nearest import top_k
 
     if query is None:
         return top_k(emb.features, emb.features, k, exclude_self=True, bank_chunk=chunk_rows, device=device)
@@ -282,7 +282,7 @@ def knn(src: str | Path, data: str | Path, *, k: int = 200, t: float = 0.1, feat
         >>> import mocolab
         >>> r = mocolab.knn("random:cifar10_cpu", labeled_dir, k=5, write=False)
         >>> r["protocol"], r["train_size"], r["test_size"], 0 <= r["knn_top1"] <= 100
-        ('knn', 8, 4, True)
+        ('knn', 8, 8, True)
     """
     import json
 
@@ -373,7 +373,7 @@ def linear(src: str | Path, data: str | Path, *, mode: str = "cached", weight_de
         >>> import mocolab
         >>> r = mocolab.linear("random:cifar10_cpu", labeled_dir, results_dir=out_dir)
         >>> r["protocol"], r["train_size"], r["test_size"]
-        ('linear (cached features)', 8, 4)
+        ('linear (cached features)', 8, 8)
     """
     from .eval.linear import paper_defaults
     from .eval.protocols import Target, knn_and_linear_cached, run_linear_paper
@@ -421,7 +421,7 @@ def pretrain(data: str | Path, out: str | Path, config: str | Config = "cifar10_
     Example:
         >>> import mocolab
         >>> s = mocolab.pretrain(labeled_dir, out_dir + "/run", "cifar10_cpu", run__epochs=1,
-        ...                      optim__batch_size=4, data__workers=0, run__compile=False, run__threads=1)
+        ...                      optim__batch_size=4, model__bn_splits=2, data__workers=0, run__compile=False)
         >>> s["steps"], Path(out_dir, "run", "backbone.pth").is_file()
         (2, True)
     """
@@ -436,14 +436,13 @@ def pretrain(data: str | Path, out: str | Path, config: str | Config = "cifar10_
 def _transfer(kind: str, backbone: str, data, out, config, overwrite: bool, overrides: dict) -> dict:
     from .runtime import prepare_run_dir
     from .transfer.config import TransferConfig, build_transfer_config, check_kind
-    from .transfer.run import DEFAULT_PRESETS
 
     items = [f"{k.replace('__', '.')}={v}" for k, v in overrides.items()]
     if isinstance(config, TransferConfig):
         cfg = apply_overrides(copy.deepcopy(config), items).validate()
         check_kind(cfg, kind)
     else:
-        cfg = build_transfer_config(str(config or DEFAULT_PRESETS[kind]), items, kind)
+        cfg = build_transfer_config(str(config or {"detect": "bccd_cpu", "segment": "camvid_cpu"}[kind]), items, kind)
     prepare_run_dir(out, kind, overwrite=overwrite)
     if kind == "detect":
         from .transfer.detect import detection_source, run_detect
