@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cifar_subset
+from conftest import cifar_subset, shared
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,20 +21,90 @@ def _load_benchmark(name: str):
     return module
 
 
+GPU_CHECK_ROWS = ["r18:limit", "r18:compiled", "r18:compiled_cudagraphs", "r18:mocolab", "r18:mocolab_compiled",
+                  "r18:official", "r18:peer", "r18:limit_e2e", "r18:e2e", "r18:limit_bank", "r18:bank",
+                  "v3_vit_s16_224", "pretrain_r18", "linear_paper", "knn_stream", "detect_fpn", "detect_c4",
+                  "segment_deeplabv3",
+                  "torchrun", "ckpt_to_cpu"]
+
+
+def tiny_devdata(cifar_dir: Path, dest: Path) -> Path:
+    """The three packs gpu_check.sh reads, tiny: 24 CIFAR images a class and split (2 classes), 4 + 2
+    BCCD images, 4 + 2 CamVid pairs (real files, through pack_data's own functions)."""
+    pd = _load_benchmark("pack_data")
+    src = cifar_subset(cifar_dir, dest / "c10", 24)
+    pd.write_pack(pd.image_folder(src), dest / "cifar10.pack")
+    pd.write_pack(pd.voc_subset(shared("bccd/BCCD"), 4, 2), dest / "bccd.pack")
+    pd.write_pack(pd.seg_subset(shared("camvid"), 4, 2), dest / "camvid.pack")
+    return dest
+
+
 @pytest.mark.slow
-def test_gpu_check_dry_run_writes_its_figures(cifar_dir, tmp_path):
-    data = cifar_subset(cifar_dir, tmp_path / "c10", 64)
+def test_gpu_check_dry_run_passes_every_row(cifar_dir, tmp_path):
+    """The GPU check's rows, every command, on tiny data on the CPU (about a minute): each passes
+    (lightly's row may be skipped where it is not installed) with a figure, and the table is written."""
+    devdata = tiny_devdata(cifar_dir, tmp_path / "devdata")
     out = tmp_path / "out"
-    res = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--out", str(out),
-                          "--data", str(data)],
-                         capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = subprocess.run(["bash", str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--device", "cpu",
+                          "--out", str(out), "--devdata", str(devdata)],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-3000:]
     assert "torch" in (out / "env.txt").read_text()
-    tp = json.loads((out / "throughput.json").read_text())
-    assert tp["limit_img_s"] > 0 and tp["mocolab_img_s"] > 0 and tp["pil_img_s"] > 0 and tp["device"] == "cpu"
-    s = json.loads((out / "gpu_check.json").read_text())
-    assert s["epochs"] > 0 and s["seconds_per_epoch"] > 0 and 0.0 <= s["knn_top1"] <= 100.0
-    assert s["wall_seconds_per_epoch"] > s["seconds_per_epoch"]  # start-up and checkpoints on top
+    report = json.loads((out / "gpu_check.json").read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert list(rows) == GPU_CHECK_ROWS and report["dry_run"] and not report["failed"]
+    for name, r in rows.items():
+        if name == "r18:peer" and r["status"] == "SKIP":
+            assert "lightly" in r["note"]
+            continue
+        assert r["status"] == "PASS" and r["img_s"] > 0 and r["peak_mb"] > 0, r
+    assert "gloo" in rows["torchrun"]["note"] and "on the CPU" in rows["ckpt_to_cpu"]["note"]
+    table = (out / "gpu_check.md").read_text()
+    assert "| detect_c4 | PASS |" in table and table.rstrip().endswith("all rows passed")
+
+
+def test_gpu_check_reports_a_failing_row_and_goes_on(tmp_path, capsys):
+    """A row that raises or runs past its time is FAIL, named with its error; the next row runs;
+    the exit status is 1."""
+    import time
+
+    gc = _load_benchmark("gpu_check")
+    check = gc.Check(gc.argparse.Namespace(dry_run=True, device="cpu", out=str(tmp_path), devdata="", data_dir=None))
+
+    def broken():
+        raise ValueError("no such thing")
+
+    check.row("a", broken)
+    check.row("b", lambda: time.sleep(5), timeout=1)
+    check.row("c", lambda: {"img_s": 12.5, "note": "fine"})
+    check.work.rmdir()
+    assert check.report(3.0) == 1
+    rows = {r["row"]: r for r in json.loads((tmp_path / "gpu_check.json").read_text())["rows"]}
+    assert rows["a"]["status"] == "FAIL" and "ValueError: no such thing" in rows["a"]["note"]
+    assert rows["b"]["status"] == "FAIL" and "stopped after 1 s" in rows["b"]["note"] and rows["b"]["seconds"] < 4
+    assert rows["c"]["status"] == "PASS" and rows["c"]["img_s"] == 12.5
+    assert "FAILED: a, b" in capsys.readouterr().out
+
+
+def test_pack_data_round_trip_and_subsets(tmp_path):
+    """Packs unpack byte for byte; the VOC subset lists exactly its images; a path out of the
+    destination is refused."""
+    pd = _load_benchmark("pack_data")
+    voc = shared("bccd/BCCD")
+    entries = pd.voc_subset(voc, 3, 2)
+    pd.write_pack(entries, tmp_path / "bccd.pack")
+    pd.unpack(tmp_path / "bccd.pack", tmp_path / "bccd")
+    trainval = (tmp_path / "bccd/ImageSets/Main/trainval.txt").read_text().split()
+    assert trainval == (voc / "ImageSets/Main/trainval.txt").read_text().split()[:3]
+    for name in trainval:
+        assert (tmp_path / f"bccd/JPEGImages/{name}.jpg").read_bytes() == (voc / f"JPEGImages/{name}.jpg").read_bytes()
+    assert len(list((tmp_path / "bccd/Annotations").glob("*.xml"))) == 5
+    seg = pd.seg_subset(shared("camvid"), 2, 1)
+    assert [p.split("/")[1] for p, _ in seg] == ["images", "masks"] * 3
+    pd.write_pack([("../evil.txt", b"x")], tmp_path / "evil.pack")
+    with pytest.raises(SystemExit, match="refusing"):
+        pd.unpack(tmp_path / "evil.pack", tmp_path / "dst")
+    assert not (tmp_path / "evil.txt").exists()
 
 
 def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp_path, monkeypatch, capsys):
