@@ -75,7 +75,7 @@ def sizes(dry: bool) -> dict:
             "segment": [],
             "ckpt": ["model.width=16", "data.limit=2048", "data.workers=4"],
             "dist": ["data.limit=4096", "data.workers=4"],
-            "timeout": {"r18": 330, "vit": 90, "pretrain_r18": 90, "linear_paper": 60, "knn_stream": 60,
+            "timeout": {"r18": 330, "v3_vit_s16_224": 90, "pretrain_r18": 90, "linear_paper": 60, "knn_stream": 60,
                         "detect_fpn": 60, "detect_c4": 60, "segment_deeplabv3": 60, "torchrun": 90, "ckpt_to_cpu": 90},
         }
     tiny_pt = ["model.width=8", "optim.batch_size=16", "data.limit=48", "moco.queue_size=32", "data.workers=0"]
