@@ -11,6 +11,7 @@ from the header before decoding), are skipped: one warning names each file, and 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import logging
@@ -117,7 +118,7 @@ def find_splits(data: str | Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-MAX_PIXELS = 2**26  # 8192 x 8192: decoding (RGBA, composited, then RGB) stays well under 1 GB
+MAX_PIXELS = 2**25  # 8192 x 4096 (a 24 Mpx photo passes): a decode and its copies stay under 1 GB with torch
 MAX_ASPECT = 32  # longer side / shorter side: resizing the shorter side up to S takes up to S x 32S pixels
 
 
@@ -152,18 +153,32 @@ def open_image(path) -> Image.Image:
 
 def load_image(path) -> Image.Image:
     """Opens (within the size bounds of check_image_size) and fully decodes an image as RGB
-    (CMYK, RGBA, L, P, I;16 are converted)."""
-    with open_image(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit: scale to 8-bit before RGB
-            arr = np.asarray(im, dtype=np.float32)
-            hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
-            im = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
-        if im.mode in ("RGBA", "LA", "P", "PA"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
-        return im.convert("RGB")
+    (CMYK, RGBA, L, P, I;16 are converted; an RGB image is returned as decoded, without a copy)."""
+    with open(path, "rb") if isinstance(path, str | os.PathLike) else contextlib.nullcontext(path) as f:
+        im = open_image(f)
+        im.load()  # the pixels are in memory: the file may close
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit: scale to 8-bit before RGB
+        arr = np.asarray(im, dtype=np.float32)
+        hi = 65535.0 if im.mode.startswith("I;16") else max(float(arr.max()), 1.0)
+        im = Image.fromarray(np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("RGBA", "LA", "P", "PA"):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+def rgb_array(im: Image.Image, flip: bool = False) -> np.ndarray:
+    """An RGB PIL image -> H x W x 3 uint8 (mirrored left-right when `flip`), copied in strips of
+    rows: no whole-image temporary besides the result (np.asarray(im) holds the bytes twice on the
+    way, on top of PIL's 4 bytes a pixel)."""
+    w, h = im.size
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    step = max(1, 2**20 // (3 * w))  # rows per strip (about 1 MB)
+    for top in range(0, h, step):
+        strip = np.asarray(im.crop((0, top, w, min(h, top + step))))  # rows x W x 3
+        out[top:top + strip.shape[0]] = strip[:, ::-1] if flip else strip
+    return out
 
 
 def _resize_square(im: Image.Image, size: int) -> np.ndarray:

@@ -22,14 +22,15 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .. import distributed as du
-from ..data import DataError, ignore_signals, load_image, why_unreadable
+from ..data import DataError, ignore_signals, load_image, rgb_array, why_unreadable
 from .boxes import DetectionData
 from .masks import SegData
 
 
-def _to_tensor(img) -> torch.Tensor:
-    """PIL RGB -> uint8 3 x H x W."""
-    return TF.pil_to_tensor(img)
+def _decode(path, flip: bool = False) -> torch.Tensor:
+    """An image file -> uint8 3 x H x W, mirrored left-right when `flip` (within
+    data.check_image_size's bounds), with no more copies of the pixels at once than the decode."""
+    return torch.from_numpy(rgb_array(load_image(path), flip)).permute(2, 0, 1)
 
 
 class _DetectionSamples(Dataset):
@@ -43,20 +44,21 @@ class _DetectionSamples(Dataset):
 
     def __getitem__(self, i: int):
         it = self.data.items[i]
+        flip = False
+        if self.seed is not None:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
+            flip = torch.rand(1, generator=g).item() < self.flip
         try:
-            x = _to_tensor(load_image(it.path))
+            x = _decode(it.path, flip)
         except Exception as e:
             warnings.warn(f"skipped unreadable image {it.path} ({why_unreadable(e)})", stacklevel=2)
             return None
         boxes, labels = it.boxes.clone(), it.labels.clone()
         if not self.keep_difficult:  # COCO's crowd regions are not trained on
             boxes, labels = boxes[~it.difficult], labels[~it.difficult]
-        if self.seed is not None:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
-            if torch.rand(1, generator=g).item() < self.flip:
-                w = x.shape[-1]
-                x = x.flip(-1)
-                boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
+        if flip:
+            w = x.shape[-1]
+            boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
         return x, {"boxes": boxes, "labels": labels}, i
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mocolab.data import DataError, open_image, why_unreadable
+from mocolab.data import DataError, load_image, open_image, rgb_array, why_unreadable
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MASK_MODES = ("L", "P", "I", "I;16")  # single-channel PIL modes
@@ -37,8 +37,7 @@ class SegData:
 
     def read_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (image uint8 3 x H x W, mask int64 H x W with out-of-range values set to ignore)."""
-        with open_image(self.images[i]) as im:  # within the size bounds of data.check_image_size
-            x = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).contiguous()
+        x = torch.from_numpy(rgb_array(load_image(self.images[i]))).permute(2, 0, 1).contiguous()  # bounded size
         with open_image(self.masks[i]) as m:
             y = np.array(m)
         if y.ndim != 2 or y.shape != tuple(x.shape[1:]):
