@@ -227,6 +227,7 @@ class Config:
         for ok, message in self._method_checks():
             if not ok:
                 raise ConfigError(message)
+        check_limits(self)
         return self
 
     def _method_checks(self) -> list[tuple[bool, str]]:
@@ -449,3 +450,13 @@ def command_line_overrides(args) -> list[str]:
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")
     return overrides
+
+
+def check_limits(cfg: Config, n_train: int = 0, device=None) -> None:
+    """Temperatures below 1e-4 and memory the run could not have (the queue, the bank, the batch
+    at data.image_size, the decoded cache), refused as one line before anything is allocated
+    (mocolab.limits.check_config). n_train (the bank, the cache) and device (CUDA's free memory)
+    are known once the data is loaded: pretraining calls it again then."""
+    from .limits import check_config
+
+    check_config(cfg, n_train, device)

@@ -21,6 +21,10 @@ LOOP_RESUME_HELP = ("continue a stopped run (SIGTERM: exit 75) from its folder b
 def _check(args) -> None:
     """Values argparse cannot check, as one-line errors (UsageError)."""
     check_arguments(args)
+    if getattr(args, "t", None) is not None:  # compare's kNN temperature
+        from ..limits import check_temperature
+
+        check_temperature(args.t, "--t")
     for f in [getattr(args, "label_fraction", None), *(getattr(args, "fractions", None) or [])]:
         if f is not None and not 0.0 < f <= 1.0:
             raise UsageError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")
@@ -269,7 +273,7 @@ def add_commands(sub) -> None:
     co.add_argument("--paper-epochs", type=int, default=100, help="linear_paper")
     co.add_argument("--paper-budget-minutes", type=float, help="linear_paper, per entry")
     co.add_argument("--k", type=int, default=200)
-    co.add_argument("--t", type=float, default=0.1)
+    co.add_argument("--t", type=float, default=0.1, help="kNN temperature, >= 1e-4")
     co.add_argument("--detect", metavar="DIR", help="detection data as `mocolab detect --data` takes it "
                                                     "(VOC or COCO folder): adds detect AP50 and AP")
     co.add_argument("--segment", metavar="DIR", help="segmentation data as `mocolab segment --data` takes it: "

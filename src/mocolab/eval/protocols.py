@@ -14,6 +14,7 @@ import torch
 from .. import distributed as du
 from ..data import DataError, FileList, Splits, TensorData, cache_size_for, decoded_bytes, load_splits
 from ..errors import UsageError
+from ..limits import check_temperature
 from ..runtime import data_id, resolve_amp, resolve_device
 from .classify import FitConfig
 from .features import extract_features, extract_to_store
@@ -143,6 +144,18 @@ class Context:
     def data_id(self) -> str:
         return data_id(self.data)
 
+    def number_settings(self, streamed: bool, autocast_dtype) -> dict:
+        """The context's settings that can change a result's numbers, for its settings (and so its
+        file name): the autocast type in effect, whether the splits are streamed and, for a float16
+        store, the store's type and the memory limit that sends features to it (a float32 store
+        holds the very features of the in-memory path). The others (device, chunk_rows) change
+        float rounding only: the result records them (results.NOT_IN_NAME says why each is left out)."""
+        st = {"amp": str(autocast_dtype).removeprefix("torch.") if autocast_dtype is not None else "off",
+              "stream": streamed}
+        if streamed and self.store_dtype != "float32":
+            st.update(store_dtype=self.store_dtype, memory_limit_gb=self.memory_limit_gb)
+        return st
+
 
 def _prepare(target: Target, ctx: Context):
     net, cfg = target.load()
@@ -154,9 +167,11 @@ def _prepare(target: Target, ctx: Context):
     return net, cfg, device, dtype
 
 
-def _settings(target: Target, ctx: Context, cfg, key: str, **params) -> dict:
+def _settings(target: Target, ctx: Context, cfg, key: str, dtype, streamed: bool, **params) -> dict:
+    """What a result of protocol `key` depends on (compare reuses a result whose settings match; all
+    but weights, key and seed enter its file name: results.settings_digest)."""
     return {"key": key, "weights": target.identity(), "data": ctx.data_id(), "limit": ctx.limit,
-            "seed": ctx.seed, "image_size": cfg.data.image_size, **params}
+            "seed": ctx.seed, "image_size": cfg.data.image_size, **ctx.number_settings(streamed, dtype), **params}
 
 
 def _record(target: Target, ctx: Context, protocol: str, settings: dict, numbers: dict, sizes: tuple[int, int],
@@ -165,7 +180,7 @@ def _record(target: Target, ctx: Context, protocol: str, settings: dict, numbers
     return {"protocol": protocol, "name": target.name, "method": target.method,
             "checkpoint": str(target.path) if target.path else target.entry, "data": ctx.data_id(),
             "seed": ctx.seed, "train_size": sizes[0], "test_size": sizes[1],
-            **numbers, "settings": settings, "seconds": seconds, "device": str(device)}
+            **numbers, "settings": settings, "seconds": seconds, "device": str(device), "chunk_rows": ctx.chunk_rows}
 
 
 def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, linear: bool = True, k: int = 200,
@@ -174,11 +189,13 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
     Streamed (ctx.streaming): the features go to FeatureStores (on disk over the memory limit) and
     both protocols read them chunk by chunk; a result records how ("features_store")."""
     net, cfg, device, dtype = _prepare(target, ctx)
+    streamed = ctx.streaming(cfg.data.image_size)
     wanted = {}
     if knn:
-        wanted["knn"] = _settings(target, ctx, cfg, "knn", k=k, t=t, features="backbone")
+        wanted["knn"] = _settings(target, ctx, cfg, "knn", dtype, streamed, k=k, t=t, features="backbone")
     if linear:
-        wanted["linear_cached"] = _settings(target, ctx, cfg, "linear_cached", weight_decay=weight_decay)
+        wanted["linear_cached"] = _settings(target, ctx, cfg, "linear_cached", dtype, streamed,
+                                            weight_decay=weight_decay)
     out = {}
     for key, st in wanted.items():
         old = find_matching(target.base, key, st) if reuse else None
@@ -189,26 +206,7 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
     if not todo:
         return out
     t0 = time.perf_counter()
-    kw = {"device": device, "size": cfg.data.image_size, "channels_last": cfg.run.channels_last,
-          "autocast_dtype": dtype, "normalize": False}
-    if ctx.streaming(cfg.data.image_size):
-        files = ctx.files()
-        kw.update(memory_limit=ctx.memory_limit, store_dtype=ctx.store_dtype, workers=cfg.data.workers)
-        train = extract_to_store(net, files.train_files, cfg.data.mean, cfg.data.std, **kw)  # N x D
-        test = None
-        try:
-            test = extract_to_store(net, files.test_files, cfg.data.mean, cfg.data.std, **kw)  # M x D
-            how = f"disk {ctx.store_dtype}" if train.on_disk or test.on_disk else "memory (streamed)"
-        except BaseException:
-            train.close()
-            raise
-        num_classes = len(files.train_files.classes)
-    else:
-        splits = ctx.splits(cfg.data.image_size)
-        f_tr, y_tr = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)  # N x D
-        f_te, y_te = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)  # M x D
-        train, test, how = FeatureStore.from_tensor(f_tr, y_tr), FeatureStore.from_tensor(f_te, y_te), "memory"
-        num_classes = len(splits.train.classes)
+    train, test, num_classes, how = feature_stores(net, cfg, ctx, device, dtype, streamed)
     t_feat = time.perf_counter() - t0
     try:
         for key in todo:
@@ -230,6 +228,73 @@ def knn_and_linear_cached(target: Target, ctx: Context, *, knn: bool = True, lin
         train.close()
         test.close()
     return out
+
+
+def feature_stores(net, cfg, ctx: Context, device, dtype,
+                   streamed: bool) -> tuple[FeatureStore, FeatureStore, int, str]:
+    """The raw features (not normalised) of the train (N x D) and test (M x D) splits in
+    FeatureStores, and (num_classes, how they are held). streamed: the files go through DataLoader
+    workers into stores (on disk in ctx.store_dtype over ctx.memory_limit_gb); else the splits are
+    decoded into memory (under torchrun each rank extracts a shard) and the stores hold the tensors.
+    Either way the readers (kNN, the linear probe) take them chunk by chunk. The caller closes both."""
+    kw = {"device": device, "size": cfg.data.image_size, "channels_last": cfg.run.channels_last,
+          "autocast_dtype": dtype, "normalize": False}
+    if not streamed:
+        splits = ctx.splits(cfg.data.image_size)
+        f_tr, y_tr = extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw)  # N x D
+        f_te, y_te = extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw)  # M x D
+        return FeatureStore.from_tensor(f_tr, y_tr), FeatureStore.from_tensor(f_te, y_te), \
+            len(splits.train.classes), "memory"
+    files = ctx.files()
+    kw.update(memory_limit=ctx.memory_limit, store_dtype=ctx.store_dtype, workers=cfg.data.workers)
+    train = extract_to_store(net, files.train_files, cfg.data.mean, cfg.data.std, **kw)  # N x D
+    try:
+        test = extract_to_store(net, files.test_files, cfg.data.mean, cfg.data.std, **kw)  # M x D
+    except BaseException:
+        train.close()
+        raise
+    how = f"disk {ctx.store_dtype}" if train.on_disk or test.on_disk else "memory (streamed)"
+    return train, test, len(files.train_files.classes), how
+
+
+def run_knn(entry: str, ctx: Context, *, k: int = 200, t: float = 0.1, features: str = "backbone",
+            image_size: int | None = None, write: bool = True) -> dict:
+    """`mocolab knn`: the weighted kNN top-1 of `entry`'s features (backbone: pooled; head: a training
+    checkpoint's projection), train split as the bank -> the result dict. write: to
+    BASE.knn_kK_tT_FEATURES.seed0.DIGEST.json beside the checkpoint (never compare's BASE.knn.seed0.*:
+    that one is the backbone's at compare's settings), named by every setting that can change the figure."""
+    check_temperature(t, "--t")
+    _, path, base = resolve_entry(entry)  # the same inputs as linear, finetune, compare, export
+    if path is None:
+        if features == "head":
+            raise UsageError("--features head needs a trained checkpoint; random:PRESET has only a backbone")
+        net, cfg = random_backbone(entry[len("random:"):], 0, image_size)
+    else:
+        if features == "head" and Path(entry).is_dir():  # the head is in the training state
+            path = Path(entry) / "checkpoints" / "final.pth"
+        net, cfg = load_for_eval(str(path), features, image_size)
+    device = du.setup(resolve_device(ctx.device))  # under torchrun the features are sharded over ranks
+    net = net.to(device)
+    if cfg.run.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    dtype = resolve_amp(ctx.amp or cfg.run.amp, device)  # as in the run, so the figures agree
+    streamed = ctx.streaming(cfg.data.image_size)
+    settings = {"seed": 0, "data": str(ctx.data), "limit": ctx.limit, "image_size": cfg.data.image_size,
+                "k": k, "t": t, "features": features, **ctx.number_settings(streamed, dtype)}
+    t0 = time.perf_counter()
+    train, test, num_classes, how = feature_stores(net, cfg, ctx, device, dtype, streamed)
+    with train, test:
+        acc = knn_from_stores(train, test, num_classes, k, t, ctx, device)
+        sizes = len(train), len(test)
+    result = {"protocol": "knn", "top1": acc, "knn_top1": acc, "k": k, "t": t, "features": features,
+              "checkpoint": str(entry), "data": str(ctx.data), "train_size": sizes[0], "test_size": sizes[1],
+              "features_store": how, "settings": settings, "seconds": time.perf_counter() - t0,
+              "device": str(device), "chunk_rows": ctx.chunk_rows}
+    if write and du.is_main():
+        out = result_path(base, f"knn_k{k}_t{t:g}_{features}", settings)
+        write_result(out, {**result, "result_file": str(out)})
+        result["result_file"] = str(out)
+    return result
 
 
 def knn_from_stores(train: FeatureStore, test: FeatureStore, num_classes: int, k: int, t: float, ctx: Context,
@@ -258,9 +323,9 @@ def loop_dir(result: Path) -> Path:
     return result.with_suffix(".run")
 
 
-def _train_test(ctx: Context, image_size: int) -> tuple[TensorData | FileList, TensorData | FileList]:
+def _train_test(ctx: Context, streamed: bool, image_size: int) -> tuple[TensorData | FileList, TensorData | FileList]:
     """The train and test splits for a training loop: decoded in memory, or their files when streamed."""
-    if ctx.streaming(image_size):
+    if streamed:
         s = ctx.files()
         return s.train_files, s.test_files
     s = ctx.splits(image_size)
@@ -270,12 +335,13 @@ def _train_test(ctx: Context, image_size: int) -> tuple[TensorData | FileList, T
 def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.08, 1.0), reuse: bool = False) -> dict:
     net, cfg, device, dtype = _prepare(target, ctx)
     fc.seed = ctx.seed
-    st = _settings(target, ctx, cfg, "linear_paper", fit=fc.to_dict(), crop_scale=list(crop_scale),
+    streamed = ctx.streaming(cfg.data.image_size)
+    st = _settings(target, ctx, cfg, "linear_paper", dtype, streamed, fit=fc.to_dict(), crop_scale=list(crop_scale),
                    frozen_backbone=True, bn="eval", fc_init="normal_0.01")  # fc_init: results before it differ
     path = result_path(target.base, "linear_paper", st)
     if reuse and (old := find_matching(target.base, "linear_paper", st)) is not None:
         return old
-    train, test = _train_test(ctx, cfg.data.image_size)
+    train, test = _train_test(ctx, streamed, cfg.data.image_size)
     torch.manual_seed(ctx.seed)  # the linear layer's init
     t0 = time.perf_counter()
     numbers = linear_paper(net, train, test, cfg.data.mean, cfg.data.std, cfg.data.image_size, fc,
@@ -294,7 +360,8 @@ def run_finetune(target: Target, ctx: Context, fraction: float, *, epochs: int |
                  reuse: bool = False) -> dict:
     check_fraction(fraction)
     net, cfg, device, dtype = _prepare(target, ctx)
-    train, test = _train_test(ctx, cfg.data.image_size)  # needed to size the defaults
+    streamed = ctx.streaming(cfg.data.image_size)
+    train, test = _train_test(ctx, streamed, cfg.data.image_size)  # needed to size the defaults
     n_labeled = len(label_subset(train.labels, fraction, ctx.seed))
     fc = finetune_defaults(n_labeled, batch_size, epochs)
     if lr is not None:
@@ -303,8 +370,8 @@ def run_finetune(target: Target, ctx: Context, fraction: float, *, epochs: int |
         fc.weight_decay = weight_decay
     fc.budget_minutes, fc.seed = budget_minutes, ctx.seed
     key = f"finetune_{fraction:g}"
-    st = _settings(target, ctx, cfg, key, fraction=fraction, fit=fc.to_dict(), backbone_lr_scale=backbone_lr_scale,
-                   crop_scale=list(crop_scale))
+    st = _settings(target, ctx, cfg, key, dtype, streamed, fraction=fraction, fit=fc.to_dict(),
+                   backbone_lr_scale=backbone_lr_scale, crop_scale=list(crop_scale))
     path = result_path(target.base, key, st)
     if reuse and (old := find_matching(target.base, key, st)) is not None:
         log.info("%s: reusing %s", target.name, old["result_file"])

@@ -16,7 +16,30 @@ from pathlib import Path
 
 from .. import distributed as du
 from ..errors import PathError
-from ..runtime import read_json
+from ..runfiles import read_json, write_json
+
+# The options of the evaluation commands (knn, linear, finetune, compare) that do NOT enter a
+# result's settings, each with the reason; every other option changes the result's file name (the
+# protocol's key, its seed, the digest of its settings, or the checkpoint it sits beside).
+# tests/test_result_names.py walks every option of those commands against this list.
+NOT_IN_NAME = {
+    "device": "the same computation on another device: float rounding only, as the thread count; the result "
+              "records its device",
+    "chunk_rows": "rows per chunk read from a feature store: the same sums in another order (float rounding "
+                  "only); the result records it",
+    "resume": "a rerun with the same settings resumes its loop anyway (--resume auto is accepted for requeues)",
+    "force": "compare: recompute instead of reusing a result of the same settings (the same name)",
+    "out": "compare: the folder of compare.md/.json/.png; a result sits beside its checkpoint (random init: "
+           "named by preset and seed)",
+    "seeds": "compare: the transfer fine-tunes' seeds; their cells (OUT/transfer/TASK/ENTRY/seedS/cell.json) "
+             "record their own settings",
+    "detect": "compare: a transfer column (its cell's settings are in cell.json), not a protocol result",
+    "segment": "compare: a transfer column (its cell's settings are in cell.json), not a protocol result",
+    "detect_preset": "compare: a transfer cell's setting (cell.json)",
+    "segment_preset": "compare: a transfer cell's setting (cell.json)",
+    "transfer_budget_minutes": "compare: a transfer cell's setting (cell.json)",
+    "transfer_set": "compare: a transfer cell's setting (cell.json)",
+}
 
 
 def settings_digest(settings: dict) -> str:
@@ -64,11 +87,11 @@ def write_result(path: Path, result: dict) -> Path | None:
     result = {**result, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
-        return path
+        return write_json(path, result)  # atomic: a reader never sees half a result
     except OSError as e:
         top1 = f" (its top-1: {result['top1']:.2f}%)" if isinstance(result.get("top1"), float) else ""
-        raise PathError(f"could not write the result {path}: {e.strerror or e}{top1}") from None
+        why = getattr(e, "reason", None) or e.strerror or e  # runfiles.WriteError: its reason alone
+        raise PathError(f"could not write the result {path}: {why}{top1}") from None
 
 
 def find_matching(base: Path, key: str, settings: dict) -> dict | None:
@@ -82,10 +105,7 @@ def find_matching(base: Path, key: str, settings: dict) -> dict | None:
 
 def load_matching(path: Path, settings: dict) -> dict | None:
     """The saved result at `path` if its settings equal `settings` (JSON-normalised), else None."""
-    try:
-        saved = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
-    if saved.get("settings") == json.loads(json.dumps(settings)):
+    saved = read_json(path)  # missing: {}; torn or hand-edited: {} and a warning naming it
+    if saved and saved.get("settings") == json.loads(json.dumps(settings)):
         return saved
     return None
