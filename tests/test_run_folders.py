@@ -2,6 +2,8 @@
 refuse a folder that holds another run, unless --resume continues it or --overwrite moves it aside."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from conftest import cifar_subset
@@ -58,8 +60,11 @@ def test_guard_refuses_resumes_same_command_and_moves_aside(tmp_path):
     with pytest.raises(ValueError, match="give one of them"):
         prepare_run_dir(run, "pretrain", resume=True, overwrite=True)
     prepare_run_dir(run, "supervised", overwrite=True)
-    assert [p.name for p in run.iterdir()] == ["command.json"]  # nothing of the old run left in OUT
+    # nothing of the old run left in OUT; its lock (this process's) moved to the new folder
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "command.json"]
+    assert f"PID {os.getpid()} on host" in (run / ".lock").read_text()
     (aside,) = tmp_path.glob("run.replaced-*")
+    assert not (aside / ".lock").exists()
     assert (aside / "checkpoints" / "final.pth").read_bytes() == b"old"  # moved as a whole
     assert json.loads((aside / "command.json").read_text())["command"] == "pretrain"
     (tmp_path / "file").write_text("x")
@@ -77,7 +82,7 @@ def test_kind_of_an_older_run_comes_from_its_config(tmp_path):
 def test_pretrain_refuses_a_finished_run_and_overwrite_replaces_it_whole(flat, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["pretrain", "--data", str(flat), "--out", str(out), *TINY, "run.save_every=1"]) == 0
-    old = {p.relative_to(out) for p in out.rglob("*")}
+    old = {p.relative_to(out) for p in out.rglob("*")} - {Path(".lock")}  # the lock stays with the process
     assert (out / "checkpoints" / "epoch_0001.pth").is_file()
     before = (out / "summary.json").read_text()
     one_line_error(capsys, ["pretrain", "--data", str(flat), "--out", str(out), *TINY],

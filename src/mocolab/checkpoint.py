@@ -6,9 +6,7 @@ with `torch.load(weights_only=True)`: a file handed in by a user can never run c
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import pickle
 import random
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
+from .runfiles import save_torch, write_json
 
 
 class CheckpointError(UserError, ValueError):
@@ -24,23 +23,11 @@ class CheckpointError(UserError, ValueError):
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    """Writes to a temporary file in the same folder, fsyncs, then renames over `path`:
-    a crash at any moment leaves either the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
+    """torch.save to a temporary file in the same folder, fsync, then a rename over `path`: a crash
+    at any moment leaves either the old file or the new one, never a torn one. A full disk (or any
+    OSError) removes the temporary file, leaves the old one and is one line naming `path`
+    (runfiles.WriteError, exit code 2)."""
+    save_torch(obj, path)
 
 
 # What every command that takes weights accepts (eval.load.resolve_entry), in its error messages.
@@ -106,7 +93,7 @@ def export_backbone(model, path: str | Path, meta_path: str | Path, meta: dict) 
     """Writes the backbone as a plain torchvision state_dict (`path`) and what it is (`meta_path`,
     JSON). `models.backbones.torchvision_model(arch, width, stem)` loads it with strict=True."""
     atomic_save(backbone_state_dict(model), path)
-    Path(meta_path).write_text(json.dumps(meta, indent=2))
+    write_json(meta_path, meta)
 
 
 def extract_backbone(obj: dict) -> tuple[dict, dict]:

@@ -3,12 +3,14 @@ order of an epoch, and the errors that stop a run."""
 
 from __future__ import annotations
 
-import json
+import atexit
+import fcntl
 import logging
 import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from .errors import PathError, UsageError, UserError
+from .runfiles import read_json, read_yaml, write_json
 
 
 class NonFiniteLoss(UserError, RuntimeError):
@@ -95,41 +98,124 @@ def run_command(out: Path) -> str | None:
     """The command that made the run in `out` (`pretrain`, `supervised`, `detect`, `segment`), from
     its command.json, else its config.yaml (runs older than command.json); None if unknown."""
     meta = read_json(out / "command.json")
-    if meta.get("command"):
+    if isinstance(meta.get("command"), str) and meta["command"]:
         return meta["command"]
-    try:
-        import yaml
+    task = read_yaml(out / "config.yaml").get("task")
+    kind = task.get("kind") if isinstance(task, dict) else None
+    return kind if isinstance(kind, str) else None
 
-        cfg = yaml.safe_load((out / "config.yaml").read_text()) or {}
-    except (OSError, ValueError, AttributeError):
-        return None
-    return cfg.get("task", {}).get("kind") if isinstance(cfg, dict) and "task" in cfg else None
+
+# -- the run folder's lock ----------------------------------------------------------------------
+LOCK_FILE = ".lock"
+_LOCKS: dict[Path, int] = {}  # run folder (resolved) -> the open fd holding its OUT/.lock (flock)
+
+
+class RunFolderBusy(UsageError):
+    """Another process holds the run folder's lock."""
+
+
+def _release(key: Path) -> None:
+    fd = _LOCKS.pop(key, None)
+    if fd is not None:
+        os.close(fd)  # closing the only fd of the open file releases the flock
+
+
+def release_run_dirs() -> None:
+    """Releases every run folder lock this process holds (at exit; the OS does it on a kill too)."""
+    for key in list(_LOCKS):
+        _release(key)
+
+
+atexit.register(release_run_dirs)
+
+
+def lock_run_dir(out: str | Path) -> None:
+    """Takes OUT/.lock for the rest of the process (rank 0 only): an exclusive, non-blocking
+    fcntl.flock, with this process's PID and host written in the file. A second process on the
+    same folder gets one line naming the holder (RunFolderBusy). The OS releases the lock when
+    the holder ends, killed with kill -9 too, so no stale lock stays; taking it again in the same
+    process is a no-op."""
+    if int(os.environ.get("RANK", "0")) > 0:
+        return
+    out = Path(out).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        key = out.resolve()
+        path = key / LOCK_FILE
+        if (fd := _LOCKS.get(key)) is not None:
+            held, now = os.fstat(fd), os.stat(path) if path.exists() else None
+            if now is not None and (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                return
+            _release(key)  # the folder was moved or deleted under this process: lock the one there now
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise PathError(f"cannot write to the output folder {out}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: held by another process
+        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "a process that has not written its PID yet"
+        os.close(fd)
+        raise RunFolderBusy(f"{out} is in use by another mocolab process ({holder}): wait for it to end, stop it, "
+                            "or give another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+    _LOCKS[key] = fd
+
+
+def move_aside(path: Path) -> Path:
+    """Renames `path` (a folder) to PATH.replaced-<timestamp>[-N] beside it -> the new name; nothing
+    is deleted (the user deletes it when no longer needed)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside, n = path.with_name(f"{path.name}.replaced-{stamp}"), 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.replaced-{stamp}-{n}")
+    os.rename(path, aside)
+    return aside
+
+
+def check_run_path(out: str | Path) -> Path:
+    """--out as given -> Path; UsageError unless a proper folder path: not empty, not the current
+    folder nor one of its parents (the run would be written among, or moved aside with, the
+    user's other files)."""
+    if not str(out).strip():
+        raise UsageError("--out is empty: give a folder for the run (e.g. --out runs/NAME)")
+    path = Path(out).expanduser()
+    here, where = Path.cwd().resolve(), path.resolve()
+    if where == here or where in here.parents:
+        what = "the current folder" if where == here else "a parent of the current folder"
+        raise UsageError(f"--out {out} is {what}: give the run a folder of its own (e.g. --out runs/NAME)")
+    return path
 
 
 def prepare_run_dir(out: str | Path, command: str, resume: bool = False, overwrite: bool = False) -> None:
-    """The run folder guard of pretrain, supervised, detect and segment (rank 0 only): a folder that
-    already holds a run's files is refused (one line naming them, UsageError), unless `resume`
+    """The run folder guard of pretrain, supervised, detect and segment (rank 0 only), called before
+    anything is written: `out` must be a proper folder path (check_run_path) and is locked for the
+    rest of the process (lock_run_dir: a second process on it is one line naming the holder). A
+    folder that already holds a run's files is refused (one line naming them, UsageError), unless `resume`
     continues a run of the same command there, or `overwrite`: the old contents are then moved aside,
     as a whole, to OUT.replaced-<timestamp>/ (nothing of the old run stays in OUT). Records the
     command in OUT/command.json."""
     if int(os.environ.get("RANK", "0")) > 0:
         return
-    out = Path(out).expanduser()
+    out = check_run_path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the run")
     if resume and overwrite:
         raise UsageError("--resume continues the run in --out, --overwrite replaces it: give one of them")
+    lock_run_dir(out)  # before anything is read or written: one process per run folder
     present = [n for n in RUN_FILES if (out / n).exists()]
     if present:
         made_by = run_command(out)
         what = f"a `mocolab {made_by}` run" if made_by else "a run"
         if overwrite:
-            aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-            n = 1
-            while aside.exists():
-                n += 1
-                aside = aside.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
-            os.rename(out, aside)
+            old_lock = _LOCKS.pop(out.resolve())
+            aside = move_aside(out)  # the lock file goes along, still held: no other process slips in
+            try:
+                lock_run_dir(out)
+            finally:
+                os.close(old_lock)
+                (aside / LOCK_FILE).unlink(missing_ok=True)
             logging.getLogger("mocolab").warning("--overwrite: moved the previous run in %s aside to %s", out, aside)
         elif resume:
             if made_by is not None and made_by != command:
@@ -139,9 +225,8 @@ def prepare_run_dir(out: str | Path, command: str, resume: bool = False, overwri
             raise UsageError(f"{out} already holds {what} ({', '.join(present)}): pass --resume auto to continue "
                              "it, --overwrite to move it aside (to OUT.replaced-<timestamp>/), or another --out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
         if not (out / "command.json").exists():
-            (out / "command.json").write_text(json.dumps({"command": command}) + "\n")
+            write_json(out / "command.json", {"command": command}, indent=None)
     except OSError:
         pass  # check_out_dir reports an unwritable folder
 
@@ -183,16 +268,6 @@ def data_id(data: str) -> str:
     (cifar10, a shard pattern)."""
     p = Path(data).expanduser()
     return str(p.resolve()) if p.exists() else data
-
-
-def read_json(path: str | Path) -> dict:
-    """A JSON file's object, or {} when it is missing, unreadable (a result still being written) or
-    not an object."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def check_positive(args, names) -> None:

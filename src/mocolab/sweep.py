@@ -21,6 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from . import config as C
+from . import runfiles
 from .config import Config, ConfigError
 from .methods import applies, method_class
 from .runtime import Preempted, check_arguments, data_id, read_json, run_process
@@ -233,23 +234,11 @@ def status(cell_dir: Path, rc: int | None = None) -> str:
 
 
 def read_metrics(path: Path) -> tuple[dict[int, dict], dict[float, float]]:
-    """metrics.jsonl -> ({step: step record}, {epoch: kNN}); a resumed run's replayed steps
-    replace the earlier records."""
-    steps, knn = {}, {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return steps, knn
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:  # a line torn by a kill
-            continue
-        if "loss" in rec and "step" in rec:
-            steps[rec["step"]] = rec
-        elif "knn_top1" in rec and "epoch" in rec:
-            knn[rec["epoch"]] = rec["knn_top1"]
-    return steps, knn
+    """metrics.jsonl (runfiles.read_metrics: a resumed run's replayed steps replace the earlier
+    records; bad lines skipped with a warning) -> ({step: step record}, {epoch: kNN})."""
+    records, monitors = runfiles.read_metrics(path)
+    return ({r["step"]: r for r in records if isinstance(r.get("epoch"), int)},  # cell_row groups by epoch
+            {m["epoch"]: m["knn_top1"] for m in monitors if "epoch" in m})
 
 
 def cell_row(cell: Cell, cell_dir: Path, rc: int | None = None) -> dict:
@@ -409,11 +398,9 @@ def write_results(out: Path, cells: list[Cell], grid_keys: list[str], failed: di
 def write_plots(rows: list[dict], grid_keys: list[str], out: Path) -> list[str]:
     """knn_vs_K.png, knn_vs_m.png, curves_shuffle.png where their axis is in the grid, and always
     curves.png and knn_by_cell.png -> notes."""
-    import matplotlib
+    from .plotting import setup
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = setup()
     notes = []
     plots = [("knn_vs_K.png", {"moco.queue_size", "optim.batch_size"}, "moco.queue_size"),
              ("knn_vs_m.png", {"moco.m"}, "moco.m"),
@@ -445,9 +432,10 @@ def write_plots(rows: list[dict], grid_keys: list[str], out: Path) -> list[str]:
 
 
 def _save(plt, fig, path: Path) -> None:
+    from .plotting import save
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save(fig, path, dpi=120, bbox_inches="tight")
 
 
 def _plot_knn_bars(plt, rows):

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
+from ..runfiles import write_bytes, write_text
+from ..runtime import check_run_path, lock_run_dir
 from . import page
 from .curves import PANELS, plot_curves
 from .embedding import embed_2d, per_class_knn, plot_map, subsample
 from .neighbours import pick_queries, plot_neighbours, top_k
-from .runs import Folder, Run, flatten, is_run, nearest_preset, read_folder
+from .runs import Folder, Run, flatten, group, is_run, nearest_preset, number, read_folder
 
 log = logging.getLogger("mocolab")
 
@@ -119,7 +120,9 @@ def learn(run: Run, data: str, opts: Options, out: Path, splits: SplitCache, pre
                        + (", coloured by class" if classes else " (no labels: uncoloured)")
                        + ". Only neighbourhoods mean something; distances between far clusters and the axes do not.")
     if classes and sp.test is not None:
-        k, t = run.config.get("run", {}).get("knn_k", 200), run.config.get("run", {}).get("knn_t", 0.1)
+        rc = group(run.config, "run")  # a hand-edited value that is no count or temperature: the defaults
+        k = rc["knn_k"] if isinstance(number(rc.get("knn_k")), int) and rc["knn_k"] > 0 else 200
+        t = rc["knn_t"] if (number(rc.get("knn_t")) or 0) > 0 else 0.1
         res.per_class = per_class_knn(f_tr, y_tr, f_q, y_q, classes, k, t)
         res.per_class_title = (f"Weighted kNN top-1 (%) per class: k {k}, τ {t}, the {len(f_tr)} training images "
                                f"as the bank, all {len(f_q)} test images")
@@ -128,7 +131,7 @@ def learn(run: Run, data: str, opts: Options, out: Path, splits: SplitCache, pre
 
 def config_table(run: Run, preset: str | None) -> str:
     if not run.config:
-        return page.note("no config.yaml")
+        return page.note("no readable config.yaml")
     name, pc = nearest_preset(run.config, preset)
     flat = flatten(run.config)
     rows, cls = [], []
@@ -159,7 +162,7 @@ def results_table(run: Run) -> str:
 def summary_table(run: Run) -> str:
     if not run.summary:
         last = run.records[-1] if run.records else {}
-        where = f" (last logged: step {last['step']}, epoch {last.get('epoch_float', 0):.2f})" if last else ""
+        where = f" (last logged: step {last['step']}, epoch {page.fmt(last.get('epoch_float', ''))})" if last else ""
         return page.note(f"no summary.json: the run is in progress or was stopped{where}; this reports what it has")
     rows = [[k, v] for k, v in run.summary.items() if not isinstance(v, (dict, list))]
     return f"<p>{page.esc(run.path / 'summary.json')}</p>" + page.table(["key", "value"], rows)
@@ -221,7 +224,7 @@ def folder_tables(folder: Folder, out: Path, prefix: str) -> str:
         html.append(f"<h3>{page.esc(folder.path / fname)}</h3>" + page.markdown(text))
     for png in folder.figures:
         name = f"{prefix}.{png.name}"
-        shutil.copyfile(png, out / name)
+        write_bytes(out / name, png.read_bytes())  # atomic: no torn or 0-byte copy on a full disk
         html.append(page.figure(name, f"{png.name} as the {folder.kind} command drew it ({folder.path})", png.name))
     return "\n".join(html)
 
@@ -234,8 +237,9 @@ def write_report(paths: list[str], out: str | Path, opts: Options | None = None)
         raise UsageError(f"--out {out} is a file")
     if out.is_dir() and (is_run(out) or (out / "cells").is_dir() or (out / "compare.json").is_file()):
         raise UsageError(f"--out {out} holds a run, sweep or compare folder; give the report a folder of its own")
+    check_run_path(out)
     folders = [read_folder(p) for p in paths]
-    out.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(out)  # one report per folder at a time
     runs = [r for f in folders for r in f.runs]
     if not runs and not any(f.tables for f in folders):
         raise UsageError(f"nothing to report in {', '.join(paths)}: no runs, no results")
@@ -279,7 +283,7 @@ def write_report(paths: list[str], out: str | Path, opts: Options | None = None)
            + (f"; features on {opts.data}" if opts.data else "")
            + (f" (first {opts.limit} images per split)" if opts.limit else ""))
     index = out / "index.html"
-    index.write_text(page.document(title, sub, sections), encoding="utf-8")
+    write_text(index, page.document(title, sub, sections))
     return index
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .runs import Run
+from .runs import Run, number
 
 # (metrics.jsonl key, panel title, y-axis label)
 PANELS = [
@@ -24,8 +24,8 @@ def series(run: Run, key: str, x: str) -> tuple[list[float], list[float]]:
     src, recs = (run.monitors, "epoch") if key == "knn_top1" else (run.records, "epoch_float")
     xkey = recs if x == "epoch" else "seconds"
     xs, ys = [], []
-    for r in src:
-        if key in r and xkey in r and isinstance(r[key], (int, float)):
+    for r in src:  # numbers only: a hand-edited line may hold anything
+        if number(r.get(key)) is not None and number(r.get(xkey)) is not None:
             xs.append(r[xkey] / 60 if x == "time" else r[xkey])
             ys.append(r[key])
     return xs, ys
@@ -34,18 +34,17 @@ def series(run: Run, key: str, x: str) -> tuple[list[float], list[float]]:
 def final_knn(run: Run, x: str) -> tuple[float, float] | None:
     """(x, %) of the final kNN evaluation in summary.json, if there is one."""
     s = run.summary
-    if "knn_top1" not in s:
+    if number(s.get("knn_top1")) is None:
         return None
-    xv = s.get("epochs") if x == "epoch" else s.get("train_seconds", 0) / 60
+    xv = number(s.get("epochs")) if x == "epoch" else (number(s.get("train_seconds")) or 0) / 60
     return (xv, s["knn_top1"]) if xv is not None else None
 
 
 def plot_curves(runs: list[Run], x: str, path: Path) -> list[str]:
     """Writes a 2 x 3 grid of panels to `path`; returns the panels' keys that had data."""
-    import matplotlib
+    from ..plotting import save, setup
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = setup()
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     colors = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20")
@@ -82,6 +81,5 @@ def plot_curves(runs: list[Run], x: str, path: Path) -> list[str]:
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(labels) - 1) // 4), 1, 1))
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)
     return shown

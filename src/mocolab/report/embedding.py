@@ -46,10 +46,9 @@ def embed_2d(features: torch.Tensor, seed: int = 0) -> np.ndarray:
 
 def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: list[str], path: Path, title: str) -> None:
     """A scatter of the 2-D map, coloured by class (grey without labels)."""
-    import matplotlib
+    from ..plotting import save, setup
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = setup()
 
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     y = labels.cpu().numpy()
@@ -68,5 +67,4 @@ def plot_map(xy: np.ndarray, labels: torch.Tensor, classes: list[str], path: Pat
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path, dpi=90)

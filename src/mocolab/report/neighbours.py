@@ -50,10 +50,9 @@ def plot_neighbours(q_images: torch.Tensor, q_labels: torch.Tensor, n_images: to
     """q_images: M x 3 x H x W uint8; n_images: M x k x 3 x H x W; labels -1 = unlabeled;
     sims: M x k. One row per query: the query, then its k neighbours with class and cosine;
     with labels, a green frame marks a neighbour of the query's class and a red one another."""
-    import matplotlib
+    from ..plotting import save, setup
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = setup()
 
     M, k = sims.shape
     height = 1.9 * M
@@ -82,5 +81,4 @@ def plot_neighbours(q_images: torch.Tensor, q_labels: torch.Tensor, n_images: to
         ax.set_xticks([])
         ax.set_yticks([])
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.2 / height, top=1 - 0.45 / height, wspace=0.1, hspace=0.55)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path, dpi=80)

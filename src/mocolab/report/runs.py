@@ -6,13 +6,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from ..errors import PathError
-from ..runtime import read_json
+from ..runfiles import read_json, read_metrics, read_yaml
 
 log = logging.getLogger("mocolab")
 
@@ -47,49 +46,37 @@ class Folder:
     meta: dict = field(default_factory=dict)  # sweep.json / compare.json
 
 
-def read_metrics(path: Path) -> tuple[list[dict], list[dict]]:
-    """metrics.jsonl -> (step records with a loss, monitor records with knn_top1). A torn last
-    line (a run being written) is skipped; after a resume from an earlier checkpoint the records
-    the resumed run logs again replace those of the killed run (steps stay increasing)."""
-    records, monitors = [], []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return [], []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        kind = monitors if "knn_top1" in rec else records if "loss" in rec else None
-        if kind is None:
-            continue
-        while kind and kind[-1].get("step", 0) >= rec.get("step", 0):
-            kind.pop()
-        kind.append(rec)
-    return records, monitors
-
-
 def add_seconds(records: list[dict], monitors: list[dict], batch_size: int) -> None:
     """Sets rec["seconds"]: elapsed_s where the run logged it; for older runs, training seconds
     summed from img/s over each log window (monitors' time not counted). Monitors get the
     seconds of the step record at or before their step."""
     total, prev_step = 0.0, 0
-    for rec in records:
-        if "elapsed_s" in rec:
+    for rec in records:  # read_metrics: every record has an int step, in increasing order
+        if number(rec.get("elapsed_s")) is not None:
             total = rec["elapsed_s"]
-        elif rec.get("img_per_s") and batch_size:
-            total += (rec["step"] - prev_step) * batch_size / rec["img_per_s"]
+        elif (ips := number(rec.get("img_per_s"))) and batch_size:
+            total += (rec["step"] - prev_step) * batch_size / ips
         rec["seconds"] = total
-        prev_step = rec.get("step", prev_step)
+        prev_step = rec["step"]
     for mon in monitors:
-        if "elapsed_s" in mon:
+        if number(mon.get("elapsed_s")) is not None:
             mon["seconds"] = mon["elapsed_s"]
             continue
-        before = [r["seconds"] for r in records if r.get("step", 0) <= mon.get("step", 0)]
+        before = [r["seconds"] for r in records if r["step"] <= mon["step"]]
         mon["seconds"] = before[-1] if before else 0.0
+
+
+def number(v) -> float | None:
+    """v if it is a finite int or float (not a bool: a hand-edited file may hold anything), else None."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return v
+    return None
+
+
+def group(config: dict, name: str) -> dict:
+    """A config group as a dict ({} when missing, or not a mapping in a hand-edited config: `optim: 5`)."""
+    g = config.get(name)
+    return g if isinstance(g, dict) else {}
 
 
 def evaluation_results(weights: Path) -> dict[str, dict]:
@@ -112,14 +99,11 @@ def newest_checkpoint(path: Path) -> Path | None:
 def read_run(path: Path, name: str | None = None) -> Run:
     path = Path(path)
     run = Run(path, name or path.name)
-    run.command = read_json(path / "command.json").get("command", "")
+    command = read_json(path / "command.json").get("command")
+    run.command = command if isinstance(command, str) else ""
     run.records, run.monitors = read_metrics(path / "metrics.jsonl")
-    try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text())
-        run.config = cfg if isinstance(cfg, dict) else {}
-    except (OSError, yaml.YAMLError):
-        run.config = {}
-    batch = run.config.get("optim", {}).get("batch_size") or run.config.get("task", {}).get("batch_size") or 0
+    run.config = read_yaml(path / "config.yaml")  # torn or hand-edited: {} and a warning naming it
+    batch = number(group(run.config, "optim").get("batch_size")) or number(group(run.config, "task").get("batch_size"))
     add_seconds(run.records, run.monitors, int(batch or 0))
     for fname in RESULT_FILES:
         if (obj := read_json(path / fname)):
@@ -147,7 +131,8 @@ def read_folder(path: str | Path) -> Folder:
     path = Path(path).expanduser()
     if not path.is_dir():
         raise PathError(f"run folder not found: {path}")
-    tables = [(p.name, p.read_text()) for p in (path / "results.md", path / "compare.md") if p.is_file()]
+    tables = [(p.name, p.read_text(encoding="utf-8", errors="replace"))
+              for p in (path / "results.md", path / "compare.md") if p.is_file()]
     figures = sorted(path.glob("*.png"))
     if (path / "cells").is_dir():
         meta = read_json(path / "sweep.json")
@@ -158,7 +143,8 @@ def read_folder(path: str | Path) -> Folder:
     if (path / "compare.json").is_file():
         meta = read_json(path / "compare.json")
         runs = [read_run(p.parent, p.parent.relative_to(path).as_posix())
-                for p in sorted(path.glob("transfer/*/*/*/metrics.jsonl"))]
+                for p in sorted(path.glob("transfer/*/*/*/metrics.jsonl"))
+                if ".replaced-" not in p.parent.name]  # cells moved aside for other settings
         return Folder(path, "compare", runs, tables, figures, meta)
     if not is_run(path):
         raise PathError(f"{path} is not a run, sweep or compare folder (no metrics.jsonl, config.yaml, "
