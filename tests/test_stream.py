@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mocolab.eval.knn import knn_predict, knn_predict_store
-from mocolab.eval.linear import fit_linear_cached, fit_linear_store, linear_cached, linear_cached_store
+from mocolab.eval.linear import fit_linear_store, linear_cached, linear_cached_store
 from mocolab.eval.store import FeatureStore
 
 
@@ -64,7 +64,7 @@ def test_chunked_knn_predicts_as_the_in_memory_knn(k, bank_chunk, query_chunk, t
 def test_chunked_cached_linear_fits_as_the_in_memory_probe(tmp_path):
     f_tr, y_tr = _features(900, seed=3)
     f_te, y_te = _features(300, seed=4)
-    probe, info = fit_linear_cached(f_tr, y_tr, 5, max_iter=100)
+    probe, info = fit_linear_store(FeatureStore.from_tensor(f_tr, y_tr), 5, max_iter=100, chunk=len(f_tr))  # one chunk
     st = _disk_store(f_tr, y_tr, folder=tmp_path)
     probe_s, info_s = fit_linear_store(st, 5, max_iter=100, chunk=128)
     torch.testing.assert_close(probe_s.mean, probe.mean)

@@ -92,6 +92,19 @@ def check_sizes(cfg, n_train: int = 0, device=None) -> None:
                          f" and {where} {_gb(have)}; make them smaller")
 
 
+def check_eval_size(image_size: int, batch_size: int = 512, device=None) -> None:
+    """Refuses an evaluation image size whose feature-extraction batch (batch x 3 x S x S float32,
+    eval.features' default 512 images) and one decoded image do not fit the memory of `device`."""
+    from .data import cache_size_for
+
+    side = cache_size_for(image_size)
+    need, have = batch_size * 3 * image_size * image_size * 4 + 3 * side * side, available_memory(device)
+    if need > have:
+        raise LimitError(f"--image-size {image_size} needs at least {_gb(need)} of memory (a batch of {batch_size} "
+                         f"images of 3 x {image_size} x {image_size} float32) and {device or 'this machine'} has "
+                         f"{_gb(have)}; give a smaller --image-size")
+
+
 def check_config(cfg, n_train: int = 0, device=None) -> None:
     """The temperatures and the sizes of a pretraining config (called by Config.validate, and by
     pretraining once the training set's size and the device are known)."""

@@ -39,16 +39,6 @@ class LinearProbe:
         return ((f - self.mean) / self.std) @ self.weight.t() + self.bias  # N x C
 
 
-def fit_linear_cached(f: torch.Tensor, y: torch.Tensor, num_classes: int, *, weight_decay: float | None = None,
-                      max_iter: int = 300, seed: int = 0) -> tuple[LinearProbe, dict]:
-    """f: N x D features (not normalised), y: N labels, in memory: fit_linear_store on them as one
-    chunk. With weight_decay=None the L2 strength is chosen from WD_GRID by top-1 on a seeded,
-    held-out 10% of (f, y), then refitted on all of it. Returns (probe, info with the chosen
-    weight_decay and the validation scores)."""
-    return fit_linear_store(FeatureStore.from_tensor(f, y), num_classes, weight_decay=weight_decay,
-                            max_iter=max_iter, seed=seed, chunk=max(1, len(f)), device=f.device)
-
-
 def linear_cached(f_train, y_train, f_test, y_test, num_classes: int, *, weight_decay: float | None = None,
                   max_iter: int = 300, seed: int = 0) -> dict:
     """Fits on the train features, scores on the test features (in memory, one chunk each) ->

@@ -14,7 +14,7 @@ import torch
 from .. import distributed as du
 from ..data import DataError, FileList, Splits, TensorData, cache_size_for, decoded_bytes, load_splits
 from ..errors import UsageError
-from ..limits import check_temperature
+from ..limits import check_eval_size, check_temperature
 from ..runtime import data_id, resolve_amp, resolve_device
 from .classify import FitConfig
 from .features import extract_features, extract_to_store
@@ -160,6 +160,7 @@ class Context:
 def _prepare(target: Target, ctx: Context):
     net, cfg = target.load()
     device = resolve_device(ctx.device)
+    check_eval_size(cfg.data.image_size, device=device)
     net = net.to(device)
     if cfg.run.channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -274,6 +275,7 @@ def run_knn(entry: str, ctx: Context, *, k: int = 200, t: float = 0.1, features:
             path = Path(entry) / "checkpoints" / "final.pth"
         net, cfg = load_for_eval(str(path), features, image_size)
     device = du.setup(resolve_device(ctx.device))  # under torchrun the features are sharded over ranks
+    check_eval_size(cfg.data.image_size, device=device)
     net = net.to(device)
     if cfg.run.channels_last:
         net = net.to(memory_format=torch.channels_last)
