@@ -74,6 +74,10 @@ def memory_needs(cfg, n_train: int = 0) -> dict[str, int]:
     return needs
 
 
+def _where(device) -> str:
+    return str(device) if device is not None and str(device).startswith("cuda") else "this machine"
+
+
 def _gb(n: float) -> str:
     return f"{n / 2**30:.1f} GB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MB"
 
@@ -85,11 +89,10 @@ def check_sizes(cfg, n_train: int = 0, device=None) -> None:
     total, have = sum(needs.values()), available_memory(device)
     if total > have:
         what, most = max(needs.items(), key=lambda kv: kv[1])
-        where = f"{device} has" if device is not None and str(device).startswith("cuda") else "this machine has"
         raise LimitError(f"the config needs at least {_gb(total)} of memory ({_gb(most)} for the {what}: "
                          f"moco.queue_size={cfg.moco.queue_size}, optim.batch_size={cfg.optim.batch_size}, "
                          f"data.image_size={cfg.data.image_size}{f', {n_train} training images' if n_train else ''})"
-                         f" and {where} {_gb(have)}; make them smaller")
+                         f" and {_where(device)} has {_gb(have)}; make them smaller")
 
 
 def check_eval_size(image_size: int, batch_size: int = 512, device=None) -> None:
@@ -101,7 +104,7 @@ def check_eval_size(image_size: int, batch_size: int = 512, device=None) -> None
     need, have = batch_size * 3 * image_size * image_size * 4 + 3 * side * side, available_memory(device)
     if need > have:
         raise LimitError(f"--image-size {image_size} needs at least {_gb(need)} of memory (a batch of {batch_size} "
-                         f"images of 3 x {image_size} x {image_size} float32) and {device or 'this machine'} has "
+                         f"images of 3 x {image_size} x {image_size} float32) and {_where(device)} has "
                          f"{_gb(have)}; give a smaller --image-size")
 
 
