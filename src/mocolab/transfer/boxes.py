@@ -70,6 +70,15 @@ def text_number(text: str | None, lo: float = -MAX_COORD, hi: float = MAX_COORD)
         return None
 
 
+def is_file(path: Path) -> bool:
+    """Path.is_file for names from a data file: a name too long for the file system, or holding a
+    NUL, is not a file (Path.is_file raises for the first)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def plural(n: int, what: str) -> str:
     if n != 1:
         ies = what.endswith("y")

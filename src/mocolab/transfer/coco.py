@@ -20,7 +20,17 @@ from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
 from mocolab.data import DataError
-from mocolab.transfer.boxes import MAX_COORD, MAX_ID, DetectionData, integer, make_item, number, plural, warn_file
+from mocolab.transfer.boxes import (
+    MAX_COORD,
+    MAX_ID,
+    DetectionData,
+    integer,
+    is_file,
+    make_item,
+    number,
+    plural,
+    warn_file,
+)
 
 
 def _read_json(path: Path) -> dict:
@@ -112,8 +122,8 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path,
             continue
         seen.add(image_id)
         img, anns = image_dir / name, by_image.pop(image_id, [])
-        if not img.is_file():
-            warnings.warn(f"skipped {name} of {path}: image not found: {img}", stacklevel=2)
+        if not is_file(img):
+            warnings.warn(f"skipped {name[:100]} of {path}: image not found in {image_dir}", stacklevel=2)
             continue
         boxes, labels, difficult, problems = [], [], [], []
         unknown, n_zero, n_bad, n_crowd = set(), 0, 0, 0
@@ -143,7 +153,7 @@ def load_coco(annotation_json: str | Path, image_dir: str | Path,
         if n_zero:
             problems.append(f"dropped {plural(n_zero, 'zero-size box')}")
         items.append(make_item(img, boxes, labels, difficult, w, h, image_id, problems))
-        warn_file(f"{path} ({name})", problems)
+        warn_file(f"{path} ({name[:100]})", problems)
     orphans = sum(len(v) for v in by_image.values())
     file_problems += [f"skipped {plural(n, 'image entry')} {why}" for why, n in skipped.items()]
     file_problems += [f"skipped {plural(n_bad_anns, 'annotation')} without an integer image_id"] * bool(n_bad_anns)

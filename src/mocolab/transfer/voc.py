@@ -19,7 +19,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from mocolab.data import DataError, open_image, why_unreadable
-from mocolab.transfer.boxes import MAX_COORD, DetectionData, make_item, plural, text_number, warn_file
+from mocolab.transfer.boxes import MAX_COORD, DetectionData, is_file, make_item, plural, text_number, warn_file
 
 COORDS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -90,10 +90,10 @@ def load_voc(root: str | Path, split: str, classes: list[str] | None = None) -> 
     parsed = []  # (image_id, xml, image path, width, height, objects, problems)
     for image_id, name in enumerate(ids, 1):
         if not _plain_name(name):
-            warnings.warn(f"skipped {name!r} of {split}.txt: an image id must be a plain file name", stacklevel=2)
+            warnings.warn(f"skipped {name[:100]!r} of {split}.txt: an image id must be a plain file name", stacklevel=2)
             continue
         xml, img = root / "Annotations" / f"{name}.xml", root / "JPEGImages" / f"{name}.jpg"
-        if not xml.is_file():
+        if not is_file(xml):
             warnings.warn(f"skipped {name}: annotation not found: {xml}", stacklevel=2)
             continue
         try:
@@ -102,7 +102,7 @@ def load_voc(root: str | Path, split: str, classes: list[str] | None = None) -> 
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             warnings.warn(f"skipped {xml}: not a readable VOC XML file ({msg})", stacklevel=2)
             continue
-        if not img.is_file():
+        if not is_file(img):
             warnings.warn(f"skipped {xml}: image not found: {img}", stacklevel=2)
             continue
         if w <= 0 or h <= 0:  # no usable <size>: read it from the image header
