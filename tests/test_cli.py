@@ -1,4 +1,5 @@
-"""The command line, end to end, on real CIFAR-10 JPEGs (small subsets)."""
+"""The command line, end to end, on real CIFAR-10 JPEGs (small subsets); a real `python -m mocolab`
+process for a one-line error and for a training run, the other cases in this process."""
 
 import json
 import subprocess
@@ -64,16 +65,27 @@ def test_wrong_path_is_one_clear_line(tmp_path):
     _one_line_error(res, "data folder not found")
 
 
-def test_empty_folder_is_one_clear_line(tmp_path):
+def _in_process_error(capsys, argv, text):
+    """The same one-line error through cli.main in this process (no interpreter start-up)."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("mocolab: error:")]
+    assert len(errors) == 1 and text in errors[0], err
+
+
+def test_empty_folder_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    res = _run_cli("pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
-    _one_line_error(res, "no images found")
+    _in_process_error(capsys, ["pretrain", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o")],
+                      "no images found")
 
 
-def test_bad_preset_and_key_are_one_clear_line(tmp_path):
-    _one_line_error(_run_cli("pretrain", "--preset", "nope", "--data", ".", "--out", str(tmp_path)),
-                    "unknown preset 'nope'")
-    _one_line_error(_run_cli("pretrain", "--data", ".", "--out", str(tmp_path), "optim.lrr=2"), "unknown config key")
+def test_bad_preset_and_key_are_one_clear_line(tmp_path, capsys):
+    _in_process_error(capsys, ["pretrain", "--preset", "nope", "--data", ".", "--out", str(tmp_path)],
+                      "unknown preset 'nope'")
+    _in_process_error(capsys, ["pretrain", "--data", ".", "--out", str(tmp_path), "optim.lrr=2"],
+                      "unknown config key")
 
 
 @pytest.mark.slow
@@ -89,12 +101,12 @@ def test_folder_with_a_corrupt_jpeg_warns_and_trains(cifar_dir, tmp_path):
     assert "skipped 1 unreadable image(s) out of 81" in res.stderr
 
 
-def test_unlabeled_folder_pretrains_without_knn(tmp_path):
+def test_unlabeled_folder_pretrains_without_knn(tmp_path, caplog):
     (tmp_path / "flat").mkdir()
     for i in range(20):
         Image.new("RGB", (20, 20), (i * 10, 50, 100)).save(tmp_path / "flat" / f"{i}.png")
-    res = _run_cli("pretrain", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "o"), "--epochs", "1",
-                   "optim.batch_size=8", "model.width=8", "moco.queue_size=32", "model.hidden_dim=32")
-    assert res.returncode == 0, res.stderr
-    assert "kNN skipped" in res.stderr
+    rc = main(["pretrain", "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "o"), "--epochs", "1",
+               "optim.batch_size=8", "model.width=8", "moco.queue_size=32", "model.hidden_dim=32"])
+    assert rc == 0
+    assert "kNN skipped" in caplog.text
     assert "knn_top1" not in json.loads((tmp_path / "o" / "summary.json").read_text())
