@@ -1,13 +1,14 @@
 """The catalogue of bad inputs, run against the command line: each must give a one-line error
 (exit 2, one `mocolab: error:` line saying what is wrong, no traceback) or a documented skip
-(exit 0 with its `warning: skipped ...` line); never a traceback or a silent acceptance.
+(exit 0 with its `warning: skipped ...` line), or, for a file another tool makes (a webdataset tar
+made with `tar cf`), read correctly (exit 0); never a traceback or a silent acceptance.
 
     python benchmarks/bad_inputs.py --data ../shared/data/cifar10 [--only WORD] [--json bad_inputs.json]
 
 Tiny data (a few CIFAR-10 JPEGs per class) and a tiny finished run are made in a temporary
 folder; each case is one `python -m mocolab ...` process (a few seconds each, one thread).
-It prints a line per case and the counts: one-line errors, documented skips, tracebacks, silent
-acceptances, other (goal: the last three 0); exit status 1 if any of those is not 0.
+It prints a line per case and the counts: one-line errors, documented skips, read correctly,
+tracebacks, silent acceptances, other (goal: the last three 0); exit status 1 if any of those is not 0.
 """
 
 from __future__ import annotations
@@ -67,18 +68,126 @@ def make_inputs(cifar: Path, tmp: Path) -> dict[str, str]:
         sys.exit(f"could not make the tiny run: {res.stderr[-2000:]}")
     (tmp / "truncated.pth").write_bytes((run / "backbone.pth").read_bytes()[:300])
     (tmp / "exists.pth").write_text("x")
-    return {"DATA": str(data), "CORRUPT": str(corrupt), "TRUNCATED": str(truncated), "FLAT": str(flat),
+    return make_hostile_inputs(data, tmp) | {
+            "DATA": str(data), "CORRUPT": str(corrupt), "TRUNCATED": str(truncated), "FLAT": str(flat),
             "EMPTY": str(tmp / "empty"), "TEXT": str(tmp / "text.pth"), "CODE": str(tmp / "code.pth"),
             "TRUNCPTH": str(tmp / "truncated.pth"), "BADYAML": str(tmp / "bad.yaml"),
             "KEYYAML": str(tmp / "unknown_key.yaml"), "AFILE": str(tmp / "a_file"), "RUN": str(run),
             "EXPORT": str(run / "backbone.pth"), "EXISTS": str(tmp / "exists.pth"), "TMP": str(tmp)}
 
 
+def _voc(root: Path, xmls: dict[str, str], jpeg: bytes, extra_ids=(), images: dict[str, bytes] | None = None) -> str:
+    """A VOC folder: trainval lists `xmls` (+ extra_ids), test one good image."""
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (root / sub).mkdir(parents=True)
+    xmls = {**xmls, "t0": VOC_GOOD}
+    for name, text in xmls.items():
+        (root / "Annotations" / f"{name}.xml").write_text(text)
+        (root / "JPEGImages" / f"{name}.jpg").write_bytes((images or {}).get(name, jpeg))
+    (root / "ImageSets/Main/trainval.txt").write_text("\n".join([*list(xmls)[:-1], *extra_ids]) + "\n")
+    (root / "ImageSets/Main/test.txt").write_text("t0\n")
+    return str(root)
+
+
+def _voc_xml(width="64", height="48", box=("11", "11", "30", "30")) -> str:
+    return (f"<annotation><size><width>{width}</width><height>{height}</height></size><object><name>cell</name>"
+            f"<bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin><xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox>"
+            "</object></annotation>")
+
+
+VOC_GOOD = _voc_xml()
+
+
+def _coco(root: Path, jpeg: bytes, images: list, annotations: list, text: str | None = None) -> str:
+    """A COCO folder: annotations/instances_{train,val}.json, train/ and val/ with 1.jpg 2.jpg 3.jpg."""
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        for i in (1, 2, 3):
+            (root / split / f"{i}.jpg").write_bytes(jpeg)
+    (root / "annotations").mkdir()
+    cats = [{"id": 1, "name": "cell"}]
+    good = [{"id": i, "file_name": f"{i}.jpg", "width": 64, "height": 48} for i in (1, 2, 3)]
+    anns = [{"id": i, "image_id": i, "category_id": 1, "bbox": [10, 10, 20, 20], "iscrowd": 0} for i in (1, 2, 3)]
+    (root / "annotations" / "instances_val.json").write_text(json.dumps({"images": good, "annotations": anns,
+                                                                         "categories": cats}))
+    (root / "annotations" / "instances_train.json").write_text(text if text is not None else json.dumps(
+        {"images": good + images, "annotations": anns + annotations, "categories": cats}))
+    return str(root)
+
+
+def make_hostile_inputs(data: Path, tmp: Path) -> dict[str, str]:
+    """Issue 28's files: an image of 1 x 200,000 pixels (a few hundred bytes), VOC and COCO folders
+    with hostile numbers, types and paths, a webdataset tar made with `tar cf x.tar .`, shards."""
+    import io
+    import shutil
+
+    from PIL import Image
+
+    long = tmp / "long"
+    shutil.copytree(data, long)
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 200_000)).save(buf, format="PNG")
+    long_png = buf.getvalue()
+    for split in ("train", "test"):
+        (long / split / "cat" / "long.png").write_bytes(long_png)
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (180, 40, 40)).save(buf, format="JPEG")
+    jpeg = buf.getvalue()
+    (tmp / "secret.jpg").write_bytes(jpeg)
+    bb = tmp / "r10w8.yaml"
+    bb.write_text("model: {arch: resnet10, width: 8, stem: imagenet}\ndata: {image_size: 64}\n")
+    dot = tmp / "dot_src"
+    dot.mkdir()
+    for p in sorted((data / "train" / "cat").glob("*.jpg")) + sorted((data / "train" / "airplane").glob("*.jpg")):
+        (dot / f"{len(list(dot.iterdir())):03d}.jpg").write_bytes(p.read_bytes())
+    subprocess.run(["tar", "cf", str(tmp / "dot.tar"), "."], cwd=dot, check=True)
+    shards = tmp / "shards" / "s"
+    res = subprocess.run([sys.executable, "-m", "mocolab", "shards", "--data", str(long / "train"), "--out",
+                          str(shards), "--shard-size", "100"], capture_output=True, text=True)
+    if res.returncode != 0:
+        sys.exit(f"could not write the shards: {res.stderr[-2000:]}")
+    vocs = tmp / "voc"
+    return {
+        "LONG": str(long), "BB": f"random:{bb}", "DOTTAR": str(tmp / "dot.tar"), "SHARDS": str(shards),
+        "LONGSHARDS": f"{shards}-{{000000..000000}}.tar",
+        "VOCINF": _voc(vocs / "inf", {"a": _voc_xml("inf", "1e999"), "b": VOC_GOOD}, jpeg),
+        "VOCNAN": _voc(vocs / "nan", {"a": _voc_xml(box=("nan", "1", "1e999", "5")), "b": VOC_GOOD}, jpeg),
+        "VOCID": _voc(vocs / "id", {"a": VOC_GOOD, "b": VOC_GOOD}, jpeg, extra_ids=["../nan/Annotations/a"]),
+        "VOCLONG": _voc(vocs / "long", {"a": VOC_GOOD, "b": VOC_GOOD, "c": VOC_GOOD}, jpeg, images={"c": long_png}),
+        "COCOINF": _coco(tmp / "coco_inf", jpeg, [{"id": float("inf"), "file_name": "1.jpg", "width": 64,
+                                                   "height": float("inf")}], []),
+        "COCOLIST": _coco(tmp / "coco_list", jpeg, [], [{"id": 9, "image_id": [1], "category_id": 1,
+                                                         "bbox": [1, 1, 5, 5]}]),
+        "COCOPATH": _coco(tmp / "coco_path", jpeg, [{"id": 7, "file_name": "../../secret.jpg", "width": 64,
+                                                     "height": 48},
+                                                    {"id": 8, "file_name": str(tmp / "secret.jpg"), "width": 64,
+                                                     "height": 48}], []),
+        "COCODUP": _coco(tmp / "coco_dup", jpeg, [{"id": 1, "file_name": "2.jpg", "width": 64, "height": 48}], []),
+        "COCOCROWD": _coco(tmp / "coco_crowd", jpeg, [], [{"id": 9, "image_id": 1, "category_id": 1,
+                                                           "bbox": [1, 1, 5, 5], "iscrowd": "no"}]),
+        "COCOTORN": _coco(tmp / "coco_torn", jpeg, [], [], text='{"images": [{"id": 1, "file_na'),
+    }
+
+
+TINY_DETECT = ["--iters", "2", "task.train_sizes=[64]", "task.test_size=64", "task.max_size=96",
+               "task.fpn_channels=8", "task.representation_size=16", "task.box_convs=1",
+               "task.anchor_sizes=[8,16,32,64,128]", "task.rpn_pre_nms_train=20", "task.rpn_post_nms_train=10",
+               "task.rpn_pre_nms_test=20", "task.rpn_post_nms_test=10", "task.rpn_batch_size=16",
+               "task.roi_batch_size=8", "task.box_detections_per_img=10", "task.workers=0", "task.warmup_iters=1",
+               "optim.batch_size=2", "optim.milestones=[]", "run.threads=1", "run.amp=off", "run.device=cpu"]
+
+
+def D(data):  # a tiny detection fine-tuning of 2 iterations into a fresh folder
+    return ["detect", "--backbone", "{BB}", "--data", data, "--out", "{NEW}", *TINY_DETECT]
+
+
 def P(*argv):  # a pretraining into a fresh folder
     return ["pretrain", *argv]
 
 
-# (name, argv, expected: "error" or "skip", text the error line or a warning line must hold)
+# (name, argv, expected, text): expected "error" (exit 2, one `mocolab: error:` line holding text), "skip" (exit 0,
+# a stderr line holding text) or "ok" (exit 0, text in the output: another tool's file read as it reads it).
+# To add a case: a line here; a file it needs: make_inputs or make_hostile_inputs, named by a {PLACEHOLDER}.
 CASES = [
     # paths and files
     ("data folder missing", P("--data", "{TMP}/missing", "--out", "{NEW}"), "error", "data folder not found"),
@@ -169,7 +278,7 @@ CASES = [
     ("supervised on unlabeled images", ["supervised", "--data", "{FLAT}", "--out", "{NEW}", *TINY], "error",
      "needs a labeled train split"),
     ("kNN on unlabeled images", ["knn", "--checkpoint", "{RUN}", "--data", "{FLAT}"], "error",
-     "kNN needs labeled"),
+     "needs labeled"),
     ("batch larger than the dataset", P("--data", "{DATA}", "--out", "{NEW}", "--epochs", "1", "model.width=8",
                                         "optim.batch_size=64", "moco.queue_size=64"), "error",
      "is larger than the dataset"),
@@ -179,6 +288,28 @@ CASES = [
                                        "run.skip_nonfinite=100"), "skip", "warning: skipped"),
     ("unlabeled data for kNN during pretraining", P("--data", "{FLAT}", "--out", "{NEW}", *TINY), "skip",
      "kNN skipped"),
+    # hostile files (issue 28): sizes from the header, annotation numbers, types and paths, other tools' shards
+    ("a 1 x 200,000 PNG among the images", P("--data", "{LONG}", "--out", "{NEW}", *TINY), "skip",
+     "too elongated to decode"),
+    ("a 1 x 200,000 PNG in streamed kNN", ["knn", "--checkpoint", "{RUN}", "--data", "{LONG}", "--stream", "on"],
+     "skip", "too elongated to decode"),
+    ("a 1 x 200,000 PNG in the pil backend", P("--data", "{LONG}", "--out", "{NEW}", *TINY, "data.backend=pil",
+                                               "data.cache=false"), "skip", "too elongated to decode"),
+    ("a 1 x 200,000 PNG in shards", P("--data", "{LONGSHARDS}", "--out", "{NEW}", *TINY), "skip",
+     "too elongated to decode"),
+    ("a 1 x 200,000 image in a VOC folder", D("{VOCLONG}"), "skip", "too elongated to decode"),
+    ("VOC width inf, height 1e999", D("{VOCINF}"), "skip", "unusable <size>"),
+    ("VOC box coordinates NaN and 1e999", D("{VOCNAN}"), "skip", "without a name or a finite numeric bndbox"),
+    ("VOC image id with ../", D("{VOCID}"), "skip", "an image id must be a plain file name"),
+    ("COCO Infinity id and size", D("{COCOINF}"), "skip", "malformed (id, width and height must be integers"),
+    ("COCO image_id given as a list", D("{COCOLIST}"), "skip", "without an integer image_id"),
+    ("COCO file_name absolute or ../", D("{COCOPATH}"), "skip", "leaves the image folder (not read)"),
+    ("COCO duplicate image id", D("{COCODUP}"), "skip", "with a duplicate id"),
+    ("COCO iscrowd 'no'", D("{COCOCROWD}"), "skip", "iscrowd value other than 0 or 1"),
+    ("COCO file torn mid-way", D("{COCOTORN}"), "error", "not a readable COCO JSON file"),
+    ("a tar made with `tar cf x.tar .`", P("--data", "{DOTTAR}", "--out", "{NEW}", *TINY), "ok", ""),
+    ("shards over existing shards", ["shards", "--data", "{LONG}/train", "--out", "{SHARDS}"], "error",
+     "pass --overwrite"),
 ]
 
 
@@ -193,6 +324,8 @@ def classify(res: subprocess.CompletedProcess, expected: str, text: str) -> str:
         if res.returncode == 2 and len(errors) == 1 and text in errors[0]:
             return "one-line error"
         return "other"
+    if expected == "ok":  # a file other tools make, read as they read it
+        return "read correctly" if res.returncode == 0 and text in res.stdout + err else "other"
     if res.returncode == 0 and any(text in line for line in err.replace("\r", "\n").splitlines()):
         return "documented skip"
     return "silent acceptance" if res.returncode == 0 else "other"
@@ -207,7 +340,8 @@ def main() -> int:
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    counts = dict.fromkeys(("one-line error", "documented skip", "traceback", "silent acceptance", "other"), 0)
+    counts = dict.fromkeys(("one-line error", "documented skip", "read correctly", "traceback", "silent acceptance",
+                            "other"), 0)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -229,10 +363,11 @@ def main() -> int:
             print(f"{outcome:17s} {name:42s} {shown[:110]}  ({time.perf_counter() - t0:.1f}s)", flush=True)
             rows.append({"case": name, "argv": argv, "expected": expected, "outcome": outcome,
                          "exit": res.returncode, "message": shown})
-    good = counts["one-line error"] + counts["documented skip"]
+    good = counts["one-line error"] + counts["documented skip"] + counts["read correctly"]
     bad = len(rows) - good
     print(f"{len(rows)} bad inputs: {counts['one-line error']} one-line errors, {counts['documented skip']} "
-          f"documented skips; {counts['traceback']} tracebacks, {counts['silent acceptance']} silent acceptances, "
+          f"documented skips, {counts['read correctly']} read correctly; {counts['traceback']} tracebacks, "
+          f"{counts['silent acceptance']} silent acceptances, "
           f"{counts['other']} other (goal: 0)")
     if args.json:
         Path(args.json).write_text(json.dumps({"counts": counts, "cases": rows}, indent=2))
