@@ -36,6 +36,15 @@ def cifar_dir() -> Path:
     return CIFAR
 
 
+@pytest.fixture(scope="session")
+def two_ranks(tmp_path_factory) -> Path:
+    """The folder of files that every 2-process gloo check writes (test_distributed, test_mocov3),
+    from one spawn for the session: each spawned process spends seconds importing torch."""
+    from test_distributed import spawn_two_rank_checks
+
+    return spawn_two_rank_checks(tmp_path_factory.mktemp("two_ranks"))
+
+
 def tiny_config(**over):
     """A small, fast config for unit tests (width-8 CIFAR ResNet-18)."""
     from mocolab.config import Config, apply_overrides

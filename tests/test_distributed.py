@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,6 +39,26 @@ def _init(rank, world, port):
     dist.init_process_group("gloo", rank=rank, world_size=world)
 
 
+def _two_rank_checks(rank, world, port, out):
+    """Every 2-rank check of the suite in one gloo group (a spawned process spends seconds
+    importing torch): each part seeds what it draws and writes its own files."""
+    from test_mocov3 import two_rank_part
+
+    _init(rank, world, port)
+    for method in METHODS:
+        _equivalence_part(rank, world, out, method)
+    _bn_groups_part(rank, out)
+    _shuffle_part(rank, out)
+    two_rank_part(rank, out)
+    dist.destroy_process_group()
+
+
+def spawn_two_rank_checks(out: Path) -> Path:
+    """Runs _two_rank_checks on 2 spawned processes; conftest's session fixture `two_ranks`."""
+    mp.start_processes(_two_rank_checks, args=(2, _port(), str(out)), nprocs=2, start_method="spawn")
+    return out
+
+
 def _inputs(step):
     g = torch.Generator().manual_seed(100 + step)
     return torch.randn(2 * B, 3, 16, 16, generator=g), torch.randn(2 * B, 3, 16, 16, generator=g)
@@ -64,23 +85,23 @@ def _state(model) -> dict:
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def _equivalence_worker(rank, world, port, out, method):
-    _init(rank, world, port)
+def _equivalence_part(rank, world, out, method):
     # bn_splits counts the global batch's BN groups: 2 on 2 ranks is one group per rank
     model, losses = _train(tiny_config(**{"model.bn_splits": 2, "moco.queue_size": 40, "moco.method": method}),
                            rank, world)
-    torch.save({"losses": losses, "state": _state(model)}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    torch.save({"losses": losses, "state": _state(model)}, f"{out}/{method}_rank{rank}.pt")
 
 
-@pytest.mark.parametrize("method", ["moco", "e2e", "bank", "mocov3"])
-def test_two_ranks_equal_one_process_with_the_same_bn_splits(tmp_path, method):
+METHODS = ["moco", "e2e", "bank", "mocov3"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_ranks_equal_one_process_with_the_same_bn_splits(two_ranks, method):
     """2 ranks x batch B with cross-rank Shuffle BN == 1 process x batch 2B, both with bn_splits=2:
     same losses, same state (queue with keys gathered in rank order; one global bank), same
     weights. Without the cross-rank shuffle the keys' BN groups would differ; without the
     gathers the queue, the bank or end-to-end's negatives would."""
-    mp.start_processes(_equivalence_worker, args=(2, _port(), str(tmp_path), method), nprocs=2, start_method="spawn")
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    r0, r1 = (torch.load(two_ranks / f"{method}_rank{r}.pt", weights_only=True) for r in (0, 1))
     for name in r0["state"]:  # queue, pointer, bank and f_k identical on both ranks
         if name.startswith(("queue.", "bank.", "encoder_k.")) and "running" not in name:
             assert torch.equal(r0["state"][name], r1["state"][name]), name
@@ -119,10 +140,9 @@ def _bn_forward(cfg, x):
     return model, y, bufs
 
 
-def _bn_groups_worker(rank, world, port, out):
+def _bn_groups_part(rank, out):
     from mocolab.config import ConfigError, check_bn_groups
 
-    _init(rank, world, port)
     cfg = tiny_config(**{"model.bn_splits": 4, "optim.batch_size": 16})  # the preset: groups of 4 images
     x = torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(5))[rank * 8:(rank + 1) * 8]
     model, y, bufs = _bn_forward(cfg, x)  # this rank's 8 images
@@ -136,14 +156,12 @@ def _bn_groups_worker(rank, world, port, out):
             errors.append(str(e))
     torch.save({"y": y, "bufs": bufs, "splits": splits, "groups": check_bn_groups(4, 16, du.world_size()),
                 "errors": errors}, f"{out}/bn{rank}.pt")
-    dist.destroy_process_group()
 
 
-def test_bn_splits_counts_the_global_batch_groups(tmp_path):
+def test_bn_splits_counts_the_global_batch_groups(two_ranks):
     """model.bn_splits=4 with a global batch of 16: on 2 ranks each rank normalises its 8 images in
     2 groups of 4, as 1 process normalises 16 images in 4 groups of 4 (the same outputs)."""
-    mp.start_processes(_bn_groups_worker, args=(2, _port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    r = [torch.load(tmp_path / f"bn{i}.pt", weights_only=True) for i in (0, 1)]
+    r = [torch.load(two_ranks / f"bn{i}.pt", weights_only=True) for i in (0, 1)]
     assert r[0]["splits"] == r[1]["splits"] == [2] and r[0]["groups"] == (2, 4)
     assert "must be divisible by the number of processes (2)" in r[0]["errors"][0]
     assert "BN groups of 1 image" in r[0]["errors"][1] and len(r[0]["errors"]) == 2
@@ -187,13 +205,12 @@ def test_a_bn_group_of_one_image_is_a_config_error():
         tiny_config(**{"model.bn_splits": 8, "optim.batch_size": 8})
 
 
-def _shuffle_worker(rank, world, port, out):
-    _init(rank, world, port)
+def _shuffle_part(rank, out):
     x = (100 * rank + torch.arange(B, dtype=torch.float32)).view(B, 1)  # this rank's samples
     g = torch.Generator().manual_seed(rank)  # only rank 0's permutation counts (broadcast)
     x_shuffled, idx_unshuffle = du.batch_shuffle(x, g)
     restored = du.batch_unshuffle(x_shuffled * 1.0, idx_unshuffle)
-    torch.save({"x": x, "shuffled": x_shuffled, "restored": restored, "perm": idx_unshuffle}, f"{out}/rank{rank}.pt")
+    torch.save({"x": x, "shuffled": x_shuffled, "restored": restored, "perm": idx_unshuffle}, f"{out}/shuffle{rank}.pt")
 
     # features of a dataset whose size is not a multiple of the world size: all, once, in order
     n = 7
@@ -204,12 +221,10 @@ def _shuffle_worker(rank, world, port, out):
     net[1].reset_parameters()
     f, y = extract_features(net, data, [0.0] * 3, [1.0] * 3, batch_size=2)
     torch.save({"f": f, "y": y}, f"{out}/feat{rank}.pt")
-    dist.destroy_process_group()
 
 
-def test_cross_rank_shuffle_and_feature_gathering(tmp_path):
-    mp.start_processes(_shuffle_worker, args=(2, _port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in (0, 1)]
+def test_cross_rank_shuffle_and_feature_gathering(two_ranks):
+    r = [torch.load(two_ranks / f"shuffle{i}.pt", weights_only=True) for i in (0, 1)]
     for i in (0, 1):
         assert torch.equal(r[i]["restored"], r[i]["x"])  # unshuffle restores this rank's order
         came_from = (r[i]["shuffled"] // 100).long().flatten()
@@ -218,7 +233,7 @@ def test_cross_rank_shuffle_and_feature_gathering(tmp_path):
     assert torch.equal(both, torch.cat([r[0]["x"], r[1]["x"]]).flatten().sort().values)  # a permutation
     assert torch.equal(r[0]["perm"], r[1]["perm"])  # one permutation, from rank 0
 
-    feats = [torch.load(tmp_path / f"feat{i}.pt", weights_only=True) for i in (0, 1)]
+    feats = [torch.load(two_ranks / f"feat{i}.pt", weights_only=True) for i in (0, 1)]
     assert feats[0]["y"].tolist() == list(range(7)) and torch.equal(feats[0]["f"], feats[1]["f"])
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
     torch.manual_seed(0)
@@ -240,32 +255,49 @@ def test_sync_bn_option_converts_and_needs_one_split():
 
 
 @pytest.mark.slow
-def test_torchrun_pretrains_then_resumes_on_one_process(cifar_dir, tmp_path):
+def test_torchrun_pretrains_then_resumes_on_one_process(cifar_dir, tmp_path, capsys):
+    """torchrun --nproc_per_node=2 (real processes) pretrains and evaluates kNN sharded over the
+    ranks; the one-process kNN and the one-process resume run in this process."""
+    from mocolab.cli import main
+
     out = tmp_path / "run"
-    common = ["--data", str(cifar_dir), "--out", str(out), "model.width=8", "model.hidden_dim=32", "data.limit=256",
+    common = ["--data", str(cifar_dir), "--out", str(out), "model.width=8", "model.hidden_dim=32", "data.limit=128",
               "optim.batch_size=32", "model.bn_splits=4", "moco.queue_size=128", "run.log_every=2", "data.workers=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                          str(_port()), "-m", "mocolab", "pretrain", "--epochs", "1", *common],
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port"]
+    res = subprocess.run([*torchrun, str(_port()), "-m", "mocolab", "pretrain", "--epochs", "1", *common],
                          capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == 2 and summary["steps"] == 8 and 0 <= summary["knn_top1"] <= 100
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 4  # rank 0 alone writes
-    assert safe_load(out / "checkpoints" / "epoch_0001.pth")["progress"]["images"] == 256
+    assert summary["processes"] == 2 and summary["steps"] == 4 and 0 <= summary["knn_top1"] <= 100
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # rank 0 alone writes
+    assert safe_load(out / "checkpoints" / "epoch_0001.pth")["progress"]["images"] == 128
 
     # kNN of the final checkpoint: one process, and sharded over 2 ranks, agree with the monitor
-    knn = ["-m", "mocolab", "knn", "--checkpoint", str(out / "checkpoints" / "final.pth"), "--data", str(cifar_dir),
-           "--limit", "256"]
-    for launcher in ([], ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_port())]):
-        res = subprocess.run([sys.executable, *launcher, *knn], capture_output=True, text=True, timeout=600, env=env)
-        assert res.returncode == 0 and res.stdout.count("kNN top-1") == 1, res.stderr[-3000:]  # rank 0 reports
+    knn = ["knn", "--checkpoint", str(out / "checkpoints" / "final.pth"), "--data", str(cifar_dir), "--limit", "128"]
+
+    def one_process():
+        capsys.readouterr()
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(1)
+            assert main(knn) == 0
+        finally:
+            torch.set_num_threads(threads)
+        return capsys.readouterr().out
+
+    def two_ranks():
+        res = subprocess.run([*torchrun, str(_port()), "-m", "mocolab", *knn], capture_output=True, text=True,
+                             timeout=600, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return res.stdout
+
+    for launch in (one_process, two_ranks):
+        assert launch().count("kNN top-1") == 1  # rank 0 reports
         (found,) = (out / "checkpoints").glob("final.knn_k200_t0.1_backbone.seed0.*.json")  # both runs: one file
         got = json.loads(found.read_text())
-        assert got["test_size"] == 256 and abs(got["knn_top1"] - summary["knn_top1"]) <= 100 / 256 + 1e-9  # one image
+        assert got["test_size"] == 128 and abs(got["knn_top1"] - summary["knn_top1"]) <= 100 / 128 + 1e-9  # one image
 
-    res = subprocess.run([sys.executable, "-m", "mocolab", "pretrain", "--epochs", "2", "--resume", "auto", *common],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert main(["pretrain", "--epochs", "2", "--resume", "auto", *common]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processes"] == 1 and summary["steps"] == 16
+    assert summary["processes"] == 1 and summary["steps"] == 8

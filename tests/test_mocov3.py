@@ -2,12 +2,9 @@
 as negatives, under 2 ranks too), the momentum schedule's end points, what a step trains."""
 
 import math
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from conftest import tiny_config
 from torch import nn
@@ -113,30 +110,24 @@ def test_config_and_a_train_step():
         tiny_config(**{"moco.method": "mocov3", "data.small_crops": 2})
 
 
-def _two_rank_worker(rank, world, port, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def two_rank_part(rank, out):
+    """Rank `rank`'s loss on its half of a global batch of 6 (run by test_distributed's 2-rank spawn)."""
     torch.manual_seed(0)
     method = MoCoV3(Flat(), None, T=0.2)
     x1, x2 = (x[rank * 3:(rank + 1) * 3] for x in _views(6))  # this rank's half of a global batch of 6
     loss = method(x1, x2)[0]
-    torch.save({"loss": loss.item()}, f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
+    torch.save({"loss": loss.item()}, f"{out}/mocov3_loss{rank}.pt")
 
 
 @pytest.mark.dist
-def test_two_ranks_take_the_global_batchs_keys_as_negatives(tmp_path):
-    from test_distributed import _port
-
-    mp.start_processes(_two_rank_worker, args=(2, _port(), str(tmp_path)), nprocs=2, start_method="spawn")
+def test_two_ranks_take_the_global_batchs_keys_as_negatives(two_ranks):
     torch.manual_seed(0)
     method = MoCoV3(Flat(), None, T=0.2)
     x1, x2 = _views(6)
     k1, k2 = method.encoder_k(x1).tolist(), method.encoder_k(x2).tolist()  # all 6 keys: 5 negatives each
     for r in (0, 1):
         q1, q2 = method.encoder_q(x1[r * 3:(r + 1) * 3]).tolist(), method.encoder_q(x2[r * 3:(r + 1) * 3]).tolist()
-        got = torch.load(tmp_path / f"rank{r}.pt")["loss"]
+        got = torch.load(two_ranks / f"mocov3_loss{r}.pt", weights_only=True)["loss"]
         assert got == pytest.approx(_hand_loss(q1, q2, k1, k2, 0.2, offset=3 * r), rel=1e-5)
 
 

@@ -199,7 +199,7 @@ def _cli(argv):
 
 @pytest.mark.slow
 def test_sweep_end_to_end(cifar_dir, tmp_path):
-    data = cifar_subset(cifar_dir, tmp_path / "d", 64)
+    data = cifar_subset(cifar_dir, tmp_path / "d", 32)  # 64 train images: 2 steps of 32 a cell
     out = tmp_path / "sweep"
     argv = ["--preset", "cifar10_cpu", "--data", str(data), "--out", str(out), "--epochs", "1",
             "--grid", "moco.queue_size=64,128", "--set", "optim.batch_size=32", "model.bn_splits=2",
