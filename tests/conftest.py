@@ -26,6 +26,16 @@ def _isolated_cache(tmp_path_factory):
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    """A command run in this process with run.threads=N sets torch's thread count for the whole
+    process: each test gets back the count it started with, whatever ran before it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
     """The real CIFAR-10 JPEGs (../shared/data/cifar10). CI must have them: there it fails."""
