@@ -37,7 +37,7 @@ from mocolab.step import train_step  # noqa: E402
 from mocolab.transfer.config import build_transfer_config  # noqa: E402
 from mocolab.transfer.detect import DetectionMethod, build_model, detection_source, load_detection  # noqa: E402
 from mocolab.transfer.feeds import DetectionFeed, SegmentationFeed  # noqa: E402
-from mocolab.transfer.models import _freeze_stages, build_segmenter, load_backbone  # noqa: E402
+from mocolab.transfer.models import build_segmenter, freeze_stages, load_backbone  # noqa: E402
 from mocolab.transfer.segment import SegmentationMethod, load_segmentation  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared/data"
@@ -63,7 +63,7 @@ def build_task(kind: str, cfg, backbone_src: str, data: str, device: torch.devic
         model = build_segmenter(backbone, meta, train_data.num_classes, head=t.head, norm=t.norm, aux=t.aux)
         model = model.to(device)
         if t.trainable_layers < 5:
-            _freeze_stages(model.net.backbone, t.trainable_layers)
+            freeze_stages(model.net.backbone, t.trainable_layers)
         method = SegmentationMethod(model, t.ignore_index)
         feed = SegmentationFeed(train_data, cfg, train=True, device=device)
     return method, feed

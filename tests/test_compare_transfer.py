@@ -91,8 +91,8 @@ class FakeRunner:
         self.calls, self.rc, self.fail_at = [], rc, fail_at
 
     def __call__(self, cmd):
+        from mocolab.transfer.cli import command_overrides
         from mocolab.transfer.config import build_transfer_config
-        from mocolab.transfer.run import command_overrides
 
         assert cmd[:3] == [sys.executable, "-m", "mocolab"]
         args, extra = cli.parser().parse_known_args(cmd[3:])

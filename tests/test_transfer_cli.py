@@ -206,8 +206,8 @@ def test_train_images_is_a_seeded_subset_the_same_for_every_backbone(voc):
     """task.train_images=N: N training images drawn with run.seed (few labels), the same draw for
     any backbone at that seed; too many is a one-line data error."""
     from mocolab.data import DataError
+    from mocolab.transfer.common import labeled_subset
     from mocolab.transfer.masks import SegData
-    from mocolab.transfer.run import labeled_subset
     from mocolab.transfer.voc import load_voc
 
     train = load_voc(voc, "trainval")
@@ -230,8 +230,8 @@ def test_train_images_is_a_seeded_subset_the_same_for_every_backbone(voc):
 def test_subset_seed_fixes_the_labeled_images_across_seeds():
     """task.subset_seed=-1 (default) draws the labeled images with run.seed; a seed >= 0 draws one
     subset that every run.seed shares."""
+    from mocolab.transfer.common import subset_seed
     from mocolab.transfer.config import build_transfer_config
-    from mocolab.transfer.run import subset_seed
 
     assert [subset_seed(build_transfer_config("bccd_cpu", [f"run.seed={s}"])) for s in (0, 3)] == [0, 3]
     fixed = [build_transfer_config("bccd_cpu", [f"run.seed={s}", "task.subset_seed=7"]) for s in (0, 3)]

@@ -4,20 +4,15 @@ sweep | shards | presets`: parse, build the config, call the library."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import traceback
 import warnings
-from pathlib import Path
-
-import torch
 
 from . import distributed as du
 from .config import build_config, command_line_overrides, preset_names
-from .data import DataError
-from .errors import PathError, UsageError, is_user_error
+from .errors import is_user_error
 from .runtime import RESUME_HELP, RUN_OVERWRITE_HELP, Preempted, check_arguments, prepare_run_dir
 
 log = logging.getLogger("mocolab")
@@ -53,73 +48,17 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_knn(args) -> int:
-    from .data import cache_size_for, load_splits
-    from .eval.load import load_for_eval, random_backbone, resolve_entry
-    from .eval.results import result_path
-    from .runtime import resolve_amp, resolve_device
+    from .eval.cli import context
+    from .eval.protocols import run_knn
 
     check_arguments(args)
-    _, path, base = resolve_entry(args.checkpoint)  # the same inputs as linear, finetune, compare, export
-    if path is None:
-        if args.features == "head":
-            raise UsageError("--features head needs a trained checkpoint; random:PRESET has only a backbone")
-        net, cfg = random_backbone(args.checkpoint[len("random:"):], 0, args.image_size)
-    else:
-        if args.features == "head" and Path(args.checkpoint).is_dir():  # the head is in the training state
-            path = Path(args.checkpoint) / "checkpoints" / "final.pth"
-        net, cfg = load_for_eval(str(path), args.features, args.image_size)
-    device = du.setup(resolve_device(args.device))  # under torchrun the features are sharded over ranks
-    net = net.to(device)
-    if cfg.run.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    from .eval.cli import context
-
     ctx = context(argparse.Namespace(**{**vars(args), "seed": 0}))
-    dtype = resolve_amp(args.amp or cfg.run.amp, device)  # as in the run, so the figures agree
-    kw = dict(device=device, autocast_dtype=dtype, size=cfg.data.image_size, channels_last=cfg.run.channels_last)
-    how = "memory"
-    if ctx.streaming(cfg.data.image_size):  # files -> DataLoader workers -> feature stores, read chunk by chunk
-        from .eval.features import extract_to_store
-        from .eval.protocols import knn_from_stores
-
-        files = ctx.files()
-        kw.update(memory_limit=ctx.memory_limit, store_dtype=ctx.store_dtype, workers=cfg.data.workers)
-        with extract_to_store(net, files.train_files, cfg.data.mean, cfg.data.std, **kw) as train, \
-                extract_to_store(net, files.test_files, cfg.data.mean, cfg.data.std, **kw) as test:
-            acc = knn_from_stores(train, test, len(files.train_files.classes), args.k, args.t, ctx, device)
-            how = f"disk {ctx.store_dtype}" if train.on_disk or test.on_disk else "memory (streamed)"
-            n_train, n_test = len(train), len(test)
-    else:
-        with du.main_first():  # rank 0 decodes into the shared cache first
-            splits = load_splits(args.data, cache_size_for(cfg.data.image_size), limit=args.limit,
-                                 workers=cfg.data.workers)
-        if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
-            raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {args.data}")
-        from .eval.features import extract_features
-        from .eval.protocols import knn_from_stores
-        from .eval.store import FeatureStore
-
-        kw["normalize"] = False  # raw features, normalised by knn_from_stores as streamed ones are
-        train = FeatureStore.from_tensor(*extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw))
-        test = FeatureStore.from_tensor(*extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw))
-        acc = knn_from_stores(train, test, len(splits.train.classes), args.k, args.t, ctx, device)
-        n_train, n_test = len(splits.train), len(splits.test)
-    result = {"protocol": "knn", "knn_top1": acc, "k": args.k, "t": args.t, "features": args.features,
-              "checkpoint": str(args.checkpoint), "data": str(args.data), "train_size": n_train,
-              "test_size": n_test, "features_store": how}
+    res = run_knn(args.checkpoint, ctx, k=args.k, t=args.t, features=args.features, image_size=args.image_size)
     if not du.is_main():
         return 0
-    # named by the command and its settings: never the file of `mocolab compare` (BASE.knn.seed0.*.json)
-    # or of a kNN with other settings (data, limit, image size: in the digest)
-    out = result_path(base, f"knn_k{args.k}_t{args.t:g}_{args.features}",
-                      {"seed": 0, "data": str(args.data), "limit": args.limit, "image_size": cfg.data.image_size})
-    print(f"kNN top-1 {acc:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
-          f"{n_train} train / {n_test} test images; features in {how})")
-    try:
-        out.write_text(json.dumps(result, indent=2))
-    except OSError as e:  # a read-only checkpoint folder, a full disk: the figure above is not saved
-        raise PathError(f"could not write the result {out}: {e.strerror or e}") from None
-    print(f"written: {out}")
+    print(f"kNN top-1 {res['knn_top1']:.2f}% (k={args.k}, t={args.t}, {args.features} features, "
+          f"{res['train_size']} train / {res['test_size']} test images; features in {res['features_store']})")
+    print(f"written: {res['result_file']}")
     return 0
 
 
@@ -166,7 +105,8 @@ def parser() -> argparse.ArgumentParser:
                          "MoCo or torchvision weights, or random:PRESET (an untrained backbone)")
     kn.add_argument("--data", required=True, help="folder with labeled train/ and test/ (or val/)")
     kn.add_argument("--k", type=int, default=200)
-    kn.add_argument("--t", type=float, default=0.1)
+    kn.add_argument("--t", type=float, default=0.1, help="the vote's temperature, >= 1e-4 (default 0.1; as it goes "
+                    "to 0 the vote becomes 1-NN)")
     kn.add_argument("--features", choices=["backbone", "head"], default="backbone")
     kn.add_argument("--image-size", type=int)
     kn.add_argument("--device", default="auto")
@@ -184,13 +124,13 @@ def parser() -> argparse.ArgumentParser:
     from .export import add_command as add_export
     from .report.cli import add_command as add_report
     from .sweep import add_command as add_sweep
-    from .transfer.run import add_commands as add_transfer_commands
+    from .transfer.cli import add_commands as add_transfer_commands
 
     add_transfer_commands(sub)  # detect | segment: fine-tune a backbone for detection / segmentation
 
     add_export(sub)  # export CKPT --format torchvision|timm|detectron2|safetensors|folder
-    from .embed import add_command as add_embed
-    from .neighbors import add_command as add_neighbors
+    from .embeddings import add_command as add_embed
+    from .nearest import add_command as add_neighbors
 
     add_embed(sub)  # embed SRC --data DIR --out FILE: features, paths, labels
     add_neighbors(sub)  # neighbors SRC --data DIR --out DIR: neighbours, duplicates, leakage

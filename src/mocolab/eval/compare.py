@@ -5,7 +5,8 @@ Transfer columns (`--detect DIR`, `--segment DIR`): every entry fine-tuned with 
 (a transfer preset plus overrides) at each seed, as `mocolab detect | segment` processes in
 OUT/transfer/<task>/<entry>/seed<S>/ (cell.json: what the cell is). A cell whose result file
 matches (weights, data, seed, settings) is reused; one with checkpoints only is continued with
-`--resume auto`; one made for other settings is started over. A cell's exit 75 (SIGTERM) stops
+`--resume auto`; one made for other settings (or with a torn cell.json) is moved aside to
+SEED.replaced-<timestamp>/, never deleted, and started over. A cell's exit 75 (SIGTERM) stops
 the compare with the table so far and exit 75: the same command goes on."""
 
 from __future__ import annotations
@@ -14,21 +15,20 @@ import json
 import logging
 import math
 import re
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UsageError
-from ..runtime import Preempted, data_id, read_json, run_process
+from ..registry import TASKS
+from ..runfiles import read_json, write_json, write_text
+from ..runtime import Preempted, data_id, lock_run_dir, move_aside, run_process
 from .linear import CACHED, PAPER
 from .protocols import Context, Target, knn_and_linear_cached, run_finetune, run_linear_paper
 
 log = logging.getLogger("mocolab")
 
 PROTOCOLS = ("knn", "linear_cached", "linear_paper", "finetune")
-# per task: (key in detect.json / segment.json, column title)
-TRANSFER_COLUMNS = {"detect": [("AP50", "detect AP50"), ("AP", "detect AP")], "segment": [("mIoU", "segment mIoU")]}
 # settings that change where and how fast a cell runs, not its result: ignored when matching
 RUNTIME_KEYS = {"run": ("threads", "device", "log_every", "keep_checkpoints", "checkpoint_every", "save_every"),
                 "task": ("workers", "eval_batch")}
@@ -69,10 +69,7 @@ class TransferSpec:
         self.config()
         if not Path(self.data).is_dir():
             raise DataError(f"--{self.kind}: data folder not found: {self.data}")
-        if self.kind == "detect":
-            from ..transfer.detect import detection_source
-
-            detection_source(self.data)
+        TASKS.get(self.kind).check_data(self.data)
 
     def describe(self) -> dict:
         cfg = self.config()
@@ -80,7 +77,7 @@ class TransferSpec:
                     f"{cfg.task.iters} iterations" if cfg.task.iters else f"{cfg.run.epochs} epochs")
         return {"data": data_id(self.data), "preset": self.preset, "set": list(self.overrides),
                 "budget_minutes": self.budget_minutes or None, "schedule": schedule, "head": cfg.task.head,
-                "norm": cfg.task.norm, "metric": cfg.task.eval_metric if self.kind == "detect" else "mIoU"}
+                "norm": cfg.task.norm, "metric": TASKS.get(self.kind).metric_name(cfg)}
 
 
 def _comparable(settings: dict) -> dict:
@@ -169,17 +166,18 @@ def finished_result(cell: Path, want: dict) -> dict | None:
 def transfer_cell(tg: Target, spec: TransferSpec, seed: int, cell: Path, runner, force: bool = False):
     """Reuses, continues or runs one fine-tune -> (result or None, exit code)."""
     want = cell_spec(tg, spec, seed)
-    old = read_json(cell / "cell.json").get("spec")
+    old = read_json(cell / "cell.json").get("spec")  # torn or hand-edited: {} (a warning names it)
     if cell.is_dir() and any(cell.iterdir()) and (force or not _same_spec(old, want)):
-        log.warning("%s: %s; starting it over", cell, "--force" if force else "made for other settings")
-        shutil.rmtree(cell)
+        why = "--force" if force else "made for other settings" if old else "no readable cell.json"
+        aside = move_aside(cell)  # never deleted: a cell holds hours of fine-tuning
+        log.warning("%s: %s; moved aside to %s, starting it over", cell, why, aside.name)
     elif (res := finished_result(cell, want)) is not None:
         log.info("%s: finished, reused", cell)
         return res, 0
     cell.mkdir(parents=True, exist_ok=True)
     backbone = tg.entry if tg.path is None else want["source"]
     cmd = spec.command(backbone, cell, seed)
-    (cell / "cell.json").write_text(json.dumps({"spec": want, "command": cmd}, indent=2))
+    write_json(cell / "cell.json", {"spec": want, "command": cmd})
     log.info("%s: %s", cell, "continuing" if (cell / "checkpoints").is_dir() else "fine-tuning")
     rc = runner(cmd)
     if rc != 0:
@@ -223,10 +221,11 @@ def compare(entries: list[str], ctx: Context, out: str | Path, *, protocols=("kn
     for spec in transfer:
         spec.check()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    lock_run_dir(out)  # one compare per folder: two would run (and move aside) the same cells
     targets = [Target.from_entry(e, out, ctx.seed) for e in entries]
     cols = column_names(protocols, fractions)
-    tcols = [(spec.kind, key, title) for spec in transfer for key, title in TRANSFER_COLUMNS[spec.kind]]
+    # per task: (key in its result file, column title)
+    tcols = [(spec.kind, key, title) for spec in transfer for key, title in TASKS.get(spec.kind).columns]
     rows = []
     for tg in targets:
         res = {}
@@ -258,8 +257,8 @@ def compare(entries: list[str], ctx: Context, out: str | Path, *, protocols=("kn
                 r["transfer"][title] = {"seeds": [s for s, *_ in got], "values": vals, "mean": m, "std": sd,
                                         "n": n, "results": [str(c / f"{kind}.json") for *_, c in got]}
         paired_with_random(rows)
-        (out / "compare.json").write_text(json.dumps(table, indent=2))
-        (out / "compare.md").write_text(markdown(table))
+        write_json(out / "compare.json", table)
+        write_text(out / "compare.md", markdown(table))
         if png:
             bar_chart(table, out / "compare.png")
 
@@ -312,8 +311,10 @@ def markdown(table: dict) -> str:
                      + (f" (first {table['limit']} images per split)" if table["limit"] else "")
                      + f", seed {table['seed']}.")
     for kind, d in table.get("transfer", {}).items():
-        what = ("detect AP50 / AP (%): Faster R-CNN " + d["head"].upper() + f", {METRICS.get(d['metric'], d['metric'])}"
-                if kind == "detect" else f"segment mIoU (%): {d['head'].upper()}")
+        keys = [key for key, _ in TASKS.get(kind).columns]
+        what = f"{kind} {' / '.join(keys)} (%): {d['head'].upper()}"
+        if d["metric"] not in keys:  # detection's AP definition (VOC, VOC07, COCO)
+            what += f", {METRICS.get(d['metric'], d['metric'])}"
         lines.append(f"{what}; fine-tuned on {d['data']} and scored on its test split, the same recipe for every "
                      f"backbone (preset {d['preset']}, {d['schedule']}, norm {d['norm']}); mean ± std (runs) over "
                      f"seeds {', '.join(map(str, d['seeds']))}.")
@@ -344,11 +345,11 @@ def markdown(table: dict) -> str:
 def bar_chart(table: dict, path: Path) -> None:
     """Grouped bars: one group per column (protocol or transfer metric), one bar per row
     (model); the transfer columns show the mean over seeds with the std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+
+    from ..plotting import save, setup
+
+    plt = setup()
 
     top, tcols, rows = table["columns"], table.get("transfer_columns", []), table["rows"]
     cols = top + tcols
@@ -369,12 +370,12 @@ def bar_chart(table: dict, path: Path) -> None:
                 ax.text(xx, v + e + 0.5, f"{v:.1f}", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(x, cols)
     kinds = table.get("transfer", {})
-    ax.set_ylabel(" / ".join((["test top-1"] if top else []) + (["AP"] if "detect" in kinds else [])
-                             + (["mIoU"] if "segment" in kinds else [])) + " (%)")
+    # the tasks' measures without their thresholds (AP50, AP -> AP)
+    units = [key.rstrip("0123456789") for kind in kinds for key, _ in TASKS.get(kind).columns]
+    ax.set_ylabel(" / ".join((["test top-1"] if top else []) + list(dict.fromkeys(units))) + " (%)")
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title("; ".join(([Path(table["data"]).name] if table["data"] else [])
                            + (["transfer: mean over seeds, error bars 1 std"] if tcols else [])))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)

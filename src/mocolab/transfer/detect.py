@@ -16,14 +16,16 @@ import torch
 from .. import distributed as du
 from ..data import DataError
 from ..methods.base import Method
+from ..registry import TASKS
 from ..runtime import seed_everything
 from .boxes import DetectionData
 from .coco import load_coco
+from .common import backbone_record, gather, labeled_subset, setup, subset_seed, train, write_results
 from .config import TransferConfig
 from .feeds import DetectionFeed
 from .metrics import coco_detection_ap, voc_detection_ap
 from .models import build_detector, detection_loss, load_backbone
-from .run import backbone_record, gather, labeled_subset, setup, subset_seed, train, write_results
+from .task import Task
 from .voc import load_voc
 
 log = logging.getLogger("mocolab")
@@ -216,6 +218,40 @@ def run_detect(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     summary.update({k: scores[k] for k in ("AP", "AP50", "AP75", "metric")}, coco_AP=scores["coco"]["AP"],
                    backbone=meta.get("source"))
     write_results(out, "detect.json", result, summary)
-    trainer.logger.close()
     du.barrier()
     return result
+
+
+def add_arguments(p) -> None:
+    """`mocolab detect`'s data options."""
+    p.add_argument("--data", action="append", metavar="DIR",
+                   help="VOC folder (Annotations/, JPEGImages/, ImageSets/Main/: trainval or train "
+                        "to train, test or val to test; repeat --data to train on several, e.g. "
+                        "VOC2007 and VOC2012, tested on the first) or COCO folder "
+                        "(annotations/instances_{train,val}*.json + image folders)")
+    p.add_argument("--train-json", help="COCO: training annotations (instead of --data)")
+    p.add_argument("--train-images", help="COCO: the training images' folder")
+    p.add_argument("--test-json", help="COCO: test annotations")
+    p.add_argument("--test-images", help="COCO: the test images' folder")
+
+
+def headline(result: dict) -> str:
+    return (f"AP {result['AP']:.2f}, AP50 {result['AP50']:.2f}, AP75 {result['AP75']:.2f} "
+            f"({result['metric']}); COCO AP {result['coco']['AP']:.2f}")
+
+
+TASKS.register(Task(
+    name="detect",
+    help="Faster R-CNN (FPN or the paper's C4) fine-tuned from a backbone; VOC and COCO AP on the test split",
+    default_preset="bccd_cpu",
+    columns=(("AP50", "detect AP50"), ("AP", "detect AP")),
+    add_arguments=add_arguments,
+    source_from_args=lambda a: detection_source(a.data, a.train_json, a.train_images, a.test_json, a.test_images),
+    check_data=detection_source,
+    load_data=load_detection,
+    build_model=build_model,
+    metric=score,
+    run=run_detect,
+    headline=headline,
+    metric_name=lambda cfg: cfg.task.eval_metric,
+))

@@ -91,7 +91,7 @@ def _stage_channels(backbone: WideResNet) -> list[int]:
     return [backbone.conv1.out_channels * exp * 2 ** i for i in range(4)]
 
 
-def _freeze_stages(backbone: WideResNet, trainable_layers: int) -> None:
+def freeze_stages(backbone: WideResNet, trainable_layers: int) -> None:
     """torchvision's rule (`_resnet_fpn_extractor`): train the last `trainable_layers` of
     layer4, layer3, layer2, layer1, conv1 (+ bn1 when 5)."""
     if not 0 <= trainable_layers <= 5:
@@ -117,7 +117,7 @@ def build_detector(backbone: WideResNet, meta: dict, num_classes: int, *, head: 
     if head not in ("fpn", "c4"):
         raise ValueError(f"unknown detection head '{head}'; choose fpn or c4")
     set_norm(backbone, "frozen" if norm == "frozen" else "bn")
-    _freeze_stages(backbone, trainable_layers)
+    freeze_stages(backbone, trainable_layers)
     bn = None if norm == "frozen" else nn.BatchNorm2d
     chans = _stage_channels(backbone)
     common = {"min_size": min_size, "max_size": max_size, "image_mean": list(meta["mean"]),

@@ -14,13 +14,15 @@ import torch.nn.functional as F
 from .. import distributed as du
 from ..data import DataError
 from ..methods.base import Method
+from ..registry import TASKS
 from ..runtime import seed_everything
+from .common import backbone_record, labeled_subset, setup, subset_seed, train, write_results
 from .config import TransferConfig
 from .feeds import SegmentationFeed
 from .masks import SegData, load_masks
 from .metrics import confusion_matrix, segmentation_scores
-from .models import _freeze_stages, build_segmenter, load_backbone, segmentation_loss
-from .run import backbone_record, labeled_subset, setup, subset_seed, train, write_results
+from .models import build_segmenter, freeze_stages, load_backbone, segmentation_loss
+from .task import Task
 
 log = logging.getLogger("mocolab")
 
@@ -107,7 +109,7 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     seed_everything(cfg.run.seed)
     model = build_segmenter(backbone, meta, n_cls, head=t.head, norm=t.norm, aux=t.aux).to(device)
     if t.trainable_layers < 5:
-        _freeze_stages(model.net.backbone, t.trainable_layers)
+        freeze_stages(model.net.backbone, t.trainable_layers)
     method = SegmentationMethod(model, t.ignore_index)
     feed = SegmentationFeed(train_data, cfg, train=True, device=device)
     trainer = train(cfg, method, feed, device, out, autocast_dtype, state)
@@ -132,6 +134,35 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     summary.update(mIoU=scores["mIoU"], pixel_acc=scores["pixel_acc"], mean_acc=scores["mean_acc"],
                    backbone=meta.get("source"))
     write_results(out, "segment.json", result, summary)
-    trainer.logger.close()
     du.barrier()
     return result
+
+
+def add_arguments(p) -> None:
+    """`mocolab segment`'s data options."""
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="folder with train/ and test/ (or val/), each images/NAME.jpg + masks/NAME.png; "
+                        "optional classes.txt (one name per line)")
+
+
+def check_folder(data: str) -> None:
+    """Before any training: the folder exists (its images and masks are read by each run)."""
+    if not Path(data).is_dir():
+        raise DataError(f"segmentation data folder not found: {data}")
+
+
+TASKS.register(Task(
+    name="segment",
+    help="FCN or DeepLabV3 fine-tuned from a backbone; mIoU on the test split",
+    default_preset="camvid_cpu",
+    columns=(("mIoU", "segment mIoU"),),
+    add_arguments=add_arguments,
+    source_from_args=lambda a: a.data,
+    check_data=check_folder,
+    load_data=load_segmentation,
+    build_model=build_segmenter,
+    metric=segmentation_scores,
+    run=run_segment,
+    headline=lambda r: f"mIoU {r['mIoU']:.2f}%, pixel accuracy {r['pixel_acc']:.2f}%",
+    metric_name=lambda cfg: "mIoU",
+))
