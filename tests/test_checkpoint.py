@@ -61,7 +61,7 @@ def test_checkpoint_round_trip_gives_identical_next_step(tmp_path, over):
     for name, g in a.method.generators().items():
         assert torch.equal(g.get_state(), b.method.generators()[name].get_state()), name
     if "data.small_crops" in over:  # the small views: 2 per image, at their own size
-        x_q, _, x_small = a._augment(a.train.images[:8])
+        x_q, _, x_small = a.feed.augment(a.feed.train.images[:8])
         assert x_q.shape == (8, 3, 16, 16) and x_small.shape == (16, 3, 8, 8)
 
 

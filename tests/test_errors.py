@@ -92,20 +92,25 @@ def test_a_protocol_whose_result_cannot_be_written_fails(small, tmp_path, capsys
 
 
 def test_knn_whose_result_cannot_be_written_fails(small, tmp_path, monkeypatch, capsys):
-    real = Path.write_text
+    """A full disk while the result is written: one line naming the file, no file left behind."""
+    import os
 
-    def full_disk(self, *a, **k):
-        if self.suffix == ".json" and ".knn_" in self.name:
-            raise OSError(errno.ENOSPC, "No space left on device", str(self))
-        return real(self, *a, **k)
+    from mocolab import runfiles
+
+    real = runfiles.os.fdopen
+
+    def full_disk(fd, *a, **k):  # the atomic writer's temp file for the kNN result
+        if ".knn_" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd, *a, **k)
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(runfiles.os, "fdopen", full_disk)
     rc = main(["knn", "--checkpoint", "random:cifar10_cpu", "--data", str(small), "--image-size", "16", "--k", "5"])
     out, err = capsys.readouterr()
-    assert rc == 2 and "kNN top-1" in out  # the figure is printed before the write fails
-    assert "mocolab: error: could not write the result" in err and "No space left on device" in err
-    assert not list(tmp_path.glob("*.json"))
+    assert rc == 2 and "could not write" in err and ".knn_" in err and "No space left on device" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("*.json")) and not list(tmp_path.glob(".*.tmp*"))
 
 
 def test_user_errors_share_one_base():

@@ -271,10 +271,12 @@ def test_compiled_encoders_train_like_eager():
     ({"run.compile": "true", "run.compile_min_minutes": 5}, False),  # an epoch run
     ({"run.compile": "false", "run.budget_minutes": 10}, False),
 ])
-def test_compile_only_for_runs_long_enough(over, compiled):
-    """cifar10_cpu compiles its 10-minute runs (a cold compile takes ~1 minute here) and keeps
-    short and epoch runs eager."""
+def test_compile_only_for_runs_long_enough(over, compiled, monkeypatch, tmp_path):
+    """run.compile_min_minutes: a cold compile only under a long enough budget; short and epoch
+    runs stay eager (an empty inductor cache: nothing is warm)."""
     from mocolab.pretrain import build_model
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     model = build_model(tiny_config(**over), torch.device("cpu"))
     assert (model.encoder_q._compiled_call_impl is not None) == compiled
     assert (model.encoder_k._compiled_call_impl is not None) == compiled
@@ -340,8 +342,10 @@ def test_knn_monitor_marks_cuda_graph_steps(monkeypatch, features, marks):
 
 def test_compile_without_a_cxx_compiler_trains_eagerly(monkeypatch):
     """torch.compile's CPU backend needs a C++ compiler: a machine without one trains eagerly."""
-    import mocolab.pretrain
-    monkeypatch.setattr(mocolab.pretrain.shutil, "which", lambda name: None)
-    model = mocolab.pretrain.build_model(tiny_config(**{"run.compile": "true"}), torch.device("cpu"))
+    import mocolab.compiling
+    from mocolab.pretrain import build_model
+
+    monkeypatch.setattr(mocolab.compiling.shutil, "which", lambda name: None)
+    model = build_model(tiny_config(**{"run.compile": "true"}), torch.device("cpu"))
     assert model.encoder_q._compiled_call_impl is None and model.encoder_k._compiled_call_impl is None
     assert not model.compiled

@@ -284,69 +284,12 @@ def knn(src: str | Path, data: str | Path, *, k: int = 200, t: float = 0.1, feat
         >>> r["protocol"], r["train_size"], r["test_size"], 0 <= r["knn_top1"] <= 100
         ('knn', 8, 8, True)
     """
-    import json
+    from .eval.protocols import run_knn
 
-    from . import distributed as du
-    from .errors import PathError
-    from .eval.features import extract_features, extract_to_store
-    from .eval.load import load_for_eval, random_backbone, resolve_entry
-    from .eval.protocols import knn_from_stores
-    from .eval.results import result_path
-    from .eval.store import FeatureStore
-    from .runtime import resolve_amp, resolve_device
-
-    src = str(src)
-    _, path, base = resolve_entry(src)  # the same inputs as linear, finetune, compare, export
-    if path is None:
-        if features == "head":
-            raise UsageError("--features head needs a trained checkpoint; random:PRESET has only a backbone")
-        net, cfg = random_backbone(src[len("random:"):], 0, image_size)
-    else:
-        if features == "head" and Path(src).is_dir():  # the head is in the training state
-            path = Path(src) / "checkpoints" / "final.pth"
-        net, cfg = load_for_eval(str(path), features, image_size)
-    dev = du.setup(resolve_device(device))  # under torchrun the features are sharded over ranks
-    net = net.to(dev)
-    if cfg.run.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    # the command's code path (cli.cmd_knn): one kNN, its result named by every setting
     ctx = _context(data, limit=limit, device=device, amp=amp, stream=stream, memory_limit_gb=memory_limit_gb,
                    store_dtype=store_dtype, chunk_rows=chunk_rows)
-    dtype = resolve_amp(amp or cfg.run.amp, dev)  # as in the run, so the figures agree
-    kw = dict(device=dev, autocast_dtype=dtype, size=cfg.data.image_size, channels_last=cfg.run.channels_last)
-    how = "memory"
-    if ctx.streaming(cfg.data.image_size):  # files -> DataLoader workers -> feature stores, read chunk by chunk
-        files = ctx.files()
-        kw.update(memory_limit=ctx.memory_limit, store_dtype=ctx.store_dtype, workers=cfg.data.workers)
-        with extract_to_store(net, files.train_files, cfg.data.mean, cfg.data.std, **kw) as train, \
-                extract_to_store(net, files.test_files, cfg.data.mean, cfg.data.std, **kw) as test:
-            acc = knn_from_stores(train, test, len(files.train_files.classes), k, t, ctx, dev)
-            how = f"disk {ctx.store_dtype}" if train.on_disk or test.on_disk else "memory (streamed)"
-            n_train, n_test = len(train), len(test)
-    else:
-        with du.main_first():  # rank 0 decodes into the shared cache first
-            splits = load_splits(str(data), cache_size_for(cfg.data.image_size), limit=limit,
-                                 workers=cfg.data.workers)
-        if splits.test is None or not splits.train.classes and splits.train.labels.min() < 0:
-            raise DataError(f"kNN needs labeled train/ and test/ (or val/) folders under {data}")
-        kw["normalize"] = False  # raw features, normalised by knn_from_stores as streamed ones are
-        train = FeatureStore.from_tensor(*extract_features(net, splits.train, cfg.data.mean, cfg.data.std, **kw))
-        test = FeatureStore.from_tensor(*extract_features(net, splits.test, cfg.data.mean, cfg.data.std, **kw))
-        acc = knn_from_stores(train, test, len(splits.train.classes), k, t, ctx, dev)
-        n_train, n_test = len(splits.train), len(splits.test)
-    result = {"protocol": "knn", "knn_top1": acc, "k": k, "t": t, "features": features,
-              "checkpoint": src, "data": str(data), "train_size": n_train,
-              "test_size": n_test, "features_store": how}
-    if write and du.is_main():
-        # named by the command and its settings: never the file of `mocolab compare` (BASE.knn.seed0.*.json)
-        # or of a kNN with other settings (data, limit, image size: in the digest)
-        out = result_path(base, f"knn_k{k}_t{t:g}_{features}",
-                          {"seed": 0, "data": str(data), "limit": limit, "image_size": cfg.data.image_size})
-        try:
-            out.write_text(json.dumps(result, indent=2))
-        except OSError as e:  # a read-only checkpoint folder, a full disk: the figure is not saved
-            raise PathError(f"could not write the result {out}: {e.strerror or e}") from None
-        result["result_file"] = str(out)
-    return result
+    return run_knn(str(src), ctx, k=k, t=t, features=features, image_size=image_size, write=write)
 
 
 def linear(src: str | Path, data: str | Path, *, mode: str = "cached", weight_decay: float | None = None,

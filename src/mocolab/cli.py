@@ -13,7 +13,7 @@ import warnings
 from . import distributed as du
 from .config import build_config, command_line_overrides, preset_names
 from .errors import is_user_error
-from .runtime import RESUME_HELP, RUN_OVERWRITE_HELP, Preempted, check_arguments, prepare_run_dir
+from .runtime import RESUME_HELP, RUN_OVERWRITE_HELP, Preempted, check_arguments, prepare_run_dir, release_run_dirs
 
 log = logging.getLogger("mocolab")
 
@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_error(e, debug)
     finally:
         du.cleanup()  # leaves the process group (torchrun)
+        release_run_dirs()  # an in-process command (tests, the API) frees its run folders' locks
 
 
 def report_error(e: Exception, debug: bool = False) -> int:

@@ -114,7 +114,9 @@ class RunConfig:
     # torch.compile both encoders (a cold compile takes a sizeable share of a short budget on this
     # CPU, a warm one seconds: benchmarks/RESULTS.md, session 6, 'torch.compile, cold and warm')
     compile: bool = False
-    compile_min_minutes: float = 0.0  # with compile: only under a time budget of at least this many minutes (0: always)
+    # with compile: a cold compile only under a time budget of at least this many minutes; a warm one (its
+    # graphs in the inductor cache) under any budget >= 1 minute (compiling.py); 0: always
+    compile_min_minutes: float = 0.0
     # torch.compile's mode for the encoders: default | reduce-overhead (CUDA graphs: one replay per
     # encoder call instead of a launch per kernel, on CUDA) | max-autotune (tuned kernels, CUDA
     # graphs too) | max-autotune-no-cudagraphs
@@ -438,7 +440,9 @@ def build_config(preset: str, overrides: list[str] | None = None) -> Config:
 
 
 def save_yaml(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    from .runfiles import write_yaml  # temp + fsync + rename; a full disk is one line naming the file
+
+    write_yaml(path, cfg.to_dict())
 
 
 def command_line_overrides(args) -> list[str]:

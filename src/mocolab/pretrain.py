@@ -6,7 +6,6 @@ and summary.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -15,14 +14,15 @@ import torch
 
 from . import distributed as du
 from .checkpoint import CheckpointError, export_backbone, load_training_checkpoint
-from .compiling import compiles, uses_cudagraphs
-from .config import Config, ConfigError, apply_overrides, check_bn_groups, from_dict, save_yaml
+from .compiling import compiles, remember, uses_cudagraphs
+from .config import Config, ConfigError, apply_overrides, check_bn_groups, check_limits, from_dict, save_yaml
 from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .engine.feeds import check_indices
 from .eval.knn import knn_evaluate
 from .methods import build_method, method_class
 from .methods.base import Method
+from .runfiles import write_json
 from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
 from .shards import ShardStream, is_shard_pattern
 
@@ -112,7 +112,9 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         save_yaml(cfg, out / "config.yaml")
 
     seed_everything(cfg.run.seed)  # here: decoding (a DataLoader) draws from the RNG only without a cache
-    model = build_model(cfg, device, len(train) if not isinstance(train, ShardStream) else 0)
+    n_train = len(train) if not isinstance(train, ShardStream) else 0
+    check_limits(cfg, n_train=n_train, device=device)  # the bank and the cache, now that n is known
+    model = build_model(cfg, device, n_train)
     labeled = test is not None and int(torch.as_tensor(bank.labels).min()) >= 0
     monitor = knn_monitor(cfg, bank, test, device, autocast_dtype) if labeled else None
     trainer = Trainer(cfg, model, train, device, out, autocast_dtype, monitor)
@@ -126,6 +128,8 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     # fit, final.pth (rank 0's BN statistics on every rank, for the save and the kNN), logs closed;
     # Preempted (checkpoint written) on SIGTERM/SIGINT
     trainer.run()
+    if model.compiled:  # its graphs are in inductor's cache now: later runs compile warm
+        remember(cfg)
     meta = {"arch": cfg.model.arch, "width": cfg.model.width, "stem": model.stem,
             "feature_dim": model.feature_dim, "image_size": cfg.data.image_size, "mean": cfg.data.mean,
             "method": method_class(cfg.moco.method).title,
@@ -151,5 +155,5 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         log.warning("no labeled test split next to the training data (for shards: data.knn_data=DIR): kNN skipped")
     summary["wall_seconds"] = time.perf_counter() - t0
     if du.is_main():
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_json(out / "summary.json", summary)
     return summary

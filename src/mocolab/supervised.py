@@ -8,7 +8,6 @@ the same format as pretraining's export) and summary.json.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from .config import Config, build_config, save_yaml
 from .data import DataError, cache_size_for, load_splits
 from .eval.classify import Classifier, FitConfig, evaluate, fit
 from .models.backbones import build_backbone, resolve_stem
+from .runfiles import write_json
 from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
 
 log = logging.getLogger("mocolab")
@@ -83,7 +83,7 @@ def train_supervised(cfg: Config, data: str, out: str | Path, resume: bool = Fal
     meta = {"arch": mc.arch, "width": mc.width, "stem": stem, "feature_dim": feat_dim, "image_size": size,
             "mean": mean, "std": std, "load_with": "mocolab.models.backbones.torchvision_model",
             "method": "supervised"}
-    (out / "backbone.json").write_text(json.dumps(meta, indent=2))
+    write_json(out / "backbone.json", meta)
 
     kw = {"device": device, "autocast_dtype": dtype, "channels_last": cfg.run.channels_last}
     summary = {
@@ -102,5 +102,5 @@ def train_supervised(cfg: Config, data: str, out: str | Path, resume: bool = Fal
     if test is not None:
         summary.update({f"test_{k}": v for k, v in evaluate(model, test, mean, std, size, **kw).items()})
     summary["wall_seconds"] = time.perf_counter() - t0
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     return summary

@@ -8,8 +8,7 @@ import os
 from pathlib import Path
 
 from .. import distributed as du
-from ..checkpoint import extract_backbone, safe_load
-from ..eval.load import resolve_entry
+from ..eval.load import load_weights, resolve_entry
 from ..registry import TASKS
 from ..runtime import RESUME_HELP, RUN_OVERWRITE_HELP, check_arguments, prepare_run_dir
 from .common import resume_config
@@ -47,7 +46,7 @@ def cmd_transfer(args) -> int:
     prepare_run_dir(args.out, task.name, resume=bool(args.resume), overwrite=args.overwrite)
     _, path, _ = resolve_entry(args.backbone)  # a bad --backbone is reported before the data is read
     if path is not None:
-        extract_backbone(safe_load(path))
+        load_weights(path)  # any weights file or model folder resolve_entry gives
     cfg, state = resume_config(args.resume, args.out, overrides, task.name) if args.resume else (None, None)
     if args.resume and state is None:
         log.info("no checkpoint in %s yet: starting a new run", args.out)

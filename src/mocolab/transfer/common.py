@@ -10,7 +10,6 @@ continues from the newest valid checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..checkpoint import CheckpointError, load_training_checkpoint
 from ..config import ConfigError, apply_overrides, from_dict, save_yaml
 from ..data import DataError
 from ..engine import Trainer
+from ..runfiles import write_json
 from ..runtime import check_out_dir, resolve_amp, resolve_device
 from .config import TransferConfig, check_kind
 
@@ -108,8 +108,8 @@ def gather(local: dict) -> dict:
 def write_results(out: Path, name: str, result: dict, summary: dict) -> None:
     """RUN_DIR/<name> (the full record) and RUN_DIR/summary.json, by rank 0."""
     if du.is_main():
-        (out / name).write_text(json.dumps(_finite(result), indent=2))
-        (out / "summary.json").write_text(json.dumps(_finite(summary), indent=2))
+        write_json(out / name, _finite(result))
+        write_json(out / "summary.json", _finite(summary))
 
 
 def _finite(obj):
