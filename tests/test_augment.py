@@ -14,7 +14,10 @@ from mocolab.augment import (
     BatchAugment,
     _adjust_hue,
     _gaussian_blur,
+    _select_dense,
+    _select_subset,
     crop_resize,
+    jitter_columns,
     jitter_params,
     preset,
     sample_crop_boxes,
@@ -66,7 +69,10 @@ def test_jitter_applies_torchvision_ops_per_image_in_the_drawn_order(masked):
     apply = torch.rand(B) < 0.8
     aug = BatchAugment(preset("v2", 8), [0.0] * 3, [1.0] * 3)
     aug.masked = masked
-    ours = aug.jitter_with(x.clone(), apply, fac, order)
+    # ColorJitter with the given parameters, through the batch path's own jitter
+    dense = aug.masked if aug.masked is not None else x.device.type != "cpu"
+    J = jitter_columns(apply, fac, order, aug.spec.jitter)
+    ours = aug._jitter(x.clone(), J, _select_dense if dense else _select_subset)
     ops = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     for i in range(B):
         ref = x[i]

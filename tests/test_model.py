@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import tiny_config
 from torch import nn
 
@@ -8,8 +9,14 @@ from mocolab.distributed import batch_shuffle
 from mocolab.engine import Trainer
 from mocolab.methods import build_method
 from mocolab.models.backbones import build_backbone, infer_arch, torchvision_model
-from mocolab.models.splitbn import SplitBatchNorm, fold_groups, reference_split_bn, unfold_groups
+from mocolab.models.splitbn import SplitBatchNorm, fold_groups, unfold_groups
 from mocolab.step import train_step
+
+
+def reference_split_bn(x: torch.Tensor, bn: nn.BatchNorm2d, splits: int) -> torch.Tensor:
+    """BN in training mode applied to each contiguous chunk separately: the reference."""
+    chunks = x.chunk(splits)
+    return torch.cat([F.batch_norm(c, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) for c in chunks])
 
 
 def test_shuffle_then_unshuffle_is_identity():

@@ -13,12 +13,17 @@ def test_fifo_order_across_wraparound(K, B):
         q.enqueue(k)
         seen += k[:, 0].tolist()
         expect = seen[-K:]  # the newest K keys, oldest first
-        got = q.ordered()[:, 0].tolist()
+        got = ordered(q)[:, 0].tolist()
         if len(seen) >= K:
             assert got == expect
         else:  # not yet full: the newest keys are the last len(seen) slots of the ordered view
             assert got[-len(seen):] == seen
     assert int(q.ptr) == (9 * B) % K if B < K else int(q.ptr) == 0
+
+
+def ordered(q: KeyQueue) -> torch.Tensor:
+    """The keys oldest first (K x C): the slot at the pointer is the oldest."""
+    return torch.roll(q.keys, -int(q.ptr), dims=0)
 
 
 def test_every_key_of_the_batch_is_kept_at_wrap():

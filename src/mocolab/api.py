@@ -36,9 +36,9 @@ class EvalTransform:
         self.std = torch.tensor(std).view(3, 1, 1)
 
     def __call__(self, img) -> torch.Tensor:
-        from .data import _resize_square
+        from .data import resize_square
 
-        arr = _resize_square(img.convert("RGB"), self.resize)  # R x R x 3 uint8, as the uint8 cache
+        arr = resize_square(img.convert("RGB"), self.resize)  # R x R x 3 uint8, as the uint8 cache
         top = (self.resize - self.size) // 2
         x = torch.from_numpy(arr[top:top + self.size, top:top + self.size].copy()).permute(2, 0, 1)
         return (x.float() / 255 - self.mean) / self.std  # 3 x S x S
@@ -144,10 +144,10 @@ def load(src: str | Path, device: str | torch.device | None = None, *, seed: int
 
 def _weights_meta(path: Path) -> dict:
     """method and epochs of a weights file, as `mocolab export` reads them (its metadata, the run's summary)."""
-    from .export import _source
+    from .export import read_source
 
     try:
-        return _source(path)[1]
+        return read_source(path)[1]
     except Exception:  # foreign weights whose layout export does not know: no metadata
         return {}
 
@@ -339,9 +339,9 @@ def linear(src: str | Path, data: str | Path, *, mode: str = "cached", weight_de
 
 
 def _config(config: str | Config, overrides: dict) -> Config:
-    from .config import _override_text
+    from .config import override_text
 
-    items = [f"{k.replace('__', '.')}={_override_text(v)}" for k, v in overrides.items()]
+    items = [f"{k.replace('__', '.')}={override_text(v)}" for k, v in overrides.items()]
     if isinstance(config, Config):
         return apply_overrides(copy.deepcopy(config), items).validate()
     return Config.from_preset(str(config), **overrides)

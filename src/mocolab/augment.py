@@ -297,13 +297,6 @@ class BatchAugment:
                 x = select(hue_on, _adjust_hue, x, shift)
         return x
 
-    def jitter_with(self, x: torch.Tensor, apply: torch.Tensor, fac: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """ColorJitter with given parameters (see `jitter_params`) on float B x 3 x H x W."""
-        dense = self.masked if self.masked is not None else x.device.type != "cpu"
-        J = jitter_columns(apply, fac, order, self.spec.jitter).to(x.device)
-        return self._jitter(x, J, _select_dense if dense else _select_subset)
-
-
 def jitter_params(B: int, jitter, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """ColorJitter.get_params for B images: factors B x 4 and a random order B x 4."""
     bj, cj, sj, hj = jitter
@@ -364,12 +357,6 @@ def pil_transform(spec: AugSpec, mean, std) -> T.Compose:
         ops.append(T.RandomSolarize(128, p=s.p_solarize))
     ops += [T.RandomHorizontalFlip(s.p_flip), T.ToTensor(), T.Normalize(mean, std)]
     return T.Compose(ops)
-
-
-def eval_transform(size: int, mean, std, resize: int | None = None) -> T.Compose:
-    """Resize (shorter side) + center crop + normalise, for feature extraction."""
-    resize = resize or (size if size < 96 else int(round(size / 0.875)))
-    return T.Compose([T.Resize(resize), T.CenterCrop(size), T.ToTensor(), T.Normalize(mean, std)])
 
 
 class TwoViews:

@@ -162,7 +162,7 @@ class Config:
             >>> cfg.optim.lr, cfg.run.epochs
             (0.05, 2)
         """
-        items = [f"{k.replace('__', '.')}={_override_text(v)}" for k, v in overrides.items()]
+        items = [f"{k.replace('__', '.')}={override_text(v)}" for k, v in overrides.items()]
         return build_config(name, items)
 
     def validate(self) -> Config:
@@ -304,7 +304,7 @@ class LoopConfig:
 GROUPS = [f.name for f in fields(Config)]
 
 
-def _group_classes(cls: type = Config) -> dict[str, type]:
+def group_classes(cls: type = Config) -> dict[str, type]:
     """The groups of a config class (Config, or another dataclass of groups such as the
     transfer commands'): {name: group dataclass}."""
     hints = typing.get_type_hints(cls)
@@ -357,8 +357,8 @@ def _convert(value, typ, key: str):
     raise ConfigError(f"{key}={value!r} is not a valid {name}")
 
 
-def _set(cfg, key: str, value) -> None:
-    classes = _group_classes(type(cfg))
+def set_key(cfg, key: str, value) -> None:
+    classes = group_classes(type(cfg))
     if "." in key:
         group, _, name = key.partition(".")
         if group not in classes:
@@ -385,7 +385,7 @@ def from_dict(data: dict, base=None):
     """Builds a Config (or `base`'s config class) from a nested dict (a preset, a saved run);
     unknown keys are errors."""
     cfg = base if base is not None else Config()
-    groups = list(_group_classes(type(cfg)))
+    groups = list(group_classes(type(cfg)))
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping of groups ({', '.join(groups)})")
     for group, values in data.items():
@@ -394,7 +394,7 @@ def from_dict(data: dict, base=None):
         if not isinstance(values, dict):
             raise ConfigError(f"config group '{group}' must be a mapping")
         for name, value in values.items():
-            _set(cfg, f"{group}.{name}", value)
+            set_key(cfg, f"{group}.{name}", value)
     return cfg
 
 
@@ -423,11 +423,11 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override '{item}' must look like key=value (for example optim.lr=0.1)")
-        _set(cfg, key.strip(), value.strip())
+        set_key(cfg, key.strip(), value.strip())
     return cfg
 
 
-def _override_text(value) -> str:
+def override_text(value) -> str:
     """A Python value as the text of a key=value override (lists and booleans as YAML reads them)."""
     if isinstance(value, (list, tuple, dict, bool)) or value is None:
         text = yaml.safe_dump(list(value) if isinstance(value, tuple) else value, default_flow_style=True)

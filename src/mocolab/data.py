@@ -181,7 +181,7 @@ def rgb_array(im: Image.Image, flip: bool = False) -> np.ndarray:
     return out
 
 
-def _resize_square(im: Image.Image, size: int) -> np.ndarray:
+def resize_square(im: Image.Image, size: int) -> np.ndarray:
     """Shorter side to `size`, center crop size x size -> H x W x 3 uint8."""
     if im.size != (size, size):
         w, h = im.size
@@ -202,14 +202,14 @@ class _DecodeDataset(Dataset):
 
     def __getitem__(self, i):
         try:
-            return i, torch.from_numpy(_resize_square(load_image(self.files[i]), self.size).copy()), ""
+            return i, torch.from_numpy(resize_square(load_image(self.files[i]), self.size).copy()), ""
         except Exception as e:  # any decode failure: reported, then skipped
             return i, torch.zeros(self.size, self.size, 3, dtype=torch.uint8), why_unreadable(e)
 
 
 class CenterCropFiles(Dataset):
     """Image files decoded as the uint8 cache decodes them (shorter side to `resize`, center crop,
-    see `_resize_square`), then center-cropped to `size`: (3 x size x size uint8, label), or None for
+    see `resize_square`), then center-cropped to `size`: (3 x size x size uint8, label), or None for
     an unreadable file (a warning names it; collate_skip_none drops it). In DataLoader workers this
     is the streaming counterpart of decode_to_tensor + the center crop of extract_features: the
     same pixels, without the whole split in memory."""
@@ -222,7 +222,7 @@ class CenterCropFiles(Dataset):
 
     def __getitem__(self, i):
         try:
-            arr = _resize_square(load_image(self.fl.files[i]), self.resize)  # R x R x 3 uint8
+            arr = resize_square(load_image(self.fl.files[i]), self.resize)  # R x R x 3 uint8
         except Exception as e:
             warnings.warn(f"skipped unreadable image {self.fl.files[i]} ({why_unreadable(e)})", stacklevel=2)
             return None

@@ -32,7 +32,7 @@ IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 LOAD_WITH = "mocolab.models.backbones.torchvision_model(arch, width, stem)"
 
 
-def _source(src: str | Path) -> tuple[dict, dict]:
+def read_source(src: str | Path) -> tuple[dict, dict]:
     """CKPT -> (backbone state_dict with torchvision names, metadata)."""
     from .eval.load import load_weights, resolve_entry
 
@@ -207,7 +207,7 @@ def export(src: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
             raise UsageError(f"{p} is a folder; --out takes a file name")
         if p is not None and p.exists() and not overwrite:
             raise UsageError(f"{p} exists; pass --overwrite to replace it")
-    sd, meta = _source(src)
+    sd, meta = read_source(src)
     if meta["arch"] in VITS and fmt != "timm":
         raise UsageError(f"a ViT ({meta['arch']}) exports to timm only, not {fmt}")
     info = {"format": fmt, "path": str(out), **{k: meta.get(k) for k in ("arch", "width", "stem")}}
@@ -376,7 +376,7 @@ def export_folder(src: str | Path, out: Path, overwrite: bool = False) -> dict:
         raise UsageError(f"{out} is a file; --format folder writes a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
-    sd, meta = _source(src)
+    sd, meta = read_source(src)
     name, path, _ = resolve_entry(str(src))
     run = run_dir_of(path)
     if "data" not in meta and run is not None:

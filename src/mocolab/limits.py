@@ -46,9 +46,9 @@ def memory_needs(cfg, n_train: int = 0) -> dict[str, int]:
     tensors it cannot do without). n_train: the training set's size (0: not known yet; the bank
     and the decoded cache are then left out)."""
     from .data import cache_size_for
-    from .methods import method_class
+    from .registry import METHODS
 
-    method = method_class(cfg.moco.method)
+    method = METHODS.get(cfg.moco.method)  # the registry: no import of the methods layer from here
     B, dim = cfg.optim.batch_size, cfg.model.dim
     K = method.num_negatives(cfg) or n_train  # bank: K = 0 draws every entry
     crop = cfg.data.crop_size or cfg.data.image_size

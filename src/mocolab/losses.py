@@ -35,3 +35,13 @@ def pretext_top1(logits: torch.Tensor, labels: torch.Tensor | int) -> torch.Tens
     """% of rows whose positive (labels, or one index for all) has the largest logit; a 0-dim
     tensor on the device (no host sync)."""
     return (logits.argmax(dim=1) == labels).float().mean() * 100
+
+
+def batch_logits(q: torch.Tensor, k: torch.Tensor, T: float, rank: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: N x C queries; k: (W N) x C, the global batch's keys in rank order (this rank's at
+    rank N .. rank N + N - 1) -> (logits N x (W N) in float32, labels N: q_i's positive at rank N + i).
+    The dictionary of end-to-end and MoCo v3: the batch's other keys are the negatives."""
+    with torch.autocast(q.device.type, enabled=False):
+        logits = q.float() @ k.float().t() / T  # N x (W N)
+    labels = rank * q.shape[0] + torch.arange(q.shape[0], device=q.device)  # N
+    return logits, labels

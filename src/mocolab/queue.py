@@ -33,7 +33,3 @@ class KeyQueue(nn.Module):
         idx = (self.ptr + torch.arange(B, device=k.device)) % K  # B slots, wrapping
         self.keys.index_copy_(0, idx, k.to(self.keys.dtype))
         self.ptr.copy_((self.ptr + B) % K)
-
-    def ordered(self) -> torch.Tensor:
-        """The keys oldest first (K x C); for tests and inspection, not the hot path."""
-        return torch.roll(self.keys, -int(self.ptr), dims=0)

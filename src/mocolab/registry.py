@@ -30,6 +30,10 @@ class Registry:
         self._items[name] = item
         return item
 
+    def remove(self, name: str) -> None:
+        """Takes `name` out (a test's or a notebook's item)."""
+        self._items.pop(name, None)
+
     def _load(self) -> dict[str, Any]:
         importlib.import_module(self.builtins)
         return self._items

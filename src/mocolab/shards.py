@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import distributed as du
-from .data import DataError, _resize_square, find_splits, ignore_signals, load_image, scan_folder, why_unreadable
+from .data import DataError, find_splits, ignore_signals, load_image, resize_square, scan_folder, why_unreadable
 from .errors import UsageError
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
@@ -139,7 +139,7 @@ class ShardStream:
         try:
             if key is None:
                 raise ValueError("no image in the sample")
-            img = _resize_square(load_image(io.BytesIO(sample[key])), self.size)  # within the size bounds
+            img = resize_square(load_image(io.BytesIO(sample[key])), self.size)  # within the size bounds
             label = _label(sample)
         except Exception as e:  # any decode failure: reported, then skipped
             warnings.warn(f"skipped corrupt sample {sample.get('__key__')} in {sample.get('__url__')} "

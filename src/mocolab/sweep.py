@@ -38,7 +38,7 @@ COLUMNS = [("knn", "kNN"), ("linear", "linear (cached)"), ("pretext_acc", "prete
 # -- the grid ---------------------------------------------------------------------------------
 def _keys() -> list[str]:
     """Every config key as group.name, in the dataclasses' order."""
-    return [f"{g}.{f.name}" for g, cls in C._group_classes().items() for f in fields(cls)]
+    return [f"{g}.{f.name}" for g, cls in C.group_classes().items() for f in fields(cls)]
 
 
 def short(key: str) -> str:
@@ -59,9 +59,9 @@ def resolve(key: str, value: str) -> tuple[str, str]:
     """-> (group.name, canonical value) by the config's own rules; ConfigError (one line) for an
     unknown or ambiguous key or a value of the wrong type."""
     cfg = Config()
-    C._set(cfg, key, value)
+    C.set_key(cfg, key, value)
     if "." not in key:
-        key = next(f"{g}.{key}" for g, cls in C._group_classes().items() if C.name_in(cls, key))
+        key = next(f"{g}.{key}" for g, cls in C.group_classes().items() if C.name_in(cls, key))
     group, name = key.split(".", 1)
     return key, _fmt(getattr(getattr(cfg, group), name))
 

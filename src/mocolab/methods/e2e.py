@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .. import distributed as du
-from ..losses import cross_entropy_at, pretext_top1
+from ..losses import batch_logits, cross_entropy_at, pretext_top1
 from ..registry import METHODS
 from .base import Method
 
@@ -40,7 +40,5 @@ class EndToEnd(Method):
                 generator: torch.Generator | None = None):
         q = self.encoder_q(x_q)  # N x C
         k = self.encode_keys(x_k, generator)  # (W N) x C, the global batch's keys
-        with torch.autocast(q.device.type, enabled=False):
-            logits = q.float() @ k.float().t() / self.T  # N x (W N), q_i's positive at rank * N + i
-        labels = du.rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)  # N
+        logits, labels = batch_logits(q, k, self.T, du.rank())  # N x (W N), q_i's positive at rank N + i
         return cross_entropy_at(logits, labels), {"logs": {"pretext_acc": pretext_top1(logits, labels)}}

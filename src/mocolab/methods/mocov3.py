@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import distributed as du
-from ..losses import cross_entropy_at, pretext_top1
+from ..losses import batch_logits, cross_entropy_at, pretext_top1
 from ..models.encoder import build_query_predictor
 from ..momentum import cosine_momentum
 from ..registry import METHODS
@@ -39,9 +39,7 @@ class MoCoV3(MomentumEncoders):
         """q: N x C queries, k: N x C keys (L2-normalised, no gradient) -> (2T x the mean
         cross-entropy over the W N gathered keys, logits N x (W N), q_i's positive at rank N + i)."""
         k_all = du.all_gather(k)  # (W N) x C, rank order
-        with torch.autocast(q.device.type, enabled=False):
-            logits = q.float() @ k_all.float().t() / self.T  # N x (W N)
-        labels = du.rank() * q.shape[0] + torch.arange(q.shape[0], device=q.device)  # N
+        logits, labels = batch_logits(q, k_all, self.T, du.rank())  # N x (W N), q_i's positive at rank N + i
         return cross_entropy_at(logits, labels) * (2 * self.T), pretext_top1(logits, labels)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor, *, index: torch.Tensor | None = None,

@@ -122,12 +122,6 @@ def unfold_groups(y: torch.Tensor, S: int) -> torch.Tensor:
     return y.reshape(n, S, C, *rest).transpose(0, 1).reshape(S * n, C, *rest)
 
 
-def reference_split_bn(x: torch.Tensor, bn: nn.BatchNorm2d, splits: int) -> torch.Tensor:
-    """BN in training mode applied to each contiguous chunk separately (for tests)."""
-    chunks = x.chunk(splits)
-    return torch.cat([F.batch_norm(c, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) for c in chunks])
-
-
 class SplitBatchNorm1d(SplitBatchNorm):
     """SplitBatchNorm for N x C features (projection heads)."""
 
