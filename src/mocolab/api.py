@@ -348,7 +348,7 @@ def _config(config: str | Config, overrides: dict) -> Config:
 
 
 def pretrain(data: str | Path, out: str | Path, config: str | Config = "cifar10_cpu", *, overwrite: bool = False,
-             **overrides) -> dict:
+             init: str | Path | None = None, **overrides) -> dict:
     """Self-supervised pretraining into a run folder: `mocolab pretrain`.
 
     Args:
@@ -356,6 +356,8 @@ def pretrain(data: str | Path, out: str | Path, config: str | Config = "cifar10_
         out: the run folder (config.yaml, metrics.jsonl, checkpoints/, backbone.pth, summary.json).
         config: a preset name (`mocolab presets`), a YAML file or a Config.
         overwrite: replace a run already in `out` (moved aside first), as --overwrite.
+        init: continued pretraining, as --init: both encoders start from these weights (anything
+            `load` takes); the schedule and the optimizer start fresh.
         **overrides: config overrides, `group__key=value` (run__epochs=2) or **{"optim.lr": 0.1}.
 
     Returns:
@@ -371,6 +373,8 @@ def pretrain(data: str | Path, out: str | Path, config: str | Config = "cifar10_
     from .pretrain import pretrain as run_pretrain
     from .runtime import prepare_run_dir
 
+    if init is not None:
+        overrides = {**overrides, "model.init": str(init)}
     cfg = _config(config, overrides)
     prepare_run_dir(out, "pretrain", overwrite=overwrite)
     return run_pretrain(cfg, str(data), out)

@@ -94,6 +94,9 @@ def parser() -> argparse.ArgumentParser:
     pt.add_argument("--budget-minutes", type=float, help="a complete run (schedule included) within M minutes")
     pt.add_argument("--epochs", type=int)
     pt.add_argument("--batch-size", type=int, help="global batch size")
+    pt.add_argument("--init", metavar="SRC", help="continued pretraining: both encoders start from SRC's weights "
+                    "(a run folder, checkpoint, export, model folder, official MoCo or torchvision weights; "
+                    "model.init); the schedule and optimizer start fresh, the queue is filled with real keys")
     pt.add_argument("--resume", help=RESUME_HELP)
     pt.add_argument("--overwrite", action="store_true", help=RUN_OVERWRITE_HELP)
     pt.add_argument("overrides", nargs="*", help="config overrides key=value, for example optim.lr=0.1 moco.T=0.2")

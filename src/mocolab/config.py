@@ -49,6 +49,9 @@ class ModelConfig:
     bn_splits: int = 8
     zero_init_residual: bool = False  # last BN of each residual block starts at 0 (Goyal et al. 2017)
     sync_bn: bool = False  # SyncBatchNorm over all ranks (GPUs; MoCo v3 style, instead of shuffle BN)
+    # continued pretraining (--init): weights both encoders start from (anything `mocolab knn` takes, or a
+    # model folder); a mocolab run or training checkpoint also gives the key encoder and the head ('' = random)
+    init: str = ""
 
 
 
@@ -449,7 +452,7 @@ def command_line_overrides(args) -> list[str]:
     """The `key=value` overrides of a command, with --epochs, --budget-minutes and --batch-size
     turned into their keys."""
     overrides = list(args.overrides)
-    for flag, key in (("epochs", "run.epochs"), ("budget_minutes", "run.budget_minutes"),
+    for flag, key in (("epochs", "run.epochs"), ("budget_minutes", "run.budget_minutes"), ("init", "model.init"),
                       ("batch_size", "optim.batch_size")):
         if getattr(args, flag, None) is not None:
             overrides.append(f"{key}={getattr(args, flag)}")

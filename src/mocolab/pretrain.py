@@ -23,7 +23,7 @@ from .eval.knn import knn_evaluate
 from .methods import build_method, method_class
 from .methods.base import Method
 from .runfiles import write_json
-from .runtime import check_out_dir, resolve_amp, resolve_device, seed_everything
+from .runtime import check_out_dir, epoch_order, resolve_amp, resolve_device, seed_everything
 from .shards import ShardStream, is_shard_pattern
 
 log = logging.getLogger("mocolab")
@@ -57,6 +57,62 @@ def build_model(cfg: Config, device: torch.device, n_train: int = 0) -> Method:
         model.compiled = True  # the Trainer compiles the augmentation along with them
         model.cudagraphs = uses_cudagraphs(cfg, device)
     return model
+
+
+def init_weights(model: Method, src: str, cfg: Config) -> str:
+    """Continued pretraining (model.init): f_q's backbone (and f_k's, a copy) from `src`, any weights
+    `mocolab knn` takes; a mocolab run folder or training checkpoint also gives f_k, the head and the
+    predictor. A backbone of another architecture than the config's is a one-line error naming both.
+    Returns what was loaded, for the log."""
+    from .checkpoint import safe_load
+    from .errors import UsageError
+    from .eval.load import load_weights, resolve_entry
+    from .models.backbones import infer_arch
+    from .models.vit import infer_vit
+
+    _, path, _ = resolve_entry(src)
+    if path is None:
+        raise UsageError(f"--init {src}: random weights are the default start; pass trained weights")
+    training = Path(src) / "checkpoints" / "final.pth" if Path(src).is_dir() else path
+    sd, meta = load_weights(path)
+    vit = infer_vit(sd)
+    got = vit["arch"] if vit else "{arch} width {width}".format(**infer_arch(sd))
+    mc = cfg.model
+    want = mc.arch if mc.arch.startswith("vit") else f"{mc.arch} width {mc.width}"
+    if got != want:
+        raise ConfigError(f"--init {src} holds a {got} backbone but this run trains a {want} "
+                          "(choose a preset of that architecture, or set model.arch / model.width)")
+    model.encoder_q.backbone.load_state_dict(sd, strict=True)
+    loaded = "backbone"
+    state = safe_load(training) if training.is_file() else {}
+    if isinstance(state, dict) and {"model", "config"} <= set(state):  # a mocolab training checkpoint
+        own = model.state_dict()
+        # f_q (head included), f_k and the predictor where the shapes agree; not the queue or bank
+        take = {k: v for k, v in state["model"].items() if k.split(".")[0] in ("encoder_q", "encoder_k", "predictor")
+                and k in own and own[k].shape == v.shape}
+        model.load_state_dict(take, strict=False)
+        loaded = f"{len(take)} tensors of {training}"
+        if not any(k.startswith("encoder_k.") for k in take) and hasattr(model, "encoder_k"):
+            model.encoder_k.load_state_dict(model.encoder_q.state_dict())  # f_k starts as f_q
+    elif hasattr(model, "encoder_k"):
+        model.encoder_k.backbone.load_state_dict(model.encoder_q.backbone.state_dict())
+    return loaded
+
+
+@torch.no_grad()
+def prime_dictionary(trainer: Trainer) -> int:
+    """Before step 0 of a continued pretraining: the method's dictionary (MoCo's queue) filled with
+    the keys of the first batches, never random keys. Returns the batches used."""
+    method, cfg = trainer.method, trainer.cfg
+    order = epoch_order(len(trainer.feed), cfg.run.seed, 0)
+    trainer.gen.manual_seed(cfg.run.seed)
+    used = 0
+    with trainer.autocast():
+        for views, _ in trainer.feed.batches(order, 0, 0):
+            used += 1
+            if method.prime(views):
+                break
+    return used
 
 
 def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[Config | None, dict | None]:
@@ -118,6 +174,9 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     labeled = test is not None and int(torch.as_tensor(bank.labels).min()) >= 0
     monitor = knn_monitor(cfg, bank, test, device, autocast_dtype) if labeled else None
     trainer = Trainer(cfg, model, train, device, out, autocast_dtype, monitor)
+    if state is None and cfg.model.init:  # continued pretraining: weights from init, a fresh schedule
+        log.info("init: %s from %s", init_weights(model, cfg.model.init, cfg), cfg.model.init)
+        log.info("init: the dictionary filled from %d batches", prime_dictionary(trainer))
     if state is not None:
         trainer.load_state_dict(state)
         log.info("continuing at step %d", trainer.progress.step)
@@ -141,6 +200,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         export_backbone(model, out / "backbone.pth", out / "backbone.json", meta)
 
     summary = trainer.summary()
+    summary["init"] = cfg.model.init or None
     if model.cudagraphs:  # graphs inductor would not capture (a CPU op, an input mutation) ran without
         from torch._dynamo.utils import counters
         summary["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]

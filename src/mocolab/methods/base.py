@@ -73,6 +73,11 @@ class Method(nn.Module):
     def after_step(self, out: dict) -> None:
         """The method's state update once SGD and the momentum update are done."""
 
+    def prime(self, views: tuple[torch.Tensor, ...]) -> bool:
+        """Before step 0 of a continued pretraining: fills the method's dictionary from one batch's
+        views (MoCo: the queue with real keys, never random ones). True once it is full."""
+        return True
+
     def norm_buffers(self) -> list[torch.Tensor]:
         """Buffers a skipped step must restore (BN running statistics): all but the state."""
         return [b for name, mod in self.named_children() if name not in self.STATE for b in mod.buffers()]

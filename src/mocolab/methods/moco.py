@@ -90,5 +90,14 @@ class MoCo(MomentumEncoders):
         loss = cross_entropy_at(logits, 0) + info_nce(q2, k1, negatives, T)
         return loss, {"k": torch.cat([k2, k1]), "logs": {"pretext_acc": pretext_top1(logits, 0)}}
 
+    @torch.no_grad()
+    def prime(self, views: tuple[torch.Tensor, ...]) -> bool:
+        """Enqueues the keys of one batch's key views (x_k, N x 3 x H x W); True once K keys from
+        the data have replaced the queue's random ones."""
+        k = du.all_gather(self.encode_key(views[1]))  # (W N) x C
+        self.queue.enqueue(k)
+        self.primed = getattr(self, "primed", 0) + k.shape[0]
+        return self.primed >= self.queue.keys.shape[0]
+
     def after_step(self, out: dict) -> None:
         self.queue.enqueue(du.all_gather(out["k"]))  # the newest keys of all ranks replace the oldest
