@@ -310,6 +310,30 @@ CASES = [
     ("a tar made with `tar cf x.tar .`", P("--data", "{DOTTAR}", "--out", "{NEW}", *TINY), "ok", ""),
     ("shards over existing shards", ["shards", "--data", "{LONG}/train", "--out", "{SHARDS}"], "error",
      "pass --overwrite"),
+    # limits and temperatures (issue 28)
+    ("queue over memory", P("--data", "{DATA}", "--out", "{NEW}", "moco.queue_size=1e9"), "error",
+     "for the logits batch x (1+K)"),
+    ("image size over memory", P("--data", "{DATA}", "--out", "{NEW}", "data.image_size=100000"), "error",
+     "needs at least"),
+    ("temperature 1e-30", P("--data", "{DATA}", "--out", "{NEW}", "moco.T=1e-30"), "error",
+     "moco.T=1e-30 is below 0.0001"),
+    ("monitor temperature 1e-5", P("--data", "{DATA}", "--out", "{NEW}", "run.knn_t=1e-5"), "error",
+     "run.knn_t=1e-05 is below 0.0001"),
+    ("kNN t 1e-5", ["knn", "--checkpoint", "{RUN}", "--data", "{DATA}", "--t", "1e-5"], "error",
+     "--t=1e-05 is below 0.0001"),
+    ("kNN image size over memory", ["knn", "--checkpoint", "{RUN}", "--data", "{DATA}", "--image-size", "100000"],
+     "error", "--image-size 100000 needs at least"),
+    # run folders (issue 28)
+    ("--out '' (empty)", P("--data", "{DATA}", "--out", "", *TINY), "error", "--out is empty"),
+    ("--out . with --overwrite", P("--data", "{DATA}", "--out", ".", "--overwrite", *TINY), "error",
+     "is the current folder"),
+    ("--out .. (a parent of the current folder)", P("--data", "{DATA}", "--out", "..", *TINY), "error",
+     "is a parent of the current folder"),
+    # continued pretraining (issue 27)
+    ("--init of another architecture", P("--data", "{DATA}", "--out", "{NEW}", "--init", "{RUN}", *TINY,
+                                         "model.width=16"), "error", "backbone but this run trains a"),
+    ("--init from a missing file", P("--data", "{DATA}", "--out", "{NEW}", "--init", "{TMP}/nope.pth", *TINY),
+     "error", "not found"),
 ]
 
 

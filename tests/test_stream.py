@@ -160,9 +160,10 @@ def test_paper_linear_and_finetune_from_files_equal_the_in_memory_runs(cifar_dir
 
 
 def test_stream_is_chosen_by_the_memory_limit(cifar_dir, tmp_path):
+    from conftest import cifar_subset
+
     from mocolab.errors import UsageError
     from mocolab.eval.protocols import Context
-    from tests.conftest import cifar_subset
 
     data = cifar_subset(cifar_dir, tmp_path / "d", 20)  # 40 + 40 images of 32 x 32: 245,760 bytes decoded
     assert Context(str(data), memory_limit_gb=240_000 / 2**30).streaming(32)
@@ -175,8 +176,9 @@ def test_stream_is_chosen_by_the_memory_limit(cifar_dir, tmp_path):
 
 
 def test_knn_and_linear_commands_stream_to_disk_with_the_same_figures(cifar_dir, tmp_path, monkeypatch, capsys):
+    from conftest import cifar_subset
+
     from mocolab.cli import main
-    from tests.conftest import cifar_subset
 
     data = cifar_subset(cifar_dir, tmp_path / "d", 60)
     monkeypatch.chdir(tmp_path)
@@ -189,7 +191,9 @@ def test_knn_and_linear_commands_stream_to_disk_with_the_same_figures(cifar_dir,
     figures = {m: [line.split("(")[0] for line in o.splitlines() if "top-1" in line] for m, o in out.items()}
     assert len(figures["on"]) == 2 and figures["on"] == figures["off"], out
     rec = [json.loads(p.read_text()) for p in tmp_path.glob("*.linear_cached.*.json")]
-    assert len(rec) == 1 and rec[0]["features_store"] == "disk float32"  # one result: the settings are the same
+    # one result per setting (streaming enters the result's name, issue 28), with the same figures
+    assert sorted(r["features_store"] for r in rec) == ["disk float32", "memory"]
+    assert rec[0]["top1"] == rec[1]["top1"]
 
 
 @pytest.mark.parametrize("argv,text", [
