@@ -108,7 +108,8 @@ def test_the_monitor_is_the_chunked_path(real_features, tmp_path):
     assert monitor == pytest.approx(100.0 * (pred == y_te).float().mean().item(), abs=1e-9)
 
 
-def test_knn_cli_small_t_is_one_nn_and_too_small_t_is_one_line(cifar_dir, tmp_path, capsys):
+def test_knn_cli_small_t_is_one_nn_and_too_small_t_is_one_line(cifar_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # random:PRESET results are written to the current folder
     root = cifar_subset(cifar_dir, tmp_path / "data", 30, classes=("airplane", "cat", "ship"))
     common = ["knn", "--checkpoint", "random:cifar10_cpu", "--data", str(root), "--amp", "off", "--stream", "off"]
     got = {}
