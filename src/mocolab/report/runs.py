@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PathError
+from ..registry import TASKS
 from ..runfiles import read_json, read_metrics, read_yaml
 
 log = logging.getLogger("mocolab")
 
-RESULT_FILES = ("summary.json", "detect.json", "segment.json")
 
 
 @dataclass
@@ -105,7 +105,8 @@ def read_run(path: Path, name: str | None = None) -> Run:
     run.config = read_yaml(path / "config.yaml")  # torn or hand-edited: {} and a warning naming it
     batch = number(group(run.config, "optim").get("batch_size")) or number(group(run.config, "task").get("batch_size"))
     add_seconds(run.records, run.monitors, int(batch or 0))
-    for fname in RESULT_FILES:
+    # the run's summary, and each registered transfer task's result file (detect.json, segment.json, ...)
+    for fname in ("summary.json", *(task.result_file for task in TASKS)):
         if (obj := read_json(path / fname)):
             if fname == "summary.json":
                 run.summary = obj
