@@ -25,6 +25,7 @@ from .checkpoint import CheckpointError, extract_backbone, safe_load
 from .errors import UsageError
 from .models.backbones import infer_arch, torchvision_model
 from .models.vit import VITS, infer_vit, timm_vit
+from .runfiles import save_torch, write_bytes, write_text
 
 FORMATS = ("torchvision", "timm", "detectron2", "safetensors", "folder")
 FORMAT_VERSION = "1"
@@ -98,18 +99,6 @@ def _progress_epochs(p: dict | None) -> float | None:
     if p["epoch"] and p["step"] > p["it"]:  # completed epochs tell the steps per epoch
         return p["epoch"] + p["it"] * p["epoch"] / (p["step"] - p["it"])
     return None
-
-
-def _write(path: Path, save) -> None:
-    """save(tmp) into a temporary file beside `path`, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class _Pickler(pickle.Pickler):
@@ -222,7 +211,7 @@ def export(src: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
         model = {detectron2_name(k): _numpy(v) for k, v in sd.items()
                  if not k.endswith("num_batches_tracked")}
         obj = {"model": model, "__author__": "mocolab", "matching_heuristics": True}
-        _write(out, lambda p: p.write_bytes(_dumps(obj)))
+        write_bytes(out, _dumps(obj))
     elif fmt == "safetensors":
         write_safetensors(out, sd, meta)
     else:  # torchvision and timm share the key names (verified by tests/test_export.py)
@@ -235,9 +224,9 @@ def export(src: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
         else:
             extra["load_with"] = LOAD_WITH
         weights = {k: v.detach().cpu() for k, v in sd.items()}
-        _write(out, lambda p: torch.save(weights, p))
+        save_torch(weights, out)
         text = json.dumps({**meta, **extra}, indent=2)
-        _write(side, lambda p: p.write_text(text))
+        write_text(side, text)
         info["sidecar"] = str(side)
     return info
 
@@ -254,7 +243,7 @@ def write_safetensors(out: Path, sd: dict, meta: dict) -> None:
     md.update({k: str(meta[k]) for k in ("method", "epochs", "image_size", "img_size") if k in meta})
     weights = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
                for k, v in sd.items()}  # own storage each: safetensors refuses shared ones
-    _write(out, lambda p: p.write_bytes(save(weights, metadata=md)))
+    write_bytes(out, save(weights, metadata=md))
 
 
 # ---- model folders ----------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def check_meta(out: Path, preset: str, data: str, fixed: list[str], grid_items: 
                 raise ConfigError(f"{out} holds a sweep with {k} {old.get(k)!r}, not {v!r}; "
                                   "use another --out")
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**meta, "grid": list(grid_items)}, indent=2))
+    runfiles.write_json(path, {**meta, "grid": list(grid_items)})
 
 
 def sweep(preset: str, data: str, out: str | Path, grid_items: list[str], *, fixed=(),
@@ -386,11 +386,11 @@ def write_results(out: Path, cells: list[Cell], grid_keys: list[str], failed: di
     means = seed_means(rows)
     table = {"preset": preset, "data": data_id(data), "grid": grid_keys, "rows": rows,
              "seed_means": means, "notes": notes}
-    (out / "results.json").write_text(json.dumps(table, indent=2))
+    runfiles.write_json(out / "results.json", table)
     title = (f"Sweep of preset {preset} on {data_id(data)}: kNN and linear (cached features) "
              "top-1 % on the test split; pretext acc and final loss from the last logged step.")
     md = markdown(rows, cols, notes, title)
-    (out / "results.md").write_text(md + ("\n" + means_markdown(means) if means else ""))
+    runfiles.write_text(out / "results.md", md + ("\n" + means_markdown(means) if means else ""))
     return table
 
 

@@ -21,6 +21,7 @@ from ..checkpoint import latest_checkpoint, safe_load
 from ..config import LoopConfig, OptimConfig, RunConfig
 from ..data import CenterCropFiles, FileList, TensorData, cache_size_for, collate_skip_none, ignore_signals
 from ..methods.base import Method
+from ..runfiles import read_json, write_json
 from .features import extract_features
 
 log = logging.getLogger("mocolab")
@@ -190,7 +191,7 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData | FileList, aug:
     trainer = Trainer(cfg, method, None, device, out, autocast_dtype, feed=feed)
     if out is not None:
         marker = Path(out) / "settings.json"
-        same = marker.is_file() and json.loads(marker.read_text()) == json.loads(json.dumps(settings or {}))
+        same = marker.is_file() and read_json(marker) == json.loads(json.dumps(settings or {}))
         path = latest_checkpoint(Path(out)) if resume and same else None
         if path is None:  # a fresh start: the checkpoints of another run must never be resumed
             shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)
@@ -200,7 +201,7 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData | FileList, aug:
             trainer.load_state_dict(state)
         elif path is not None:
             log.info("%s: %s holds other settings; starting afresh", desc, path)
-        marker.write_text(json.dumps(settings or {}, indent=2))
+        write_json(marker, settings or {})
     trainer.on_log = logger
     p = trainer.run()  # fit, final.pth (with `out`), logs closed; Preempted (checkpoint written) on SIGTERM
     loss = {k: (rec or {}).get("loss", float("nan")) for k, rec in
