@@ -152,7 +152,8 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
         # before decoding: a method that needs image indices cannot read shards
         check_indices(cfg, method_class(cfg.moco.method).needs_index, is_shard_pattern(data))
         if is_shard_pattern(data):  # streamed; the kNN monitor reads data.knn_data if given
-            train, bank, test = ShardStream(data, size, cfg.data.shuffle_buffer), None, None
+            train = ShardStream(data, size, cfg.data.shuffle_buffer)
+            bank = test = None  # the kNN monitor's images: data.knn_data's, if given
             if cfg.data.knn_data:
                 ks = load_splits(cfg.data.knn_data, size, limit=cfg.data.limit, workers=cfg.data.workers,
                                  cache_dir=cfg.data.cache_dir)

@@ -64,7 +64,10 @@ class ViewsFeed:
         """Yields (views, index) for the epoch's batches from batch `start` on: this rank's slice
         of each global batch (the whole batch on one process). views: (x_q, x_k[, x_small]), or
         (x,) for a one-view method; index: the images' dataset indices (None for shards and pil)."""
-        B, b, r, dev = self.batch, self.local_batch, self.rank, self.device
+        B = self.batch  # the global batch
+        b = self.local_batch  # this rank's share of it
+        r = self.rank
+        dev = self.device
         if isinstance(self.train, ShardStream):  # this rank's stream; a resumed epoch replays it
             stream = self.train.batches(epoch, b, self.cfg.data.workers, self.cfg.run.seed, pin=dev.type == "cuda")
             for it in range(self.steps_per_epoch):

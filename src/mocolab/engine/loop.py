@@ -249,7 +249,9 @@ class Trainer:
         return p
 
     def train_one_epoch(self, bar) -> None:
-        cfg, p, method = self.cfg, self.progress, self.method
+        cfg = self.cfg
+        p = self.progress
+        method = self.method
         order = epoch_order(len(self.feed), cfg.run.seed, p.epoch)
         B, dev = self.batch, self.device
         losses: list[torch.Tensor] = []  # this log window's losses, on the device; read at log time only
