@@ -169,47 +169,46 @@ def _parse(path: Path, kind: str):
         raise RunFileError(f"{path} is not valid {kind.upper()} (torn or hand-edited): {first}") from None
 
 
+def _load(path: str | Path, kind: str) -> dict:
+    """A JSON object or YAML mapping -> dict; RunFileError naming the file otherwise."""
+    path = Path(path)
+    obj = _parse(path, kind)
+    if not isinstance(obj, dict):
+        what = "an object" if kind == "json" else "a mapping"
+        raise RunFileError(f"{path} holds a {kind.upper()} {type(obj).__name__}, not {what} (hand-edited?)")
+    return obj
+
+
+def _read(path: str | Path, kind: str) -> dict:
+    """An optional file: {} when missing; {} and one warning naming it when it is torn, empty,
+    hand-edited or not a mapping."""
+    if not Path(path).exists():
+        return {}
+    try:
+        return _load(path, kind)
+    except RunFileError as e:
+        log.warning("skipped: %s", e)
+        return {}
+
+
 def load_json(path: str | Path) -> dict:
     """A JSON object the command needs -> dict; RunFileError naming the file otherwise."""
-    path = Path(path)
-    obj = _parse(path, "json")
-    if not isinstance(obj, dict):
-        raise RunFileError(f"{path} holds a JSON {type(obj).__name__}, not an object (hand-edited?)")
-    return obj
+    return _load(path, "json")
 
 
 def load_yaml(path: str | Path) -> dict:
     """A YAML mapping the command needs -> dict; RunFileError naming the file otherwise."""
-    path = Path(path)
-    obj = _parse(path, "yaml")
-    if not isinstance(obj, dict):
-        raise RunFileError(f"{path} holds a YAML {type(obj).__name__}, not a mapping (hand-edited?)")
-    return obj
+    return _load(path, "yaml")
 
 
 def read_json(path: str | Path) -> dict:
-    """An optional JSON object -> dict; {} when missing; {} and one warning naming the file when
-    it is torn, empty, hand-edited or not an object."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        return load_json(path)
-    except RunFileError as e:
-        log.warning("skipped: %s", e)
-        return {}
+    """An optional JSON object (a run's summary.json, ...) -> dict, {} when missing or unreadable."""
+    return _read(path, "json")
 
 
 def read_yaml(path: str | Path) -> dict:
-    """An optional YAML mapping (a run's config.yaml) -> dict, as read_json."""
-    path = Path(path)
-    if not path.exists():
-        return {}
-    try:
-        return load_yaml(path)
-    except RunFileError as e:
-        log.warning("skipped: %s", e)
-        return {}
+    """An optional YAML mapping (a run's config.yaml) -> dict, {} when missing or unreadable."""
+    return _read(path, "yaml")
 
 
 def _step(rec: dict) -> int | None:
