@@ -132,3 +132,14 @@ def test_a_vit_backbone_for_segmentation_is_one_line(tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "take a ResNet backbone" in err and "Traceback" not in err
+
+
+def test_a_missing_optional_dependency_names_its_extra(capsys):
+    """`pip install mocolab` stays light: a command that needs an extra says which, in one line."""
+    from mocolab.cli import report_error
+
+    e = ModuleNotFoundError("No module named 'pycocotools'", name="pycocotools.coco")
+    assert report_error(e) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["mocolab: error: pycocotools.coco is not installed; pip install 'mocolab[transfer]'"]
+    assert report_error(ModuleNotFoundError("x", name="not_an_extra")) == 1  # a bug, not a missing extra

@@ -183,9 +183,25 @@ def main(argv: list[str] | None = None) -> int:
         release_run_dirs()  # an in-process command (tests, the API) frees its run folders' locks
 
 
+# optional dependencies (pyproject's extras): the module a command imports -> the extra that brings it
+EXTRAS = {"pycocotools": "transfer", "matplotlib": "report", "sklearn": "report", "timm": "vit",
+          "pyarrow": "parquet", "tensorboard": "tensorboard"}
+
+
+def missing_extra(e: Exception) -> str | None:
+    """The extra to install when `e` is the import of a missing optional dependency."""
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return EXTRAS.get(e.name.split(".")[0])
+    return None
+
+
 def report_error(e: Exception, debug: bool = False) -> int:
     """A user's mistake (errors.is_user_error): one line, exit code 2 (with its traceback too when
     debugging); anything else is a bug, here or in a library: its traceback, exit code 1."""
+    extra = missing_extra(e)
+    if extra and not debug:  # an optional dependency the command needs is not installed
+        print(f"mocolab: error: {e.name} is not installed; pip install 'mocolab[{extra}]'", file=sys.stderr)
+        return 2
     user = is_user_error(e)
     if debug or not user:
         traceback.print_exc()
