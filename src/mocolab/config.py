@@ -84,7 +84,9 @@ class DataConfig:
     cache: bool = True  # decode once into an in-memory uint8 tensor (needed by the tensor backend)
     cache_dir: str = ""  # where decoded caches are kept ("" = ~/.cache/mocolab)
     workers: int = 2  # DataLoader workers (decoding, PIL backend)
+    # per-channel mean (0-1) the images are normalized with (ImageNet's by default)
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    # per-channel standard deviation (0-1) of that normalization
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     limit: int = 0  # use only the first N images of each split (0 = all); for smoke tests
     shuffle_buffer: int = 5000  # tar shards: samples in the shuffle buffer (per loader worker)
@@ -98,22 +100,22 @@ class OptimConfig:
     name: str = "sgd"
     batch_size: int = 256  # global batch
     lr: float = 0.03  # learning rate at base_batch_size; scaled linearly with batch_size
-    base_batch_size: int = 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    base_batch_size: int = 256  # optim.lr is the rate for this batch; the lr used is lr x batch_size / base_batch_size
+    momentum: float = 0.9  # SGD's momentum (AdamW: its beta1)
+    weight_decay: float = 1e-4  # L2 penalty on the weights (BN and bias excluded where the optimizer does so)
     schedule: str = "step"  # step | cosine
     milestones: list[float] = field(default_factory=lambda: [0.6, 0.8])  # step: fractions of training
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up from 0, in epochs (fractions allowed)
 
 
 @dataclass
 class RunConfig:
-    epochs: int = 200
+    epochs: int = 200  # the schedule's length in epochs (unless run.budget_minutes sets a time budget)
     budget_minutes: float = 0.0  # > 0: a complete run (schedule included) that fits this budget
-    seed: int = 0
+    seed: int = 0  # data order, augmentation, initialization and Shuffle BN: a run is reproducible from it
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | bf16 | off ("auto": bf16 on CUDA and on CPUs with fast bf16, AMX / AVX-512-BF16)
-    channels_last: bool = True
+    channels_last: bool = True  # NHWC memory format for the convolutions (faster with oneDNN and cuDNN)
     # torch.compile both encoders (a cold compile takes a sizeable share of a short budget on this
     # CPU, a warm one seconds: benchmarks/RESULTS.md, session 6, 'torch.compile, cold and warm')
     compile: bool = False
@@ -127,8 +129,8 @@ class RunConfig:
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines
     knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)
-    knn_k: int = 200
-    knn_t: float = 0.1
+    knn_k: int = 200  # the kNN monitor's neighbours
+    knn_t: float = 0.1  # the kNN monitor's temperature (the vote's weight exp(sim / t))
     knn_features: str = "backbone"  # backbone (pooled, before the head) | head
     keep_checkpoints: int = 2  # periodic checkpoints kept (the newest N), besides final.pth
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0 = at epoch ends only)

@@ -41,17 +41,18 @@ class TaskConfig:
     train_sizes: list[int] = field(default_factory=lambda: [800])  # shorter side, one picked per batch
     test_size: int = 800  # shorter side at test time
     max_size: int = 1333  # longer side at most (train and test)
-    fpn_channels: int = 256
+    fpn_channels: int = 256  # FPN's output channels (fpn head)
     representation_size: int = 1024  # box head's FC width
     box_convs: int = 4  # FPN with BN: convs in the box head before its FC (torchvision's v2)
+    # anchor sides in input pixels, one per FPN level (smallest first)
     anchor_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256, 512])
     rpn_pre_nms_train: int = 2000  # proposals kept per level before NMS (training)
     rpn_post_nms_train: int = 2000  # proposals after NMS (training)
-    rpn_pre_nms_test: int = 1000
-    rpn_post_nms_test: int = 1000
+    rpn_pre_nms_test: int = 1000  # RPN proposals kept before NMS at test time (per image and level)
+    rpn_post_nms_test: int = 1000  # RPN proposals kept after NMS at test time
     rpn_batch_size: int = 256  # anchors sampled per image for the RPN loss
     roi_batch_size: int = 512  # proposals sampled per image for the box head's loss
-    box_detections_per_img: int = 100
+    box_detections_per_img: int = 100  # detections kept per test image (COCO's 100)
     eval_metric: str = "voc"  # voc (area under PR) | voc07 (11-point) | coco; all are reported
     # segmentation
     crop_size: list[int] = field(default_factory=lambda: [512, 512])  # training crop, [H, W]
