@@ -19,7 +19,9 @@ import torch.nn.functional as F
 
 from .errors import UsageError
 
-DEFAULT_LEAK = 0.95  # cosine at or above which a test image's nearest training image counts as its duplicate
+# cosine at or above which a test image's nearest training image counts as its duplicate: 0.95 flagged 93 % of
+# CIFAR-10's test images with a MoCo backbone, 0.99 flagged 2.0 % and found 78 % of planted copies (RESULTS.md)
+DEFAULT_LEAK = 0.99
 FILES = ("neighbors.csv", "duplicates.csv", "leakage.csv", "neighbors.json", "index.html")
 
 
