@@ -29,7 +29,8 @@ def test_load_random_and_transform():
     assert model.metadata()["method"] == "random init" and not model.backbone.training
 
 
-def test_knn_is_the_commands(tmp_path, cifar_dir, capsys):
+def test_knn_is_the_commands(tmp_path, cifar_dir, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # random:PRESET results are written to the current folder
     data = cifar_subset(cifar_dir, tmp_path / "d", 4)
     r = mocolab.knn("random:cifar10_cpu", data, k=5, write=False)
     assert cli.main(["knn", "--checkpoint", "random:cifar10_cpu", "--data", str(data), "--k", "5"]) == 0
