@@ -93,3 +93,16 @@ def test_init_from_an_unknown_source_is_one_line(source, tmp_path, capsys):
     rc = main(["pretrain", "--data", str(data), "--out", str(tmp_path / "x"), "--init", str(tmp_path / "nope.pth"),
                *TINY])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+def test_init_from_a_model_folder(source, tmp_path):
+    """A shareable model folder (export --format folder: model.safetensors) starts both encoders."""
+    run, _ = source
+    folder = tmp_path / "model"
+    assert main(["export", str(run), "--format", "folder", "--out", str(folder)]) == 0
+    cfg = _config()
+    model = build_method(cfg)
+    assert init_weights(model, str(folder), cfg) == "backbone"
+    exported = torch.load(run / "backbone.pth", weights_only=True)
+    for name, t in model.encoder_k.backbone.state_dict().items():
+        assert torch.equal(t, exported[name])

@@ -73,7 +73,8 @@ def init_weights(model: Method, src: str, cfg: Config) -> str:
     _, path, _ = resolve_entry(src)
     if path is None:
         raise UsageError(f"--init {src}: random weights are the default start; pass trained weights")
-    training = Path(src) / "checkpoints" / "final.pth" if Path(src).is_dir() else path
+    # where f_k and the head may be: a run folder's training checkpoint, or the file itself
+    training = Path(src) / "checkpoints" / "final.pth" if Path(src).is_dir() else Path(path)
     sd, meta = load_weights(path)
     vit = infer_vit(sd)
     got = vit["arch"] if vit else "{arch} width {width}".format(**infer_arch(sd))
@@ -84,7 +85,7 @@ def init_weights(model: Method, src: str, cfg: Config) -> str:
                           "(choose a preset of that architecture, or set model.arch / model.width)")
     model.encoder_q.backbone.load_state_dict(sd, strict=True)
     loaded = "backbone"
-    state = safe_load(training) if training.is_file() else {}
+    state = safe_load(training) if training.is_file() and training.suffix != ".safetensors" else {}
     if isinstance(state, dict) and {"model", "config"} <= set(state):  # a mocolab training checkpoint
         own = model.state_dict()
         # f_q (head included), f_k and the predictor where the shapes agree; not the queue or bank
