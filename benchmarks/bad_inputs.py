@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,7 +69,21 @@ def make_inputs(cifar: Path, tmp: Path) -> dict[str, str]:
         sys.exit(f"could not make the tiny run: {res.stderr[-2000:]}")
     (tmp / "truncated.pth").write_bytes((run / "backbone.pth").read_bytes()[:300])
     (tmp / "exists.pth").write_text("x")
-    return make_hostile_inputs(data, tmp) | {
+    # a finished run whose files were torn or hand-edited (issue 28): backbone.json cut mid-way, an empty
+    # summary.json, a config with numbers where groups belong, metrics lines without a step or not objects
+    torn = tmp / "torn"
+    shutil.copytree(run, torn)
+    (torn / "backbone.json").write_text('{"mean": [0.5, 0.4')
+    (torn / "summary.json").write_text("")
+    (torn / "config.yaml").write_text("optim: 5\nrun: {knn_k: abc}\n")
+    with open(torn / "metrics.jsonl", "a") as f:
+        f.write('{"loss": 1.0}\n[1, 2]\n{"step": 9, "lo')
+    # class folders named like matplotlib's mathtext
+    dollars = tmp / "dollars"
+    for split in ("train", "test"):
+        for old, new in (("airplane", "$\\bogus$"), ("cat", "$5-$10")):
+            shutil.copytree(data / split / old, dollars / split / new)
+    return make_hostile_inputs(data, tmp) | {"TORN": str(torn), "DOLLARS": str(dollars),
             "DATA": str(data), "CORRUPT": str(corrupt), "TRUNCATED": str(truncated), "FLAT": str(flat),
             "EMPTY": str(tmp / "empty"), "TEXT": str(tmp / "text.pth"), "CODE": str(tmp / "code.pth"),
             "TRUNCPTH": str(tmp / "truncated.pth"), "BADYAML": str(tmp / "bad.yaml"),
@@ -332,6 +347,16 @@ CASES = [
     # continued pretraining (issue 27)
     ("--init of another architecture", P("--data", "{DATA}", "--out", "{NEW}", "--init", "{RUN}", *TINY,
                                          "model.width=16"), "error", "backbone but this run trains a"),
+    # torn or hand-edited run files, user names as plain text (issue 28)
+    ("run files: a torn backbone.json beside the weights", ["knn", "--checkpoint", "{TORN}/backbone.pth", "--data",
+                                                           "{DATA}"], "error", "backbone.json"),
+    ("run files: report of a torn summary and metrics lines without step", ["report", "{TORN}", "--data", "{DATA}",
+                                                                        "--out", "{NEW}", "--curves-only"],
+     "skip", "skipped"),
+    ("run files: report of class folders named $\\bogus$ and $5-$10", ["report", "{RUN}", "--data", "{DOLLARS}",
+                                                                     "--out", "{NEW}", "--map-points", "8",
+                                                                     "--queries", "2", "--neighbours", "2"],
+     "ok", ""),
     ("--init from a missing file", P("--data", "{DATA}", "--out", "{NEW}", "--init", "{TMP}/nope.pth", *TINY),
      "error", "not found"),
 ]
