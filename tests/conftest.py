@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = Path(os.environ.get("MOCOLAB_TEST_DATA", ROOT.parent / "shared" / "data" / "cifar10"))
@@ -75,3 +76,13 @@ def cifar_subset(cifar_dir: Path, dest: Path, n: int, classes=("airplane", "cat"
             for src in sorted((cifar_dir / split / cls).glob("*.jpg"))[:n]:
                 (dest / split / cls / src.name).write_bytes(src.read_bytes())
     return dest
+
+
+@pytest.fixture
+def flat(tmp_path):
+    """A flat folder of 16 unlabeled 20 x 20 PNGs (no class sub-folders)."""
+    d = tmp_path / "flat"
+    d.mkdir()
+    for i in range(16):
+        Image.new("RGB", (20, 20), (i * 10, 50, 100)).save(d / f"{i}.png")
+    return d

@@ -17,7 +17,6 @@ import matplotlib
 import pytest
 import torch
 from conftest import cifar_subset
-from PIL import Image
 
 from mocolab import runfiles
 from mocolab.checkpoint import atomic_save, safe_load
@@ -32,15 +31,6 @@ def errors_of(capsys) -> list[str]:
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
     return [line for line in err.splitlines() if line.startswith("mocolab: error:")]
-
-
-@pytest.fixture
-def flat(tmp_path):
-    d = tmp_path / "flat"
-    d.mkdir()
-    for i in range(16):
-        Image.new("RGB", (20, 20), (i * 10, 50, 100)).save(d / f"{i}.png")
-    return d
 
 
 class FullDisk:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from conftest import cifar_subset
-from PIL import Image
 
 from mocolab.cli import main
 from mocolab.runtime import prepare_run_dir
@@ -23,15 +22,6 @@ def one_line_error(capsys, argv, text) -> None:
     errors = [line for line in err.splitlines() if line.startswith("mocolab: error:")]
     assert len(errors) == 1 and text in errors[0], err
     assert "Traceback" not in err
-
-
-@pytest.fixture
-def flat(tmp_path):
-    d = tmp_path / "flat"
-    d.mkdir()
-    for i in range(16):
-        Image.new("RGB", (20, 20), (i * 10, 50, 100)).save(d / f"{i}.png")
-    return d
 
 
 def fake_run(folder, command=None, task=None):
