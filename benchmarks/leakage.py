@@ -18,6 +18,7 @@ flags (ciFAIR, Barz & Denzler 2020: about 3.3 % have a near-duplicate in the tra
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import sys
@@ -60,23 +61,56 @@ def plant(cifar: Path, folder: Path, n: int, seed: int = 0) -> int:
     return 4 * n
 
 
+def score(pairs: list[tuple[str, str, float]], threshold: float, planted: int, query_images: int) -> dict:
+    """pairs: (test path, its nearest training path, cosine), both relative to their split, one per test
+    image -> the audit's figures at `threshold`. A planted copy counts as found when flagged; `matched_own`
+    counts those whose nearest training image is the very image it was made from."""
+    flagged = [(t, n) for t, n, c in pairs if c >= threshold]
+    found = [(t, n) for t, n in flagged if Path(t).name.startswith("planted_")]
+    by_variant = {v: sum(Path(t).stem.endswith(v) for t, _ in found) for v in VARIANTS}
+    # planted_<stem>_<variant>.<ext> in test/<class>/ was made from train/<class>/<stem>.<ext>
+    own = sum(Path(n).parent == Path(t).parent and Path(n).stem == Path(t).stem[len("planted_"):].rsplit("_", 1)[0]
+              for t, n in found)
+    originals = query_images - planted
+    return {"threshold": threshold, "flagged": len(flagged), "planted_found": len(found),
+            "precision": len(found) / max(len(flagged), 1), "recall": len(found) / planted,
+            "recall_by_variant": {v: by_variant[v] / (planted // 4) for v in VARIANTS},
+            "planted_matched_own": own, "originals_flagged": len(flagged) - len(found),
+            "originals_flagged_percent": 100.0 * (len(flagged) - len(found)) / originals}
+
+
+def read_pairs(out: Path) -> list[tuple[str, str, float]]:
+    """out/neighbors.csv (query, rank, neighbor, cosine) -> the rank-1 rows as (test, train, cosine)."""
+    with open(out / "neighbors.csv", newline="") as f:
+        return [(r["query"], r["neighbor"], float(r["cosine"])) for r in csv.DictReader(f) if r["rank"] == "1"]
+
+
 def audit(src: str, folder: Path, out: Path, threshold: float | None, planted: int) -> dict:
     from mocolab.nearest import DEFAULT_LEAK, run_neighbors
 
     t0 = time.perf_counter()
     r = run_neighbors(src, folder, out, k=1, leakage=threshold or DEFAULT_LEAK, show=30, overwrite=True,
                       device="cpu", progress=False)
-    flagged = r["leaked_paths"]
-    tp = sum(Path(p).name.startswith("planted_") for p in flagged)
-    by_variant = {v: sum(Path(p).stem.endswith(v) for p in flagged if Path(p).name.startswith("planted_"))
-                  for v in VARIANTS}
-    own = len(flagged) - tp
-    originals = r["query_images"] - planted
-    return {"backbone": src, "threshold": r["leakage_threshold"], "flagged": len(flagged), "planted_found": tp,
-            "precision": tp / max(len(flagged), 1), "recall": tp / planted, "recall_by_variant": {
-                v: by_variant[v] / (planted // 4) for v in VARIANTS},
-            "originals_flagged": own, "originals_flagged_percent": 100.0 * own / originals,
-            "mean_nearest_cosine": r["mean_nearest_cosine"], "seconds": time.perf_counter() - t0}
+    pairs = read_pairs(out)
+    row = score(pairs, r["leakage_threshold"], planted, r["query_images"])
+    # the same flags as the command's own (its leakage.csv), or the scoring here is wrong
+    assert row["flagged"] == len(r["leaked_paths"]), (row["flagged"], len(r["leaked_paths"]))
+    return {"backbone": src, **row, "mean_nearest_cosine": r["mean_nearest_cosine"],
+            "seconds": time.perf_counter() - t0}
+
+
+def rescore(src: str, out: Path, threshold: float | None, planted: int) -> dict:
+    """The figures at another threshold from a previous run's out/neighbors.csv (k=1), without embedding."""
+    from mocolab.nearest import DEFAULT_LEAK
+
+    summary = json.loads((out / "neighbors.json").read_text())
+    if summary["model"] != src:
+        raise SystemExit(f"{out}/neighbors.json is of {summary['model']}, not {src}")
+    t0 = time.perf_counter()
+    pairs = read_pairs(out)
+    row = score(pairs, threshold or DEFAULT_LEAK, planted, len(pairs))
+    return {"backbone": src, **row, "mean_nearest_cosine": sum(c for *_, c in pairs) / len(pairs),
+            "seconds": time.perf_counter() - t0, "rescored_from": str(out / "neighbors.csv")}
 
 
 def main() -> None:
@@ -86,18 +120,29 @@ def main() -> None:
     ap.add_argument("--planted", type=int, default=200, help="training images copied, 4 ways each")
     ap.add_argument("--backbones", nargs="+", default=["runs/leak_moco", "runs/leak_sup", "random:cifar10_cpu"])
     ap.add_argument("--threshold", type=float, help="default: mocolab.nearest.DEFAULT_LEAK")
+    ap.add_argument("--rescore", action="store_true",
+                    help="no embedding: score the neighbors.csv that a previous run left in --folder/out<i>/")
     ap.add_argument("--json", help="write the rows here too")
     args = ap.parse_args()
     folder = Path(args.folder)
     planted = plant(Path(args.cifar), folder / "data", args.planted)
     rows = []
     for i, src in enumerate(args.backbones):
-        row = audit(src, folder / "data", folder / f"out{i}", args.threshold, planted)
+        row = (rescore(src, folder / f"out{i}", args.threshold, planted) if args.rescore else
+               audit(src, folder / "data", folder / f"out{i}", args.threshold, planted))
         rows.append(row)
         print(f"{src}: threshold {row['threshold']}, flagged {row['flagged']}, precision {row['precision']:.3f}, "
-              f"recall {row['recall']:.3f} {row['recall_by_variant']}, own test images flagged "
+              f"recall {row['recall']:.3f} {row['recall_by_variant']}, nearest is its own original "
+              f"{row['planted_matched_own']}/{row['planted_found']}, own test images flagged "
               f"{row['originals_flagged']} ({row['originals_flagged_percent']:.2f} %), mean nearest cosine "
               f"{row['mean_nearest_cosine']:.3f} ({row['seconds']:.0f} s)", flush=True)
+    print("\n| backbone | flagged | precision | recall (jpeg60 / resize / flip / bright) | own original | "
+          "own test images flagged |\n| --- | ---: | ---: | --- | ---: | ---: |")
+    for r in rows:
+        v = " / ".join(f"{r['recall_by_variant'][k]:.3f}" for k in VARIANTS)
+        print(f"| {r['backbone']} | {r['flagged']:,} | {r['precision']:.3f} | {r['recall']:.3f} ({v}) | "
+              f"{r['planted_matched_own']}/{r['planted_found']} | {r['originals_flagged']} "
+              f"({r['originals_flagged_percent']:.2f} %) |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
