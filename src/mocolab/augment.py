@@ -76,7 +76,8 @@ def _adjust_hue(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Shifts hue by h (B, in [-0.5, 0.5]) through HSV, as torchvision's adjust_hue.
     x: B x 3 x H x W in [0, 1]."""
     r, g, b = x.unbind(1)
-    maxc = torch.maximum(torch.maximum(r, g), b)  # V; elementwise: faster than x.max(1) across planes
+    # V = max(r, g, b), elementwise: faster than x.max(1) across planes
+    maxc = torch.maximum(torch.maximum(r, g), b)
     cr = maxc - torch.minimum(torch.minimum(r, g), b)  # chroma, = V * S
     inv = 1.0 / torch.where(cr > 0, cr, 1.0)
     # hue in sixths of a turn, torchvision's hr + hg + hb (in (-1, 5]), then shifted, mod 6
@@ -166,7 +167,11 @@ def crop_resize(x: torch.Tensor, boxes: torch.Tensor, size: int, fits: bool | No
 # on the CPU from the run's generator, then one host-to-device copy)
 _BOX, _GRAY_ON = slice(0, 4), 4  # crop box x0, y0, x1, y1; grayscale
 _JITTER = slice(5, 25)  # 4 positions x (blend on, blend factor, blend op 0-2, hue on, hue shift)
-_BLUR_ON, _SIGMA, _SOLARIZE_ON, _FLIP_ON, _N_PARAMS = 25, 26, 27, 28, 29
+_BLUR_ON = 25
+_SIGMA = 26
+_SOLARIZE_ON = 27
+_FLIP_ON = 28
+_N_PARAMS = 29
 
 
 def _select_subset(mask: torch.Tensor, fn, x: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
@@ -213,7 +218,8 @@ class BatchAugment:
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
         self.channels_last = channels_last
         self.compile = compile
-        self.masked = None  # None: dense off the CPU or when compiled, subsets otherwise (tests force either)
+        # None: dense off the CPU or when compiled, subsets otherwise (tests force either)
+        self.masked = None
         self._compiled = None
         self._norm: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}  # mean, std per device
 

@@ -80,7 +80,9 @@ def scan_folder(root: str | Path, limit: int = 0) -> FileList:
     if not root.is_dir():
         raise DataError(f"data path is not a folder: {root}")
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files, labels, classes = [], [], []
+    files = []  # image paths
+    labels = []  # their class indices (-1 each in a flat folder)
+    classes = []
     if subdirs:
         for d in subdirs:
             found = sorted(p for p in d.rglob("*") if _is_image(p))
@@ -118,8 +120,10 @@ def find_splits(data: str | Path) -> tuple[Path, Path | None]:
     return root, None
 
 
-MAX_PIXELS = 2**25  # 8192 x 4096 (a 24 Mpx photo passes): a decode and its copies stay under 1 GB with torch
-MAX_ASPECT = 32  # longer side / shorter side: resizing the shorter side up to S takes up to S x 32S pixels
+# 8192 x 4096 (a 24 Mpx photo passes): a decode and its copies stay under 1 GB with torch
+MAX_PIXELS = 2**25
+# longer side / shorter side: resizing the shorter side up to S takes up to S x 32S pixels
+MAX_ASPECT = 32
 
 
 class ImageTooLarge(ValueError):
@@ -215,7 +219,9 @@ class CenterCropFiles(Dataset):
     same pixels, without the whole split in memory."""
 
     def __init__(self, fl: FileList, size: int, resize: int | None = None):
-        self.fl, self.size, self.resize = fl, size, resize or size
+        self.fl = fl
+        self.size = size
+        self.resize = resize or size
 
     def __len__(self):
         return len(self.fl)
@@ -369,7 +375,9 @@ class PILFileDataset(Dataset):
     under the seed (seed * 1_000_003 + i): see `seeded`."""
 
     def __init__(self, fl: FileList, transform, seed: int | None = None):
-        self.fl, self.transform, self.seed = fl, transform, seed
+        self.fl = fl
+        self.transform = transform
+        self.seed = seed
 
     def _seed(self, i: int) -> int | None:
         return None if self.seed is None else (self.seed * 1_000_003 + i) % 2**63
@@ -390,7 +398,9 @@ class TensorTwoViewDataset(PILFileDataset):
     """PIL pipeline over an already-decoded uint8 tensor (the pil backend with the cache)."""
 
     def __init__(self, data: TensorData, transform, seed: int | None = None):
-        self.data, self.transform, self.seed = data, transform, seed
+        self.data = data
+        self.transform = transform
+        self.seed = seed
 
     def __len__(self):
         return len(self.data)

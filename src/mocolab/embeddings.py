@@ -74,7 +74,8 @@ def extract_embeddings(net: nn.Module, fl: FileList, mean, std, *, size: int, de
     from .eval.store import FeatureStore
 
     n = len(fl)
-    block = max(batch_size * 16, 4096)  # files per extract_features call (DataLoader workers restart each)
+    # files per extract_features call (DataLoader workers restart each)
+    block = max(batch_size * 16, 4096)
     store = FeatureStore(n, memory_limit, store_dtype, store_dir)
     try:
         with tqdm(total=n, disable=not progress, unit="img", dynamic_ncols=True, desc="embed") as bar:
@@ -198,7 +199,8 @@ def _write_npy(emb: Embeddings, path: Path, table: Path) -> None:
             for i, (p, y) in enumerate(zip(emb.paths, labels)):
                 w.writerow([i, p, "" if y is None else y, "" if y is None else emb.classes[y]])
 
-    tmp = table.with_name(f".{table.name}.tmp")  # the table lands second: both files or the old ones
+    # the table lands second: both files or the old ones
+    tmp = table.with_name(f".{table.name}.tmp")
     try:
         write_table(tmp)
         _atomic(path, write_array)

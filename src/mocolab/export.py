@@ -40,7 +40,8 @@ def read_source(src: str | Path) -> tuple[dict, dict]:
     if str(src).startswith("random:"):
         raise CheckpointError("export writes trained weights: give a run folder or a checkpoint, not random:PRESET")
     _, path, _ = resolve_entry(str(src))
-    if path.suffix == ".safetensors":  # a safetensors export or a model folder: metadata in its header / config.json
+    # a safetensors export or a model folder: metadata in its header / config.json
+    if path.suffix == ".safetensors":
         obj = {}
         sd, ck = load_weights(path)
     else:
@@ -145,7 +146,8 @@ def _detectron2(meta: dict, out: Path) -> str:
                          "use --format torchvision or safetensors")
     if arch == "resnet10":
         raise UsageError("detectron2 builds ResNet depths 18/34/50/101/152 only, not resnet10")
-    if arch != "resnet50" and w != 64:  # build_resnet_backbone asserts RES2_OUT_CHANNELS == 64
+    # build_resnet_backbone asserts RES2_OUT_CHANNELS == 64
+    if arch != "resnet50" and w != 64:
         raise UsageError(f"detectron2's R18/R34 need 64 channels in res2 "
                          f"(RES2_OUT_CHANNELS); this {arch} has width {w}")
     if out.suffix != ".pkl":
@@ -165,7 +167,8 @@ def _detectron2(meta: dict, out: Path) -> str:
 
 def _timm(meta: dict) -> tuple[str, dict]:
     """The timm.create_model name and kwargs that build this layout, or a refusal."""
-    if meta["arch"] in VITS:  # timm's registered ViT of that width, with MoCo v3's heads, patch and size
+    # timm's registered ViT of that width, with MoCo v3's heads, patch and size
+    if meta["arch"] in VITS:
         spec = VITS[meta["arch"]]
         name = {384: "vit_small_patch16_224", 768: "vit_base_patch16_224"}.get(spec["embed_dim"],
                                                                                "vit_tiny_patch16_224")
@@ -176,7 +179,8 @@ def _timm(meta: dict) -> tuple[str, dict]:
     if meta["width"] != 64:
         raise UsageError(f"timm's ResNet fixes its 7x7 stem at 64 channels (stem_width sizes "
                          f"only its deep stems), so width {meta['width']} cannot be built")
-    if meta["arch"] == "resnet10":  # timm's resnet10t is another network (deep stem, avg-pool down)
+    # timm's resnet10t is another network (deep stem, avg-pool down)
+    if meta["arch"] == "resnet10":
         return "resnet18", {"layers": [1, 1, 1, 1]}
     return meta["arch"], {}
 
@@ -234,15 +238,17 @@ def export(src: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
 def write_safetensors(out: Path, sd: dict, meta: dict) -> None:
     """The backbone state_dict `sd` as safetensors, with `meta` (arch, width, stem, mean/std, method,
     epochs, image_size) as text in its header, written atomically."""
-    from safetensors.torch import save  # bytes, so the file gets the usual permissions
+    # save() returns bytes, written by write_bytes so the file gets the usual permissions
+    from safetensors.torch import save
 
     md = {"arch": meta["arch"], "width": str(meta["width"]), "stem": str(meta["stem"]),
           "mean": json.dumps(meta["mean"]), "std": json.dumps(meta["std"]),
           "format_version": FORMAT_VERSION,
           "load_with": f"mocolab.export.load_safetensors(path), then {LOAD_WITH}"}
     md.update({k: str(meta[k]) for k in ("method", "epochs", "image_size", "img_size") if k in meta})
+    # own storage each: safetensors refuses shared ones
     weights = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
-               for k, v in sd.items()}  # own storage each: safetensors refuses shared ones
+               for k, v in sd.items()}
     write_bytes(out, save(weights, metadata=md))
 
 
@@ -394,7 +400,8 @@ def export_folder(src: str | Path, out: Path, overwrite: bool = False) -> dict:
         (tmp / "README.md").write_text(card)
         os.chmod(tmp, 0o755)  # mkdtemp's 0o700 would keep the folder from others
         old = None
-        if out.exists():  # replaced as a whole: moved aside, then removed once the new one is in place
+        # replaced as a whole: moved aside, then removed once the new one is in place
+        if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)

@@ -188,7 +188,8 @@ def run_neighbors(src, data: str | Path, out: str | Path, *, query: str | Path |
                       top_k(bank.features, bank.features, need, exclude_self=True, bank_chunk=chunk_rows,
                             device=model.device))
         groups = None
-        if duplicates is not None:  # within data: its own neighbours (the query's when query is data)
+        # within data: its own neighbours (the query's when query is data)
+        if duplicates is not None:
             ds, dr = (sims, rows) if q is None else top_k(bank.features, bank.features, k, exclude_self=True,
                                                           bank_chunk=chunk_rows, device=model.device)
             groups = duplicate_groups(ds, dr, duplicates)

@@ -84,7 +84,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}-{next(_counter)}")
     created = False
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() does
+        # 0o666 & ~umask, as open() does
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         created = True
         try:
             f = os.fdopen(fd, "wb")
@@ -246,7 +247,8 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict]]:
         kind = monitors if "knn_top1" in rec else records if "loss" in rec else None
         if kind is None:
             continue
-        while kind and kind[-1]["step"] >= rec["step"]:  # a resumed run's replayed steps replace the old
+        # a resumed run's replayed steps replace the old
+        while kind and kind[-1]["step"] >= rec["step"]:
             kind.pop()
         kind.append(rec)
     if skipped:

@@ -74,7 +74,8 @@ def write_shards(data: str | Path, prefix: str | Path, shard_size: int, seed: in
     if old and not overwrite:
         raise UsageError(f"{old[0]} exists ({len(old)} shard file(s) of {prefix}); "
                          "pass --overwrite to replace them")
-    files = [scan_folder(folder) for _, folder in splits]  # every split scanned before anything is removed
+    # every split scanned before anything is removed
+    files = [scan_folder(folder) for _, folder in splits]
     for p in old:
         p.unlink()
     patterns = []
@@ -124,7 +125,8 @@ class ShardStream:
         info = json.loads(meta.read_text()) if meta.is_file() else {}
         numbers = [re.search(r"-(\d+)\.tar$", u) for u in self.urls]
         counts = info.get("counts", [])
-        if counts and all(m and int(m.group(1)) < len(counts) for m in numbers):  # the listed shards only
+        # the metadata's counts, when it lists every shard read
+        if counts and all(m and int(m.group(1)) < len(counts) for m in numbers):
             self.n = sum(counts[int(m.group(1))] for m in numbers)
         else:  # count the samples (distinct keys) once
             self.n = sum(_count(u) for u in self.urls)
@@ -153,7 +155,8 @@ class ShardStream:
         import webdataset as wds
 
         urls = list(self.urls)
-        random.Random(seed * 1_000_003 + epoch * 1009 + cycle).shuffle(urls)  # the same on every rank
+        # seeded by (seed, epoch, cycle): the same order on every rank
+        random.Random(seed * 1_000_003 + epoch * 1009 + cycle).shuffle(urls)
         return wds.DataPipeline(
             wds.SimpleShardList(urls),
             wds.split_by_node,

@@ -54,7 +54,9 @@ def train_supervised(cfg: Config, data: str, out: str | Path, resume: bool = Fal
     seed_everything(cfg.run.seed)
     device = resolve_device(cfg.run.device)
     dtype = resolve_amp(cfg.run.amp, device)
-    size, mean, std = cfg.data.image_size, cfg.data.mean, cfg.data.std
+    size = cfg.data.image_size
+    mean = cfg.data.mean
+    std = cfg.data.std
 
     splits = load_splits(data, cache_size_for(size), limit=cfg.data.limit, workers=cfg.data.workers,
                          cache_dir=cfg.data.cache_dir)

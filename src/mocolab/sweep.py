@@ -68,7 +68,9 @@ def resolve(key: str, value: str) -> tuple[str, str]:
 
 def split_values(text: str) -> list[str]:
     """'a,b' -> [a, b]; commas inside brackets stay: '[0.2,1.0],[0.5,1.0]' -> two values."""
-    values, depth, cur = [], 0, ""
+    values = []
+    depth = 0  # bracket nesting at ch
+    cur = ""  # the value being read
     for ch in text:
         depth += (ch == "[") - (ch == "]")
         if ch == "," and depth == 0:
@@ -237,7 +239,8 @@ def read_metrics(path: Path) -> tuple[dict[int, dict], dict[float, float]]:
     """metrics.jsonl (runfiles.read_metrics: a resumed run's replayed steps replace the earlier
     records; bad lines skipped with a warning) -> ({step: step record}, {epoch: kNN})."""
     records, monitors = runfiles.read_metrics(path)
-    return ({r["step"]: r for r in records if isinstance(r.get("epoch"), int)},  # cell_row groups by epoch
+    # the step records with an integer epoch: cell_row groups by epoch
+    return ({r["step"]: r for r in records if isinstance(r.get("epoch"), int)},
             {m["epoch"]: m["knn_top1"] for m in monitors if "epoch" in m})
 
 
@@ -274,7 +277,9 @@ class LinearProbe:
     """The cached-feature linear probe of finished cells (result JSON beside backbone.pth)."""
 
     def __init__(self, data: str):
-        self.data, self.contexts, self.done = data, {}, {}
+        self.data = data
+        self.contexts = {}
+        self.done = {}
 
     def __call__(self, cell_dir: Path, limit: int) -> float | None:
         if cell_dir not in self.done:

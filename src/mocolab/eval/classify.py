@@ -109,7 +109,10 @@ class LabeledFeed:
 
     def __init__(self, data: TensorData, aug: BatchAugment, batch: int, device: torch.device):
         self.images = data.images.to(device) if device.type == "cuda" else data.images
-        self.labels, self.aug, self.batch, self.device = data.labels.to(device), aug, batch, device
+        self.labels = data.labels.to(device)
+        self.aug = aug
+        self.batch = batch
+        self.device = device
         self.generator: torch.Generator | None = None
 
     def __len__(self) -> int:
@@ -118,7 +121,8 @@ class LabeledFeed:
     def batches(self, order: torch.Tensor, start: int, epoch: int):
         B = self.batch
         for it in range(start, len(self) // B):
-            idx = du.to_device(order[it * B:(it + 1) * B], self.images.device)  # no host sync on CUDA
+            # no host sync on CUDA
+            idx = du.to_device(order[it * B:(it + 1) * B], self.images.device)
             x = self.aug(self.images[idx].to(self.device, non_blocking=True), self.generator)  # normalised
             yield (x, self.labels[idx.to(self.labels.device)]), None
 
@@ -131,7 +135,11 @@ class FileFeed(LabeledFeed):
     one batch in memory instead of the split. A batch loses its unreadable files (a warning each)."""
 
     def __init__(self, files: FileList, aug: BatchAugment, batch: int, device: torch.device, workers: int = 2):
-        self.files, self.aug, self.batch, self.device, self.workers = files, aug, batch, device, workers
+        self.files = files
+        self.aug = aug
+        self.batch = batch
+        self.device = device
+        self.workers = workers
         self.labels = torch.as_tensor(files.labels)
         self.generator: torch.Generator | None = None
 
@@ -178,8 +186,10 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData | FileList, aug:
     n = len(train)
     B = min(fc.batch_size, n)
     if B < fc.batch_size and B >= 16:
-        B = B // 16 * 16  # oneDNN's bf16 kernels are several times slower on odd batch sizes
-    if cfg is not None and cfg.optim.batch_size != B:  # the caller's config, with the batch the data allows
+        # oneDNN's bf16 kernels are several times slower on odd batch sizes
+        B = B // 16 * 16
+    # the caller's config, with the batch the data allows
+    if cfg is not None and cfg.optim.batch_size != B:
         cfg = copy.deepcopy(cfg)
         cfg.optim.batch_size = B
     cfg = cfg or loop_config(fc, B)
@@ -193,7 +203,8 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData | FileList, aug:
         marker = Path(out) / "settings.json"
         same = marker.is_file() and read_json(marker) == json.loads(json.dumps(settings or {}))
         path = latest_checkpoint(Path(out)) if resume and same else None
-        if path is None:  # a fresh start: the checkpoints of another run must never be resumed
+        # a fresh start: the checkpoints of another run must never be resumed
+        if path is None:
             shutil.rmtree(Path(out) / "checkpoints", ignore_errors=True)
         state = safe_load(path) if path is not None else None
         if state is not None and state.get("config") == cfg.to_dict():
@@ -203,7 +214,8 @@ def fit(model: nn.Module, groups: list[dict], train: TensorData | FileList, aug:
             log.info("%s: %s holds other settings; starting afresh", desc, path)
         write_json(marker, settings or {})
     trainer.on_log = logger
-    p = trainer.run()  # fit, final.pth (with `out`), logs closed; Preempted (checkpoint written) on SIGTERM
+    # fits, writes final.pth (with `out`), closes the logs; Preempted (checkpoint written) on SIGTERM
+    p = trainer.run()
     loss = {k: (rec or {}).get("loss", float("nan")) for k, rec in
             (("first_loss", trainer.first_log), ("final_loss", trainer.last_log))}
     return {"steps": p.step, "epochs": p.step / trainer.steps_per_epoch, "images": p.images, "batch_size": B,

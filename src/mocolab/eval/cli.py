@@ -28,7 +28,8 @@ def _check(args) -> None:
     for f in [getattr(args, "label_fraction", None), *(getattr(args, "fractions", None) or [])]:
         if f is not None and not 0.0 < f <= 1.0:
             raise UsageError(f"a label fraction must lie in (0, 1] (e.g. 0.01, 0.1, 1.0), got {f:g}")
-    if du.launched_by_torchrun():  # feature extraction is sharded over the ranks; training loops are not
+    # feature extraction is sharded over the ranks; training loops are not
+    if du.launched_by_torchrun():
         if args.fn is not cmd_linear or args.mode != "cached":
             raise UsageError("under torchrun, evaluation runs `mocolab knn` and `mocolab linear --mode cached` "
                              "(features sharded over the ranks); run the other protocols as one process")

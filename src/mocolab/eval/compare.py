@@ -169,7 +169,8 @@ def transfer_cell(tg: Target, spec: TransferSpec, seed: int, cell: Path, runner,
     old = read_json(cell / "cell.json").get("spec")  # torn or hand-edited: {} (a warning names it)
     if cell.is_dir() and any(cell.iterdir()) and (force or not _same_spec(old, want)):
         why = "--force" if force else "made for other settings" if old else "no readable cell.json"
-        aside = move_aside(cell)  # never deleted: a cell holds hours of fine-tuning
+        # never deleted: a cell holds hours of fine-tuning
+        aside = move_aside(cell)
         log.warning("%s: %s; moved aside to %s, starting it over", cell, why, aside.name)
     elif (res := finished_result(cell, want)) is not None:
         log.info("%s: finished, reused", cell)
@@ -221,7 +222,8 @@ def compare(entries: list[str], ctx: Context, out: str | Path, *, protocols=("kn
     for spec in transfer:
         spec.check()
     out = Path(out)
-    lock_run_dir(out)  # one compare per folder: two would run (and move aside) the same cells
+    # one compare per folder: two would run (and move aside) the same cells
+    lock_run_dir(out)
     targets = [Target.from_entry(e, out, ctx.seed) for e in entries]
     cols = column_names(protocols, fractions)
     # per task: (key in its result file, column title)
@@ -351,7 +353,9 @@ def bar_chart(table: dict, path: Path) -> None:
 
     plt = setup()
 
-    top, tcols, rows = table["columns"], table.get("transfer_columns", []), table["rows"]
+    top = table["columns"]  # the classification columns
+    tcols = table.get("transfer_columns", [])
+    rows = table["rows"]
     cols = top + tcols
     x = np.arange(len(cols))
     w = 0.8 / max(1, len(rows))

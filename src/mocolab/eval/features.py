@@ -26,7 +26,9 @@ def extract_features(model: nn.Module, data: TensorData | FileList, mean, std, *
     cudagraph_steps: `model` is compiled with CUDA graphs (run.compile_mode reduce-overhead or max-autotune);
     each batch is then one inference step of its own, replaying one graph."""
     if shard and du.is_dist():
-        n, w, r = len(data), du.world_size(), du.rank()
+        n = len(data)
+        w = du.world_size()
+        r = du.rank()
         lo, hi = n * r // w, n * (r + 1) // w  # shards of every size, none empty unless n < w
         part = (FileList(data.root, data.files[lo:hi], data.labels[lo:hi], data.classes) if isinstance(data, FileList)
                 else TensorData(data.images[lo:hi], data.labels[lo:hi], data.classes))

@@ -82,7 +82,8 @@ def linear_paper(net: nn.Module, train, test, mean, std, size: int, fc: FitConfi
     model = paper_classifier(net, feature_dim_of(net, size), num_classes).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}  # for check_unchanged
+    # the backbone's weights before the fit, for check_unchanged
+    before = {k: v.detach().clone() for k, v in model.backbone.state_dict().items()}
     aug = BatchAugment(crop_flip(size, crop_scale), mean, std, channels_last)
     stats = fit(model, [{"params": model.fc.parameters()}], train, aug, fc, device, autocast_dtype, desc="linear",
                 out=out, settings=settings, workers=workers)

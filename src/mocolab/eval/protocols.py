@@ -126,7 +126,8 @@ class Context:
         if self.stream == "off":
             return False
         name = str(self.data).partition(":")[0]
-        if name in ("cifar10", "cifar100") and not Path(self.data).exists():  # torchvision's arrays, in memory
+        # CIFAR by name: torchvision's arrays, in memory
+        if name in ("cifar10", "cifar100") and not Path(self.data).exists():
             if self.stream == "on":
                 raise UsageError(f"--stream on reads image folders; {self.data} is torchvision's in-memory "
                                  "dataset (give its folder, or --stream off)")
@@ -274,7 +275,8 @@ def run_knn(entry: str, ctx: Context, *, k: int = 200, t: float = 0.1, features:
         if features == "head" and Path(entry).is_dir():  # the head is in the training state
             path = Path(entry) / "checkpoints" / "final.pth"
         net, cfg = load_for_eval(str(path), features, image_size)
-    device = du.setup(resolve_device(ctx.device))  # under torchrun the features are sharded over ranks
+    # under torchrun the features are sharded over ranks
+    device = du.setup(resolve_device(ctx.device))
     check_eval_size(cfg.data.image_size, device=device)
     net = net.to(device)
     if cfg.run.channels_last:
@@ -338,8 +340,9 @@ def run_linear_paper(target: Target, ctx: Context, fc: FitConfig, crop_scale=(0.
     net, cfg, device, dtype = _prepare(target, ctx)
     fc.seed = ctx.seed
     streamed = ctx.streaming(cfg.data.image_size)
+    # fc_init: results before it differ
     st = _settings(target, ctx, cfg, "linear_paper", dtype, streamed, fit=fc.to_dict(), crop_scale=list(crop_scale),
-                   frozen_backbone=True, bn="eval", fc_init="normal_0.01")  # fc_init: results before it differ
+                   frozen_backbone=True, bn="eval", fc_init="normal_0.01")
     path = result_path(target.base, "linear_paper", st)
     if reuse and (old := find_matching(target.base, "linear_paper", st)) is not None:
         return old

@@ -87,10 +87,12 @@ def write_result(path: Path, result: dict) -> Path | None:
     result = {**result, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_json(path, result)  # atomic: a reader never sees half a result
+        # atomic: a reader never sees half a result
+        return write_json(path, result)
     except OSError as e:
         top1 = f" (its top-1: {result['top1']:.2f}%)" if isinstance(result.get("top1"), float) else ""
-        why = getattr(e, "reason", None) or e.strerror or e  # runfiles.WriteError: its reason alone
+        # runfiles.WriteError: its reason alone
+        why = getattr(e, "reason", None) or e.strerror or e
         raise PathError(f"could not write the result {path}: {why}{top1}") from None
 
 

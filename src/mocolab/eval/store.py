@@ -27,7 +27,10 @@ class FeatureStore:
     def __init__(self, capacity: int, memory_limit: float, dtype: str = "float32", folder: str | Path | None = None):
         if dtype not in STORE_DTYPES:
             raise UsageError(f"feature store dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-        self.capacity, self.memory_limit, self.dtype, self.folder = capacity, memory_limit, dtype, folder
+        self.capacity = capacity
+        self.memory_limit = memory_limit
+        self.dtype = dtype
+        self.folder = folder
         self.n = 0
         self.rows: torch.Tensor | np.memmap | None = None  # capacity x D, made at the first append
         self.labels = torch.empty(capacity, dtype=torch.long)
@@ -37,7 +40,9 @@ class FeatureStore:
     def from_tensor(cls, f: torch.Tensor, y: torch.Tensor) -> FeatureStore:
         """A store in memory holding f (N x D) and y (N): the in-memory path through the same readers."""
         st = cls(len(f), float("inf"))
-        st.rows, st.n, st.labels = f.float(), len(f), y.long().cpu()
+        st.rows = f.float()
+        st.n = len(f)
+        st.labels = y.long().cpu()
         return st
 
     def __len__(self) -> int:

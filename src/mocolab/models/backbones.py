@@ -30,7 +30,11 @@ class WideResNet(tvr.ResNet):
                  zero_init_residual: bool = False):
         nn.Module.__init__(self)
         self._norm_layer = norm_layer or nn.BatchNorm2d
-        self.inplanes, self.dilation, self.groups, self.base_width = width, 1, 1, 64
+        # torchvision's ResNet attributes, read by its _make_layer
+        self.inplanes = width
+        self.dilation = 1
+        self.groups = 1
+        self.base_width = 64
         if cifar_stem:
             self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()

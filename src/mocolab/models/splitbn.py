@@ -29,7 +29,8 @@ class SplitBatchNorm(nn.BatchNorm2d):
     def __init__(self, num_features: int, splits: int = 1, **kw):
         super().__init__(num_features, **kw)
         self.splits = splits
-        self.fold = None  # None: fold the groups into channels off the CPU, chunks on it (tests force either)
+        # None: fold the groups into channels off the CPU, chunks on it (tests force either)
+        self.fold = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.splits == 1:
@@ -42,7 +43,9 @@ class SplitBatchNorm(nn.BatchNorm2d):
         # variance is undefined (F.batch_norm refuses it); the chunks handle it as before
         if (self.fold if self.fold is not None else x.device.type != "cpu") and x.numel() > self.splits * x.shape[1]:
             return self._folded(x)
-        outs, means, rstds = [], [], []
+        outs = []  # per split: its normalized chunk
+        means = []  # per split: its batch mean (C)
+        rstds = []  # per split: its 1 / sqrt(var + eps) (C)
         for chunk in x.chunk(self.splits):  # splits x (n x C x H x W), views
             y, mean, rstd = torch.native_batch_norm(chunk, self.weight, self.bias, None, None, True, 0.0, self.eps)
             outs.append(y)
@@ -106,7 +109,9 @@ def _nhwc(x: torch.Tensor) -> bool:
 def fold_groups(x: torch.Tensor, S: int) -> torch.Tensor:
     """N x C x ... -> n x (S C) x ... (n = N / S): sample j of group g at row j, channels g C ..
     (g+1) C. One copy, in x's memory format."""
-    N, C, rest = x.shape[0], x.shape[1], x.shape[2:]
+    N = x.shape[0]
+    C = x.shape[1]
+    rest = x.shape[2:]  # H x W (or none)
     if _nhwc(x):  # in memory order: S x n x H x W x C -> n x H x W x S x C
         h = x.permute(0, 2, 3, 1).reshape(S, N // S, *rest, C)
         return h.permute(1, 2, 3, 0, 4).reshape(N // S, *rest, S * C).permute(0, 3, 1, 2)
@@ -115,7 +120,9 @@ def fold_groups(x: torch.Tensor, S: int) -> torch.Tensor:
 
 def unfold_groups(y: torch.Tensor, S: int) -> torch.Tensor:
     """The inverse of fold_groups: n x (S C) x ... -> N x C x ..."""
-    n, C, rest = y.shape[0], y.shape[1] // S, y.shape[2:]
+    n = y.shape[0]
+    C = y.shape[1] // S
+    rest = y.shape[2:]
     if _nhwc(y):  # n x H x W x S x C -> S x n x H x W x C
         h = y.permute(0, 2, 3, 1).reshape(n, *rest, S, C)
         return h.permute(3, 0, 1, 2, 4).reshape(S * n, *rest, C).permute(0, 3, 1, 2)

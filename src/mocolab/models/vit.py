@@ -34,7 +34,8 @@ VITS = {
 def timm_vit(arch: str, img_size: int = 224, **kw) -> VisionTransformer:
     """timm's VisionTransformer of `arch` without a classifier (the class token N x D out).
     dynamic_img_size: evaluations at another size than training resample the position embedding."""
-    from timm.models.vision_transformer import VisionTransformer  # timm imported when a ViT is built
+    # timm imported when a ViT is built
+    from timm.models.vision_transformer import VisionTransformer
 
     if arch not in VITS:
         raise ValueError(f"unknown ViT '{arch}'; choose one of {', '.join(VITS)}")

@@ -38,7 +38,8 @@ class DetectionData:
         return len(self.classes)
 
 
-MAX_COORD = 1e9  # a coordinate or size beyond this is not a pixel position (float32 keeps it finite)
+# a coordinate or size beyond this is not a pixel position (float32 keeps it finite)
+MAX_COORD = 1e9
 MAX_ID = 2**63 - 1  # ids are int64 (torch, numpy, pycocotools)
 
 

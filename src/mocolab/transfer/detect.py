@@ -175,7 +175,8 @@ def run_detect(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     training checkpoint to continue from (its config is the caller's: see run.resume_config)."""
     out, t_start = Path(out), time.perf_counter()
     device, autocast_dtype = setup(cfg, out)
-    backbone, meta = load_backbone(backbone_src, seed=cfg.run.seed)  # seeded apart from the global RNG
+    # seeded apart from the global RNG
+    backbone, meta = load_backbone(backbone_src, seed=cfg.run.seed)
     if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], DetectionData):
         (train_data, test_data), fmt = data, "voc"
     else:

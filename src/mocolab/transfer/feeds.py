@@ -37,7 +37,10 @@ class _DetectionSamples(Dataset):
     """(uint8 image, {"boxes", "labels"}, index) per item; None when unreadable."""
 
     def __init__(self, data: DetectionData, flip: float, seed: int | None, keep_difficult: bool):
-        self.data, self.flip, self.seed, self.keep_difficult = data, flip, seed, keep_difficult
+        self.data = data
+        self.flip = flip
+        self.seed = seed
+        self.keep_difficult = keep_difficult
 
     def __len__(self) -> int:
         return len(self.data)
@@ -67,7 +70,10 @@ class _SegmentationSamples(Dataset):
     task.test_scale, int64 full-size mask, index)."""
 
     def __init__(self, data: SegData, task, seed: int | None, train: bool):
-        self.data, self.task, self.seed, self.train = data, task, seed, train
+        self.data = data
+        self.task = task
+        self.seed = seed
+        self.train = train
 
     def __len__(self) -> int:
         return len(self.data)
@@ -112,19 +118,23 @@ def _collate(batch):
 
 class _Feed:
     def __init__(self, dataset: Dataset, cfg, device: torch.device, seed: int | None):
-        self.dataset, self.cfg, self.device = dataset, cfg, device
+        self.dataset = dataset
+        self.cfg = cfg
+        self.device = device
         self.workers = cfg.task.workers
-        self.seed = cfg.run.seed if seed is None else seed  # sample i of epoch e: seeded by (seed, e, i)
+        # sample i of epoch e: seeded by (seed, e, i)
+        self.seed = cfg.run.seed if seed is None else seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def _loader(self, ds: Dataset, indices: list[int], batch: int, seed: int) -> DataLoader:
         w = self.workers
+        # a generator of its own leaves the global RNG alone
         return DataLoader(ds, batch_size=batch, sampler=indices, num_workers=w, collate_fn=_collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=4 if w else None, worker_init_fn=ignore_signals,
-                          generator=torch.Generator().manual_seed(seed))  # leaves the global RNG alone
+                          generator=torch.Generator().manual_seed(seed))
 
     def _train_loader(self, ds_for_seed, order: torch.Tensor, start: int, epoch: int):
         B = self.cfg.optim.batch_size
@@ -158,7 +168,9 @@ class DetectionFeed(_Feed):
 
     def __init__(self, data: DetectionData, cfg, train: bool = True, seed: int | None = None,
                  device: torch.device | str = "cpu", keep_difficult: bool = True):
-        self.data, self.train, self.keep_difficult = data, train, keep_difficult
+        self.data = data
+        self.train = train
+        self.keep_difficult = keep_difficult
         super().__init__(_DetectionSamples(data, cfg.task.flip, None, keep_difficult), cfg,
                          torch.device(device), seed)
 

@@ -37,7 +37,8 @@ class SegData:
 
     def read_pair(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (image uint8 3 x H x W, mask int64 H x W with out-of-range values set to ignore)."""
-        x = torch.from_numpy(rgb_array(load_image(self.images[i]))).permute(2, 0, 1).contiguous()  # bounded size
+        # of bounded size: load_image refuses larger images
+        x = torch.from_numpy(rgb_array(load_image(self.images[i]))).permute(2, 0, 1).contiguous()
         with open_image(self.masks[i]) as m:
             y = np.array(m)
         if y.ndim != 2 or y.shape != tuple(x.shape[1:]):

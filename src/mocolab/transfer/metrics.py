@@ -54,7 +54,10 @@ def _class_aps(detections, data: DetectionData, label: int, use_07_metric: bool)
         sel = it.labels == label
         gt.append((_np(it.boxes[sel], (-1, 4)), it.difficult[sel].cpu().numpy()))
         npos += int((~gt[-1][1]).sum())
-    img, score, box = [], [], []
+    # the class's detections over all images: image index, score, box
+    img = []
+    score = []
+    box = []
     for i, det in enumerate(detections):
         sel = _np(det["labels"]) == label
         img += [i] * int(sel.sum())
@@ -175,7 +178,9 @@ def segmentation_scores(conf: torch.Tensor, classes: list[str] | None = None) ->
     from the target counts with IoU 0. mean_acc averages the classes present in the target.
     """
     c = conf.detach().cpu().double()  # C x C
-    tp, in_target, in_pred = c.diag(), c.sum(1), c.sum(0)
+    tp = c.diag()  # C: pixels of class c predicted as c
+    in_target = c.sum(1)  # C: pixels of class c in the masks
+    in_pred = c.sum(0)  # C: pixels predicted as c
     iou = tp / (in_target + in_pred - tp)  # NaN for 0/0
     acc = tp / in_target
     names = classes if classes is not None else [str(k) for k in range(len(c))]

@@ -96,7 +96,8 @@ def run_segment(cfg: TransferConfig, backbone_src: str, data, out: str | Path,
     out, t_start = Path(out), time.perf_counter()
     device, autocast_dtype = setup(cfg, out)
     t = cfg.task
-    backbone, meta = load_backbone(backbone_src, seed=cfg.run.seed)  # seeded apart from the global RNG
+    # seeded apart from the global RNG
+    backbone, meta = load_backbone(backbone_src, seed=cfg.run.seed)
     if isinstance(data, tuple):
         train_data, test_data = data
     else:
