@@ -10,7 +10,10 @@ Fixed-seed, single-thread, float32 runs, so that the arithmetic is deterministic
 
 --src runs another checkout's code (its src/ first on PYTHONPATH): the reference from before
 the change is made with `git worktree add ../ref <commit>` and `--src ../ref/src`.
-Two JSONs are equal when the behaviour is unchanged (`--compare A.json B.json`).
+`--compare A.json B.json` tells, per run, the tensors whose hashes differ, the tensors present on
+one side only (a buffer added by the change, e.g. the queue's key-age stamps, changes no weight)
+and the metrics that differ: the behaviour is unchanged when nothing differs (exit 0); tensors on
+one side only are listed but do not fail it.
 """
 
 from __future__ import annotations
@@ -46,7 +49,44 @@ def digest_state(path: Path) -> dict:
     for k, v in sorted(state["model"].items()):
         out[k] = hashlib.sha256(v.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
     return {"model": hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest(), "tensors": len(out),
-            "last_loss": (state.get("logs") or {}).get("last", {}).get("loss")}
+            "last_loss": (state.get("logs") or {}).get("last", {}).get("loss"), "hashes": out}
+
+
+def brief(entry: dict) -> dict:
+    """An entry without its per-tensor hashes, for printing."""
+    return {k: v for k, v in entry.items() if k != "hashes"}
+
+
+def compare(x: dict, y: dict) -> tuple[list[str], list[str]]:
+    """Two fingerprints -> (differences, one-sided tensors), as printable lines. A run's tensors
+    are compared one by one when both sides hold their hashes (the whole-model hash and the tensor
+    count then follow from them); a JSON written before the hashes were kept compares its
+    whole-model hash."""
+    diff, one_sided = [], []
+    for run in sorted(set(x) | set(y)):
+        a, b = x.get(run), y.get(run)
+        if a is None or b is None:
+            diff.append(f"{run}: only in {'B' if a is None else 'A'}")
+            continue
+        if isinstance(a, dict) and isinstance(a.get("hashes"), dict) and isinstance(b.get("hashes"), dict):
+            ha, hb = a["hashes"], b["hashes"]
+            changed = [k for k in sorted(set(ha) & set(hb)) if ha[k] != hb[k]]
+            if changed:
+                diff.append(f"{run}: {len(changed)} tensor(s) differ: {', '.join(changed)}")
+            for side, keys in (("A", sorted(set(ha) - set(hb))), ("B", sorted(set(hb) - set(ha)))):
+                if keys:
+                    one_sided.append(f"{run}: {len(keys)} tensor(s) only in {side}: {', '.join(keys)}")
+            # the whole-model hash and the count follow from the tensors, compared above
+            a = {k: v for k, v in a.items() if k not in ("hashes", "model", "tensors")}
+            b = {k: v for k, v in b.items() if k not in ("hashes", "model", "tensors")}
+        elif isinstance(a, dict) and isinstance(b, dict):
+            a = {k: v for k, v in a.items() if k != "hashes"}
+            b = {k: v for k, v in b.items() if k != "hashes"}
+        if a != b:
+            keys = sorted(set(a) | set(b)) if isinstance(a, dict) and isinstance(b, dict) else []
+            what = [k for k in keys if a.get(k) != b.get(k)] or [f"{a!r} != {b!r}"]
+            diff.append(f"{run}: {', '.join(map(str, what))} differ")
+    return diff, one_sided
 
 
 def main() -> None:
@@ -58,8 +98,13 @@ def main() -> None:
     a = ap.parse_args()
     if a.compare:
         x, y = (json.loads(Path(p).read_text()) for p in a.compare)
-        diff = [k for k in sorted(set(x) | set(y)) if x.get(k) != y.get(k)]
-        print("identical" if not diff else f"differ: {diff}")
+        diff, one_sided = compare(x, y)
+        for line in one_sided + diff:
+            print(line)
+        n_tensors = sum(len(v.get("hashes") or {}) for v in y.values() if isinstance(v, dict))
+        print(f"A = {a.compare[0]}, B = {a.compare[1]}: {len(diff)} difference(s), "
+              f"{len(one_sided)} run(s) with tensors on one side only; {n_tensors} tensors in B"
+              + ("; identical where both hold them" if not diff else ""))
         sys.exit(1 if diff else 0)
     data, src = Path(a.data), Path(a.src).resolve()
     result = {}
@@ -70,7 +115,7 @@ def main() -> None:
             mocolab(src, ["pretrain", "--data", str(data / "cifar10"), "--out", str(out), *PRETRAIN,
                           f"moco.method={method}"], env)
             result[f"pretrain.{method}"] = digest_state(out / "checkpoints" / "final.pth")
-            print(method, result[f"pretrain.{method}"], flush=True)
+            print(method, brief(result[f"pretrain.{method}"]), flush=True)
         for kind, folder in (("detect", "bccd/BCCD"), ("segment", "camvid")):
             out = Path(tmp) / kind
             mocolab(src, [kind, "--data", str(data / folder), "--out", str(out), *TRANSFER], env)
@@ -79,10 +124,9 @@ def main() -> None:
             result[kind] = {k: res[k] for k in keep}
             result[f"{kind}.final"] = digest_state(out / "checkpoints" / "final.pth")
             print(kind, result[kind], flush=True)
-    text = json.dumps(result, indent=2, sort_keys=True)
     if a.json:
-        Path(a.json).write_text(text)
-    print(text)
+        Path(a.json).write_text(json.dumps(result, indent=2, sort_keys=True))
+    print(json.dumps({k: brief(v) for k, v in result.items()}, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":
