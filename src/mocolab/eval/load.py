@@ -57,16 +57,18 @@ def folder_config(folder: str | Path) -> dict:
     return meta
 
 
-def load_weights(path: str | Path) -> tuple[dict, dict]:
+def load_weights(path: str | Path, obj=None) -> tuple[dict, dict]:
     """Any weights file `resolve_entry` gives -> (backbone state_dict, metadata): a training
     checkpoint's metadata is {"config": ...}; an export's is its .json sidecar, a safetensors
-    file's its header (and a model folder's config.json); foreign weights have none."""
+    file's its header (and a model folder's config.json); foreign weights have none.
+    obj: the file's content (checkpoint.safe_load) when the caller reads more of it than the
+    backbone, so that the file is read once; None reads it here."""
     path = Path(path)
     if path.suffix == ".safetensors":
         sd, meta = read_safetensors(path)
         sd, _ = extract_backbone(sd)
         return sd, meta
-    sd, meta = extract_backbone(safe_load(path))
+    sd, meta = extract_backbone(safe_load(path) if obj is None else obj)
     side = path.with_suffix(".json")
     if not meta and side.is_file():
         try:
@@ -78,7 +80,9 @@ def load_weights(path: str | Path) -> tuple[dict, dict]:
 
 def load_for_eval(path: str, features: str, image_size: int | None):
     """Any checkpoint or weights file -> (network to evaluate, config giving its preprocessing)."""
-    sd, meta = load_weights(path)
+    # --features head also takes f_q's head from a training checkpoint: the file is read once
+    obj = safe_load(path) if features == "head" and Path(path).suffix != ".safetensors" else None
+    sd, meta = load_weights(path, obj)
     cfg = from_dict(meta["config"]) if "config" in meta else Config()
     try:
         vit = infer_vit(sd)  # None for a ResNet
@@ -92,12 +96,12 @@ def load_for_eval(path: str, features: str, image_size: int | None):
     if image_size:
         cfg.data.image_size = image_size
     if features == "head":
-        if "config" not in meta:
+        if "config" not in meta or obj is None:
             raise CheckpointError("--features head needs a mocolab training checkpoint (it holds the head)")
         cfg.model.bn_splits = 1
         encoder, _ = build_encoder(cfg)  # f_q with its head, whatever the method
         prefix = "encoder_q."
-        model = safe_load(path)["model"]
+        model = obj["model"]
         encoder.load_state_dict({k[len(prefix):]: v for k, v in model.items() if k.startswith(prefix)})
         return encoder, cfg
     spec = vit or arch
