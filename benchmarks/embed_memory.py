@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # the command in a child, printing its own /proc/self/status (VmHWM: its peak RSS) at exit
 WRAPPER = ("import atexit, sys\n"
-           "atexit.register(lambda: sys.stderr.write('STATUS ' + ' '.join(l.replace(' ', '').replace('\\t', '') for l "
-           "in open('/proc/self/status') if l.startswith(('VmHWM', 'VmRSS', 'RssAnon', 'RssFile'))) + '\\n'))\n"
+           "atexit.register(lambda: sys.stderr.write('STATUS ' + ' '.join(''.join(l.split()) for l in "
+           "open('/proc/self/status') if l.startswith(('VmHWM', 'VmRSS', 'RssAnon', 'RssFile'))) + '\\n'))\n"
            "sys.argv = ['mocolab'] + sys.argv[1:]\n"
            "from mocolab.cli import main\n"
            "sys.exit(main())\n")
