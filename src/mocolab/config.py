@@ -128,6 +128,9 @@ class RunConfig:
     compile_mode: str = "default"
     threads: int = 0  # torch intra-op threads (0 = torch's default)
     log_every: int = 20  # steps between progress/metric lines
+    # pretraining: the health figures (mocolab.health) on the first step of each log line's window,
+    # and warnings with advice when they show collapse, a loss stuck at chance or stale keys
+    health: bool = True
     knn_every: int = 0  # epochs between kNN monitors (0 = only at the end)
     knn_k: int = 200  # the kNN monitor's neighbours
     knn_t: float = 0.1  # the kNN monitor's temperature (the vote's weight exp(sim / t))

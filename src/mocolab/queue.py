@@ -1,7 +1,8 @@
 """KeyQueue: the dictionary of negative keys, a FIFO ring buffer saved with the model.
 
 Unlike implementations that assert K % batch == 0 (official MoCo) or drop keys at the wrap
-(lightly), every key of every batch is enqueued: indices wrap modulo K.
+(lightly), every key of every batch is enqueued: indices wrap modulo K. Each slot also keeps the
+step its key was encoded at, so the oldest key's age is measured, not assumed (mocolab.health).
 """
 
 from __future__ import annotations
@@ -17,19 +18,38 @@ class KeyQueue(nn.Module):
         # K x C, random unit vectors at start, as in the official code
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next slot to write
+        # K: the step each slot's key was encoded at (the random start keys: step 0)
+        self.register_buffer("born", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("clock", torch.zeros((), dtype=torch.long))  # steps (enqueues) so far
 
     @property
     def size(self) -> int:
         return self.keys.shape[0]
 
     @torch.no_grad()
-    def enqueue(self, k: torch.Tensor) -> None:
-        """k: B x C. Overwrites the oldest B keys; for B > K only the newest K are kept."""
+    def enqueue(self, k: torch.Tensor, tick: bool = True) -> None:
+        """k: B x C, encoded at this step. Overwrites the oldest B keys; for B > K only the newest
+        K are kept. tick: the step ends here (False: keys primed before step 0)."""
         K, B = self.size, k.shape[0]
         if B >= K:
             self.keys.copy_(k[B - K:])
+            self.born.fill_(self.clock)
             self.ptr.zero_()
-            return
-        idx = (self.ptr + torch.arange(B, device=k.device)) % K  # B slots, wrapping
-        self.keys.index_copy_(0, idx, k.to(self.keys.dtype))
-        self.ptr.copy_((self.ptr + B) % K)
+        else:
+            idx = (self.ptr + torch.arange(B, device=k.device)) % K  # B slots, wrapping
+            self.keys.index_copy_(0, idx, k.to(self.keys.dtype))
+            self.born.index_fill_(0, idx, self.clock)
+            self.ptr.copy_((self.ptr + B) % K)
+        if tick:
+            self.clock += 1
+
+    def age(self) -> torch.Tensor:
+        """Steps since the oldest key was encoded (0-dim, on the device): K / B once a queue of K
+        fed B keys a step is full; steps since the start before that."""
+        return self.clock - self.born.min()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the key-age stamps: the keys load, their ages start from here
+        for name in ("born", "clock"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

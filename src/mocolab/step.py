@@ -11,11 +11,13 @@ from .momentum import momentum_update
 
 
 def train_step(method: Method, optimizer, views, *, m: float = 0.0, index=None, autocast=None, generator=None,
-               skip_nonfinite: bool = False, net=None) -> tuple[torch.Tensor, dict]:
+               skip_nonfinite: bool = False, net=None, health: bool = False) -> tuple[torch.Tensor, dict]:
     """views: the feed's batches (for MoCo x_q, x_k[, x_small]); index: their dataset indices.
     Returns (loss, logs): 0-dim tensors left on the device (no host sync here).
     net: `method` wrapped in DistributedDataParallel under torchrun (gradients averaged over ranks).
-    skip_nonfinite: a NaN/Inf loss on any rank changes nothing (costs one host sync a step)."""
+    skip_nonfinite: a NaN/Inf loss on any rank changes nothing (costs one host sync a step).
+    health: adds the method's health figures (mocolab.health) to the logs, as its state was for
+    this step's loss (before after_step)."""
     if method.cudagraphs:  # run.compile_mode with CUDA graphs: the last step's graph outputs may be reused
         torch.compiler.cudagraph_mark_step_begin()
     if skip_nonfinite:  # BN running statistics, restored if the step is skipped
@@ -31,5 +33,6 @@ def train_step(method: Method, optimizer, views, *, m: float = 0.0, index=None, 
     optimizer.step()  # update(f_q)
     for online, target in method.momentum_pairs():
         momentum_update(online, target, m)  # f_k = m * f_k + (1 - m) * f_q
+    logs = {**out.get("logs", {}), **(method.health(out) if health else {})}
     method.after_step(out)  # MoCo: enqueue the newest keys, dequeue the oldest; bank: update entries
-    return loss.detach(), out.get("logs", {})
+    return loss.detach(), logs

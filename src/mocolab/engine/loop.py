@@ -24,6 +24,7 @@ from tqdm import tqdm
 from .. import distributed as du
 from ..checkpoint import CheckpointError, rng_state, set_rng_state
 from ..config import Config, ConfigError
+from ..health import HealthWatch, momentum_window
 from ..methods.base import Method
 from ..optim import build_optimizer
 from ..runtime import NonFiniteLoss, Preempted, epoch_order
@@ -55,7 +56,8 @@ class Trainer:
         batches(order, start, epoch) -> iterator of (views, index) for this rank (the transfer
         tasks' and the classifiers' labeled feeds). With a feed, cfg needs only its optim and run
         groups (and to_dict). monitor: callable(method) -> dict, run every run.knn_every epochs."""
-        if feed is None:
+        pretraining = feed is None
+        if pretraining:
             feed = ViewsFeed(cfg, method, train, device)
         self.cfg, self.method, self.feed, self.device, self.out = cfg, method, feed, device, out
         self.monitor = monitor
@@ -91,6 +93,10 @@ class Trainer:
         self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
         self.budget_over = False  # under torchrun: rank 0's time budget is spent (agreed at log steps)
         self.skipped = 0  # non-finite steps skipped (run.skip_nonfinite)
+        # pretraining's health figures and warnings (mocolab.health)
+        self.watch = None
+        if pretraining and cfg.run.health:
+            self.watch = HealthWatch(method.chance_loss(self.batch), cfg.model.dim, self.warmup_steps)
 
     def set_schedule(self, total_steps: int | None = None, warmup_steps: int | None = None) -> None:
         """The schedule's length and its warm-up, in steps (the transfer tasks count iterations;
@@ -99,6 +105,8 @@ class Trainer:
             self.progress.total_steps = total_steps
         if warmup_steps is not None:
             self.warmup_steps = warmup_steps
+            if self.watch is not None:
+                self.watch.warmup_steps = warmup_steps
 
     def autocast(self):
         """The run's autocast context (bf16/fp16 with run.amp, else a disabled one)."""
@@ -119,7 +127,9 @@ class Trainer:
     def summary(self) -> dict:
         """What every run's summary.json starts with: progress, speed, precision, device."""
         p, dtype = self.progress, self.autocast_dtype
+        health = {"health_warnings": list(self.watch.raised.values())} if self.watch is not None else {}
         return {
+            **health,
             "epochs": p.step / self.steps_per_epoch,
             "steps": p.step,
             "batch_size": self.batch,
@@ -141,6 +151,7 @@ class Trainer:
             "history": self.history,
             "skipped": self.skipped,
             "logs": {"first": self.first_log, "last": self.last_log},
+            "health": self.watch.state_dict() if self.watch is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -156,6 +167,8 @@ class Trainer:
         self.skipped = int(state.get("skipped", 0))
         logs = state.get("logs") or {}
         self.first_log, self.last_log = logs.get("first"), logs.get("last")
+        if self.watch is not None and state.get("health"):
+            self.watch.load_state_dict(state["health"])
 
     def save(self, name: str) -> Path | None:
         """checkpoints/<name> with the full state (rank 0); the newest run.keep_checkpoints
@@ -235,6 +248,7 @@ class Trainer:
                             p.elapsed += time.perf_counter() - t0
                             self.history.append({"epoch": p.epoch, "step": p.step, **result})
                             rec = {"epoch": p.epoch, "step": p.step, "elapsed_s": p.elapsed, **result}
+                            self._health_warnings(rec, pretext_acc=(self.last_log or {}).get("pretext_acc"))
                             self.logger.write(rec, p.step)
                             bar.write(f"epoch {p.epoch}: {result}")
                         if self._saves_epoch(p.epoch):
@@ -270,8 +284,11 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             m = method.momentum(p.step / p.total_steps)
+            # the health figures: on the first step of each log line's window
+            health = self.watch is not None and n_log == 0
             loss, step_logs = train_step(method, self.optimizer, x, m=m, index=index, autocast=self.autocast(),
-                                         generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0, net=self.net)
+                                         generator=self.gen, skip_nonfinite=cfg.run.skip_nonfinite > 0, net=self.net,
+                                         health=health)
             for k, v in step_logs.items():
                 logs.setdefault(k, []).append(v)
             if cfg.run.skip_nonfinite and not math.isfinite(loss.item()):  # train_step changed nothing
@@ -310,6 +327,9 @@ class Trainer:
                        "epoch_float": p.step / self.steps_per_epoch, "elapsed_s": p.elapsed, **self._mean_logs(logs)}
                 if method.momentum_pairs():
                     rec["m"] = m
+                    if "key_age" in rec and m < 1:
+                        rec["key_window"] = momentum_window(m)
+                self._health_warnings(rec)
                 self.logger.write(rec, p.step)
                 self.records.append(rec)
                 self.first_log, self.last_log = self.first_log or rec, rec
@@ -325,6 +345,17 @@ class Trainer:
                 self.save(f"step_{p.step:08d}.pth")  # the epoch ends of run.save_every are saved by fit()
         if losses:  # steps since the last log (the loop ended early): checked before fit() saves
             self._check_finite(torch.stack(losses))
+
+    def _health_warnings(self, rec: dict, **extra) -> None:
+        """Adds to rec (a log line or a kNN monitor) the health warnings it raises for the first
+        time, and logs each. extra: figures the check needs that rec lacks."""
+        if self.watch is None:
+            return
+        new = self.watch.check({**extra, **rec})
+        for text in new:
+            log.warning("health: %s", text)
+        if new:
+            rec["warnings"] = new
 
     def _mean_logs(self, logs: dict[str, list[torch.Tensor]]) -> dict[str, float]:
         """The log window's mean of each of the method's logs (over ranks too)."""

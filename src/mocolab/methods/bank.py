@@ -5,6 +5,8 @@ entries are updated after the step, v <- normalize(m v + (1 - m) f). No key enco
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -56,15 +58,25 @@ class MemoryBank(Method):
         q = self.encoder_q(x)  # N x C
         v = self.bank.features[index]  # N x C, the images' own stale entries
         if self.K:
-            negatives = self.bank.features[self.bank.sample(self.K)]  # K x C, shared by the batch
+            drawn = self.bank.sample(self.K)  # K entries, shared by the batch
+            negatives = self.bank.features[drawn]  # K x C
             logits = contrastive_logits(q, v, negatives, self.T)  # N x (1+K), positive at 0
             labels: torch.Tensor | int = 0
         else:  # K = all: a softmax over every entry, the positive being the image's own
             with torch.autocast(q.device.type, enabled=False):
                 logits = q.float() @ self.bank.features.t() / self.T  # N x n
             labels = index
-        return cross_entropy_at(logits, labels), {"f": q.detach(), "index": index,
-                                                  "logs": {"pretext_acc": pretext_top1(logits, labels)}}
+            drawn = None
+        out = {"f": q.detach(), "index": index, "pair": (q.detach(), v), "drawn": drawn,
+               "logs": {"pretext_acc": pretext_top1(logits, labels)}}
+        return cross_entropy_at(logits, labels), out
+
+    def health(self, out: dict) -> dict[str, torch.Tensor]:
+        """The figures of mocolab.health, and the mean age in steps of the entries drawn."""
+        return {**super().health(out), "key_age": self.bank.age(out.get("drawn"))}
+
+    def chance_loss(self, batch: int) -> float:
+        return math.log((self.K or self.bank.size) + 1)
 
     def after_step(self, out: dict) -> None:
         # every rank applies the global batch's updates: one bank, the same on every rank

@@ -10,10 +10,13 @@ every command; docs/contributing.md shows a new method end to end."""
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..health import figures
 
 
 class Method(nn.Module):
@@ -72,6 +75,16 @@ class Method(nn.Module):
 
     def after_step(self, out: dict) -> None:
         """The method's state update once SGD and the momentum update are done."""
+
+    def health(self, out: dict) -> dict[str, torch.Tensor]:
+        """The run's health figures (mocolab.health) from forward's out["pair"]: the queries and
+        their positive keys, N x C each; 0-dim tensors, computed before after_step."""
+        return figures(*out["pair"]) if "pair" in out else {}
+
+    def chance_loss(self, batch: int) -> float:
+        """The loss at chance, ln(K + 1) for K negatives: the batch's other keys by default
+        (batch: the global batch)."""
+        return math.log(batch)
 
     def prime(self, views: tuple[torch.Tensor, ...]) -> bool:
         """Before step 0 of a continued pretraining: fills the method's dictionary from one batch's

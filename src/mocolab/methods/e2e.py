@@ -41,4 +41,5 @@ class EndToEnd(Method):
         q = self.encoder_q(x_q)  # N x C
         k = self.encode_keys(x_k, generator)  # (W N) x C, the global batch's keys
         logits, labels = batch_logits(q, k, self.T, du.rank())  # N x (W N), q_i's positive at rank N + i
-        return cross_entropy_at(logits, labels), {"logs": {"pretext_acc": pretext_top1(logits, labels)}}
+        return cross_entropy_at(logits, labels), {"pair": (q.detach(), k[labels].detach()),
+                                                  "logs": {"pretext_acc": pretext_top1(logits, labels)}}

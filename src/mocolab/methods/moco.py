@@ -4,6 +4,8 @@ paper's Algorithm 1 (the SGD and momentum lines are the engine's: mocolab.step.t
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -82,22 +84,30 @@ class MoCo(MomentumEncoders):
                 n = x_small.shape[0] // x_q.shape[0]
                 q_small = self.encode_query(x_small)  # nN x C
                 loss = (loss + n * info_nce(q_small, k.repeat(n, 1), negatives, T)) / (1 + n)
-            return loss, {"k": k, "logs": {"pretext_acc": pretext_top1(logits, 0)}}
+            return loss, {"k": k, "pair": (q.detach(), k), "logs": {"pretext_acc": pretext_top1(logits, 0)}}
         # symmetric (official CIFAR demo): each view is a query for the other's key
         q1, q2 = self.encode_query(x_q), self.encode_query(x_k)
         k1, k2 = self.encode_key(x_q, generator), self.encode_key(x_k, generator)
         logits = contrastive_logits(q1, k2, negatives, T)  # N x (1+K)
         loss = cross_entropy_at(logits, 0) + info_nce(q2, k1, negatives, T)
-        return loss, {"k": torch.cat([k2, k1]), "logs": {"pretext_acc": pretext_top1(logits, 0)}}
+        return loss, {"k": torch.cat([k2, k1]), "pair": (q1.detach(), k2),
+                      "logs": {"pretext_acc": pretext_top1(logits, 0)}}
 
     @torch.no_grad()
     def prime(self, views: tuple[torch.Tensor, ...]) -> bool:
         """Enqueues the keys of one batch's key views (x_k, N x 3 x H x W); True once K keys from
         the data have replaced the queue's random ones."""
         k = du.all_gather(self.encode_key(views[1]))  # (W N) x C
-        self.queue.enqueue(k)
+        self.queue.enqueue(k, tick=False)  # encoded before step 0
         self.primed = getattr(self, "primed", 0) + k.shape[0]
         return self.primed >= self.queue.keys.shape[0]
+
+    def health(self, out: dict) -> dict[str, torch.Tensor]:
+        """The figures of mocolab.health, and the oldest queued key's age in steps."""
+        return {**super().health(out), "key_age": self.queue.age().float()}
+
+    def chance_loss(self, batch: int) -> float:
+        return math.log(self.queue.size + 1)
 
     def after_step(self, out: dict) -> None:
         self.queue.enqueue(du.all_gather(out["k"]))  # the newest keys of all ranks replace the oldest

@@ -6,6 +6,8 @@ momentum rising from m to 1 along a half cosine."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -50,4 +52,7 @@ class MoCoV3(MomentumEncoders):
             k1, k2 = self.encoder_k(x1), self.encoder_k(x2)  # N x C each
         loss1, acc = self.ctr(q1, k2)
         loss2, _ = self.ctr(q2, k1)
-        return loss1 + loss2, {"logs": {"pretext_acc": acc}}
+        return loss1 + loss2, {"pair": (q1.detach(), k2), "logs": {"pretext_acc": acc}}
+
+    def chance_loss(self, batch: int) -> float:
+        return 2 * 2 * self.T * math.log(batch)  # two terms, each 2T x the cross-entropy
