@@ -15,6 +15,9 @@ Rows:
   compiled_eager_aug  mocolab_compiled with the augmentation left eager (likewise)
   compiled_cudagraphs  compiled with run.compile_mode=reduce-overhead (CUDA graphs on CUDA; likewise)
   limit_e2e, e2e, limit_bank, bank  (a) and (b) for moco.method=e2e and moco.method=bank
+  health       (b) with the health figures (mocolab.health) computed on every step; the Trainer
+               computes them once per run.log_every steps, so their cost in a run is printed as
+               (step time with them - without) / log_every, a share of the step time
 
 Rows are measured in --rows order. A row that fails to build, in its warm-up (3 steps) or
 while timed is reported (table, and failed_rows in the JSON); the others are still measured.
@@ -79,12 +82,12 @@ def make_trainer(cfg, data, device, dtype):
     return Trainer(cfg, build_model(cfg, device, len(data)), data, device, None, dtype)
 
 
-def step_fn(tr: Trainer):
+def step_fn(tr: Trainer, health: bool = False):
     cfg = tr.cfg
 
     def step(views, index):
         return train_step(tr.method, tr.optimizer, views, m=cfg.moco.m, index=index, autocast=tr.autocast(),
-                          generator=tr.gen)[0]
+                          generator=tr.gen, health=health)[0]
     return step
 
 
@@ -281,11 +284,11 @@ def main(argv=None) -> dict:
     rows = {}
     wanted = args.rows.split(",")
 
-    def trainer_row(extra: list[str], fixed: bool, eager_aug: bool):
+    def trainer_row(extra: list[str], fixed: bool, eager_aug: bool, health: bool = False):
         tr = make_trainer(build_config(args.preset, over + extra), data, device, dtype)
         if eager_aug:
             tr.feed.aug.compile = False  # the encoders compiled, the augmentation eager
-        step, views = step_fn(tr), endless_views(tr)
+        step, views = step_fn(tr, health), endless_views(tr)
         if fixed:  # ready-made views: no data work in this row
             ready = next(views)  # (views, index)
             return lambda: step(*ready)
@@ -304,6 +307,8 @@ def main(argv=None) -> dict:
         "e2e": (["moco.method=e2e"], False, False),
         "limit_bank": (["moco.method=bank"], True, False),
         "bank": (["moco.method=bank"], False, False),
+        # the health figures on every step (issue 31)
+        "health": ([], False, False, True),
     }
     unknown = [name for name in wanted if name not in [*specs, "peer", "official"]]
     if unknown:
@@ -407,6 +412,14 @@ def main(argv=None) -> dict:
         if num in ips and den in ips:
             result[key] = ips[num] / ips[den]
             print(f"{label:38s} = {result[key]:.3f}")
+    if "health" in ips and "mocolab" in ips:
+        # seconds per step with and without the figures; a run computes them every run.log_every steps
+        extra = B / ips["health"] - B / ips["mocolab"]
+        result["health_cost_per_step_s"] = extra
+        result["health_share_at_log_every"] = extra / cfg.run.log_every / (B / ips["mocolab"])
+        print(f"{'health every step / mocolab':38s} = {ips['health'] / ips['mocolab']:.3f}")
+        print(f"{'health cost at run.log_every=' + str(cfg.run.log_every):38s} = "
+              f"{100 * result['health_share_at_log_every']:.2f} % of the step time")
     for k, why in failed.items():
         print(f"{k:18s} failed in its {why}")
     for k, why in sync_errors.items():

@@ -210,6 +210,16 @@ def test_a_collapsing_run_is_flagged_in_its_first_epoch_and_the_healthy_one_is_n
     assert [r["key_age"] for r in lines if r["step"] > 20] == [16.0] * len([r for r in lines if r["step"] > 20])
     assert all(r["key_window"] == pytest.approx(50.0) for r in lines)  # m 0.98
     assert all(r["feature_std"] > 0.2 / math.sqrt(128) for r in lines)
+    assert all(r["chance_loss"] == pytest.approx(math.log(513)) for r in lines)
+
+    # the report's health panel: the figures, and the warning with its run and step
+    from mocolab.report.build import Options, write_report
+
+    index = write_report([str(tmp_path / "collapse"), str(tmp_path / "healthy")], tmp_path / "report",
+                         Options(features=False)).read_text()
+    assert (tmp_path / "report" / "health.png").stat().st_size > 10_000
+    health = index[index.index(">Health<"):]
+    assert f"<td>collapse</td><td class=\"num\">{flagged[0]['step']}</td>" in health and "collapsing" in health
 
 
 def test_health_off_logs_no_figures(cifar_dir, tmp_path):

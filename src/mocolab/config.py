@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from .auto import is_auto
 from .errors import UserError
 from .registry import METHODS
 
@@ -62,8 +64,12 @@ class MocoConfig:
     # gradient, negatives = the other keys of the batch) | bank (memory bank of every image, InstDisc)
     # | mocov3 (symmetric, negatives = the gathered batch's keys, no queue; m from moco.m to 1 by cosine)
     method: str = "moco"
-    queue_size: int = 65536  # K: the queue's size (moco); negatives drawn from the bank (bank; 0 = every entry)
-    m: float = 0.999  # momentum of the key encoder (mocov3: its start, rising to 1 by cosine whatever m_schedule)
+    # K: the queue's size (moco; auto: from the schedule's length, mocolab/auto.py); negatives drawn
+    # from the bank (bank; 0 = every entry)
+    queue_size: int | str = 65536
+    # momentum of the key encoder (mocov3: its start, rising to 1 by cosine whatever m_schedule);
+    # auto (moco): from the schedule's length (mocolab/auto.py)
+    m: float | str = 0.999
     T: float = 0.2  # temperature
     symmetric: bool = False  # both views serve as queries (the official CIFAR demo's option)
     shuffle_bn: bool = True  # encode keys on a shuffled batch
@@ -184,7 +190,10 @@ class Config:
             (self.model.predictor_dim >= 0, "model.predictor_dim must be >= 0"),
             (not self.model.sync_bn or self.model.bn_splits == 1, "model.sync_bn=true needs model.bn_splits=1"),
             (0.0 <= self.moco.bank_m < 1.0, "moco.bank_m must lie in [0, 1)"),
-            (0.0 <= self.moco.m < 1.0, "moco.m must lie in [0, 1) (the key encoder's momentum)"),
+            (is_auto(self.moco.m) or 0.0 <= self.moco.m < 1.0,
+             "moco.m must lie in [0, 1) (the key encoder's momentum), or be auto"),
+            (self.moco.method == "moco" or not (is_auto(self.moco.m) or is_auto(self.moco.queue_size)),
+             "moco.m=auto and moco.queue_size=auto are for moco.method=moco (the rule was fitted for it)"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
             (0 < self.moco.T < math.inf, "moco.T must be positive"),
             (self.data.augment in ("v1", "v2", "cifar", "none"), "data.augment must be v1, v2, cifar or none"),
@@ -326,8 +335,17 @@ def preset_names(package: str = "mocolab") -> list[str]:
 
 
 def _convert(value, typ, key: str):
-    """Converts a YAML/CLI value to the field's type, or raises a ConfigError naming the key."""
+    """Converts a YAML/CLI value to the field's type, or raises a ConfigError naming the key.
+    `int | str` and `float | str` fields (moco.queue_size, moco.m) take a number or "auto"."""
     origin = typing.get_origin(typ)
+    if origin is types.UnionType:
+        if is_auto(value):
+            return "auto"
+        number = next(t for t in typing.get_args(typ) if t is not str)
+        try:
+            return _convert(value, number, key)
+        except ConfigError:
+            raise ConfigError(f"{key}={value!r} is not a valid {number.__name__} or auto") from None
     try:
         if origin is list:
             (item,) = typing.get_args(typ)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 
+from .auto import K_MAX, is_auto
 from .config import ConfigError
 
 # the smallest temperature accepted (moco.T, run.knn_t, knn/compare --t): logits sim / T of
@@ -51,6 +52,8 @@ def memory_needs(cfg, n_train: int = 0) -> dict[str, int]:
     method = METHODS.get(cfg.moco.method)  # the registry: no import of the methods layer from here
     B, dim = cfg.optim.batch_size, cfg.model.dim
     K = method.num_negatives(cfg) or n_train  # bank: K = 0 draws every entry
+    if is_auto(K):  # moco.queue_size=auto: at most K_MAX
+        K = K_MAX
     crop = cfg.data.crop_size or cfg.data.image_size
     views = method.num_views
     needs = {

@@ -6,6 +6,7 @@ and summary.json.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -13,9 +14,10 @@ from pathlib import Path
 import torch
 
 from . import distributed as du
+from .auto import auto_values
 from .checkpoint import CheckpointError, export_backbone, load_training_checkpoint
 from .compiling import compiles, remember, uses_cudagraphs
-from .config import Config, ConfigError, apply_overrides, check_bn_groups, check_limits, from_dict, save_yaml
+from .config import Config, ConfigError, apply_overrides, check_bn_groups, check_limits, from_dict, save_yaml, set_key
 from .data import cache_size_for, load_splits
 from .engine import Trainer
 from .engine.feeds import check_indices
@@ -127,6 +129,37 @@ def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[C
     return apply_overrides(from_dict(state["config"]), overrides).validate(), state
 
 
+def with_auto(cfg: Config, steps: int, n_train: int) -> tuple[Config, dict]:
+    """(cfg with moco.m=auto and moco.queue_size=auto replaced by the rule's values for a schedule
+    of `steps` steps (mocolab.auto), those values); cfg itself when nothing is auto."""
+    values = auto_values(cfg, steps, n_train)
+    if not values:
+        return cfg, {}
+    resolved = copy.deepcopy(cfg)
+    for key, value in values.items():
+        set_key(resolved, key, value)
+    log.info("auto: %s for %d steps", ", ".join(f"{k}={v:.6g}" for k, v in values.items()), steps)
+    return resolved, values
+
+
+def resolve_when_timed(trainer: Trainer, cfg: Config, n_train: int, values: dict) -> None:
+    """Under a time budget the schedule's length is known after the first steps: then the auto
+    values are set again for it (the key encoder's m; the queue resized, keeping its newest keys)."""
+
+    def resolve(total_steps: int) -> None:
+        trainer.cfg, new = with_auto(cfg, total_steps, n_train)
+        values.update(new)
+        method = trainer.method
+        if "moco.m" in new:
+            method.m = new["moco.m"]
+        if "moco.queue_size" in new:
+            method.queue.resize(new["moco.queue_size"])
+            if trainer.watch is not None:  # ln(K + 1) of the new K
+                trainer.watch.chance = method.chance_loss(trainer.batch)
+
+    trainer.on_schedule = resolve
+
+
 def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None) -> dict:
     """Runs a pretraining into `out`; `state` is a loaded training checkpoint to continue from
     (its config is the caller's business: see resume_config)."""
@@ -172,10 +205,14 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     seed_everything(cfg.run.seed)  # here: decoding (a DataLoader) draws from the RNG only without a cache
     n_train = len(train) if not isinstance(train, ShardStream) else 0
     check_limits(cfg, n_train=n_train, device=device)  # the bank and the cache, now that n is known
+    asked = cfg  # moco.m / moco.queue_size may be auto: resolved for the schedule's length
+    cfg, auto = with_auto(asked, cfg.run.epochs * max(len(train) // cfg.optim.batch_size, 1), n_train)
     model = build_model(cfg, device, n_train)
     labeled = test is not None and int(torch.as_tensor(bank.labels).min()) >= 0
     monitor = knn_monitor(cfg, bank, test, device, autocast_dtype) if labeled else None
     trainer = Trainer(cfg, model, train, device, out, autocast_dtype, monitor)
+    if auto and cfg.run.budget_minutes > 0 and state is None:  # the epochs' values were provisional
+        resolve_when_timed(trainer, asked, n_train, auto)
     if state is None and cfg.model.init:  # continued pretraining: weights from init, a fresh schedule
         log.info("init: %s from %s", init_weights(model, cfg.model.init, cfg), cfg.model.init)
         log.info("init: the dictionary filled from %d batches", prime_dictionary(trainer))
@@ -203,6 +240,8 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
 
     summary = trainer.summary()
     summary["init"] = cfg.model.init or None
+    if auto:
+        summary["auto"] = auto
     if model.cudagraphs:  # graphs inductor would not capture (a CPU op, an input mutation) ran without
         from torch._dynamo.utils import counters
         summary["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"]

@@ -43,6 +43,22 @@ class KeyQueue(nn.Module):
         if tick:
             self.clock += 1
 
+    @torch.no_grad()
+    def resize(self, size: int) -> None:
+        """Keeps the newest min(size, K) keys (and their steps) in a queue of `size` slots; the
+        rest are random unit vectors of step 0, as at the start (moco.queue_size=auto under a time
+        budget is resolved after the first steps)."""
+        K = self.size
+        if size == K:
+            return
+        n = min(size, K)
+        newest = (self.ptr - n + torch.arange(n, device=self.keys.device)) % K  # n slots, oldest first
+        keys = F.normalize(torch.randn(size, self.keys.shape[1], device=self.keys.device), dim=1)
+        born = torch.zeros(size, dtype=torch.long, device=self.keys.device)
+        keys[:n], born[:n] = self.keys[newest], self.born[newest]
+        self.keys, self.born = keys, born
+        self.ptr.fill_(n % size)
+
     def age(self) -> torch.Tensor:
         """Steps since the oldest key was encoded (0-dim, on the device): K / B once a queue of K
         fed B keys a step is full; steps since the start before that."""

@@ -89,6 +89,9 @@ class Trainer:
         self.first_log: dict | None = None
         self.last_log: dict | None = None
         self.on_log = None  # optional callable(record) for each log line
+        # optional callable(total_steps), once, when a time budget's first estimate of the schedule's
+        # length is made (moco.m=auto and moco.queue_size=auto are resolved then)
+        self.on_schedule = None
         self.stop_signal: int | None = None  # set by SIGTERM/SIGINT: finish the step, save, exit
         self.stop_agreed = False  # under torchrun: some rank got a signal (agreed at log steps)
         self.budget_over = False  # under torchrun: rank 0's time budget is spent (agreed at log steps)
@@ -203,6 +206,9 @@ class Trainer:
         if self.world > 1:
             total = int(du.broadcast(torch.tensor([total], device=self.device), 0).item())
         self.progress.total_steps = total
+        if self.on_schedule is not None:
+            self.on_schedule(total)
+            self.on_schedule = None
 
     def _done(self) -> bool:
         """Every rank answers the same: under torchrun only agreed values are used."""
@@ -329,6 +335,8 @@ class Trainer:
                     rec["m"] = m
                     if "key_age" in rec and m < 1:
                         rec["key_window"] = momentum_window(m)
+                if self.watch is not None:
+                    rec["chance_loss"] = self.watch.chance  # ln(K + 1)
                 self._health_warnings(rec)
                 self.logger.write(rec, p.step)
                 self.records.append(rec)

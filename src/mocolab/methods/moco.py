@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .. import distributed as du
+from ..auto import is_auto
 from ..losses import contrastive_logits, cross_entropy_at, info_nce, pretext_top1
 from ..models.encoder import build_query_predictor
 from ..momentum import cosine_momentum
@@ -44,6 +45,8 @@ class MoCo(MomentumEncoders):
     def check_config(cls, cfg) -> list[tuple[bool, str]]:
         # keys enqueued per step: the batch's, twice when both views are queries
         per_step = cfg.optim.batch_size * (2 if cfg.moco.symmetric else 1)
+        if is_auto(cfg.moco.queue_size):  # resolved at the start of the run (mocolab.auto), >= per_step
+            return []
         return [
             (cfg.moco.queue_size >= 1, "moco.queue_size must be >= 1 (>= 0 for moco.method=bank, where 0 uses "
                                        "every entry)"),
@@ -53,8 +56,8 @@ class MoCo(MomentumEncoders):
         ]
 
     @classmethod
-    def num_negatives(cls, cfg) -> int:
-        return cfg.moco.queue_size
+    def num_negatives(cls, cfg) -> int | str:
+        return cfg.moco.queue_size  # or "auto"
 
     def momentum(self, progress: float) -> float:
         return self.m if self.m_schedule == "constant" else cosine_momentum(self.m, progress)

@@ -15,6 +15,7 @@ from ..runtime import check_run_path, lock_run_dir
 from . import page
 from .curves import PANELS, plot_curves
 from .embedding import embed_2d, per_class_knn, plot_map, subsample
+from .health import health_section
 from .neighbours import pick_queries, plot_neighbours, top_k
 from .runs import Folder, Run, flatten, group, is_run, nearest_preset, number, read_folder
 
@@ -243,7 +244,8 @@ def write_report(paths: list[str], out: str | Path, opts: Options | None = None)
     runs = [r for f in folders for r in f.runs]
     if not runs and not any(f.tables for f in folders):
         raise UsageError(f"nothing to report in {', '.join(paths)}: no runs, no results")
-    sections = [("Runs", overview(runs)), ("Curves", curves_section(runs, out))]
+    sections = [("Runs", overview(runs)), ("Curves", curves_section(runs, out)),
+                ("Health", health_section(runs, out))]
 
     splits = SplitCache(opts.limit)
     learned_parts = []
