@@ -2,8 +2,10 @@
 queue's pointer arithmetic, the warnings' rules, and a deliberately collapsing run flagged within
 its first epoch while the preset's healthy run is not."""
 
+import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +14,10 @@ from conftest import cifar_subset
 
 from mocolab.bank import FeatureBank
 from mocolab.health import HealthWatch, alignment, effective_rank, feature_std, figures, momentum_window, uniformity
-from mocolab.methods.moco import MoCo
 from mocolab.queue import KeyQueue
 from mocolab.registry import METHODS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # ---- the figures on small tensors -------------------------------------------------------
 
@@ -165,20 +168,18 @@ def test_watch_state_round_trip():
 # ---- runs ----------------------------------------------------------------------------------
 
 
-class ConstantKey(MoCo):
-    """MoCo whose key encoder sees one constant image: every key is the same vector, so the
-    queries are pulled onto it while the queue still holds random keys (a collapse)."""
-    name = "constant_key"
-    title = "MoCo, constant key input"
-
-    def encode_key(self, x, generator=None):
-        return super().encode_key(torch.zeros_like(x), generator)
+def _demo():
+    """benchmarks/health_demo.py (its ConstantKey method: the collapse of docs/health.md)."""
+    spec = importlib.util.spec_from_file_location("health_demo", ROOT / "benchmarks" / "health_demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
 def constant_key():
-    METHODS.register(ConstantKey)
-    yield ConstantKey
+    METHODS.register(_demo().ConstantKey)
+    yield
     METHODS.remove("constant_key")
 
 
