@@ -414,12 +414,24 @@ def main(argv=None) -> dict:
             print(f"{label:38s} = {result[key]:.3f}")
     if "health" in ips and "mocolab" in ips:
         # seconds per step with and without the figures; a run computes them every run.log_every steps
-        extra = B / ips["health"] - B / ips["mocolab"]
-        result["health_cost_per_step_s"] = extra
-        result["health_share_at_log_every"] = extra / cfg.run.log_every / (B / ips["mocolab"])
+        step_s = B / ips["mocolab"]
+        extra = B / ips["health"] - step_s
+        # the figures alone, timed on a batch of this size (the rows' difference is within their noise)
+        from mocolab.health import figures
+        q = torch.nn.functional.normalize(torch.randn(B, cfg.model.dim, device=device), dim=1)
+        k = torch.nn.functional.normalize(q + 0.1 * torch.randn_like(q), dim=1)
+        figures(q, k)
+        t0 = time.perf_counter()
+        for _ in range(50):
+            out = figures(q, k)
+        out["effective_rank"].item()
+        alone = (time.perf_counter() - t0) / 50
+        result.update(health_row_extra_per_step_s=extra, health_figures_s=alone,
+                      health_share_at_log_every=alone / cfg.run.log_every / step_s)
         print(f"{'health every step / mocolab':38s} = {ips['health'] / ips['mocolab']:.3f}")
+        print(f"{'health figures alone, per call':38s} = {1000 * alone:.2f} ms (a step: {1000 * step_s:.0f} ms)")
         print(f"{'health cost at run.log_every=' + str(cfg.run.log_every):38s} = "
-              f"{100 * result['health_share_at_log_every']:.2f} % of the step time")
+              f"{100 * result['health_share_at_log_every']:.3f} % of the step time")
     for k, why in failed.items():
         print(f"{k:18s} failed in its {why}")
     for k, why in sync_errors.items():
