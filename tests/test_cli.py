@@ -1,6 +1,7 @@
 """The command line, end to end, on real CIFAR-10 JPEGs (small subsets); a real `python -m mocolab`
 process for a one-line error and for a training run, the other cases in this process."""
 
+import io
 import json
 import subprocess
 import sys
@@ -110,3 +111,21 @@ def test_unlabeled_folder_pretrains_without_knn(tmp_path, caplog):
     assert rc == 0
     assert "kNN skipped" in caplog.text
     assert "knn_top1" not in json.loads((tmp_path / "o" / "summary.json").read_text())
+
+
+def test_a_closed_stdout_stops_quietly(monkeypatch, capsys):
+    """`mocolab ... | head -1`: the reader closes the pipe; no traceback, exit 141 as in a shell."""
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+        def fileno(self):  # as a captured stream's
+            raise io.UnsupportedOperation("fileno")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["presets"]) == 141
+    assert capsys.readouterr().err == ""

@@ -176,6 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mocolab: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout closed by its reader (`mocolab ... | head`): stop quietly, as a shell tool does;
+        # stdout goes to devnull so that the interpreter's final flush raises nothing either
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):  # a stdout without a file descriptor (captured, in-process)
+            pass
+        return 141
     except Exception as e:  # every error ends as a message and an exit code
         return report_error(e, debug)
     finally:
