@@ -14,3 +14,12 @@ for E in ${EPOCHS:-1 3 10 5}; do
   $MOCOLAB sweep "${COMMON[@]}" --out "runs/auto_e$E" --epochs "$E" \
     --grid moco.m=0.9,0.97,0.99,0.997 moco.queue_size=256,1024,4096
 done
+# the check at 5 epochs: moco.m=auto and moco.queue_size=auto (the fitted rule), the same two seeds
+if [ "${CHECK:-1}" = 1 ] && [ -z "${EPOCHS:-}" ]; then  # with the whole sweep only
+  for S in 0 1; do
+    [ -f "runs/auto_check_e5/seed=$S/summary.json" ] || $MOCOLAB pretrain --preset cifar10_cpu --data "$DATA" \
+      --out "runs/auto_check_e5/seed=$S" --epochs 5 --resume auto data.limit=10000 "run.threads=${THREADS:-2}" \
+      run.knn_every=0 "run.seed=$S" moco.m=auto moco.queue_size=auto
+  done
+fi
+# the fit and the check's table: python benchmarks/auto_fit.py --fit 1 3 10 --check 5

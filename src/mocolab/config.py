@@ -20,7 +20,7 @@ import yaml
 
 from .auto import is_auto
 from .errors import UserError
-from .registry import METHODS
+from .registry import METHODS, method_specific_keys
 
 ARCHS = ("resnet10", "resnet18", "resnet34", "resnet50",  # mocolab.models.backbones
          "vit_small_patch16", "vit_base_patch16", "vit_tiny_patch4", "vit_mini_patch4")  # mocolab.models.vit
@@ -256,7 +256,7 @@ class Config:
             return [(False, f"moco.method must be one of: {', '.join(METHODS.names())}")]
         method = METHODS.get(self.moco.method)
         checks = []
-        for key in sorted(set().union(*(m.config_keys for m in METHODS)) - method.config_keys):
+        for key in sorted(method_specific_keys() - method.config_keys):
             group, name = key.split(".")
             section = getattr(self, group)
             value, default = getattr(section, name), getattr(type(section)(), name)

@@ -77,7 +77,10 @@ def init_weights(model: Method, src: str, cfg: Config) -> str:
         raise UsageError(f"--init {src}: random weights are the default start; pass trained weights")
     # where f_k and the head may be: a run folder's training checkpoint, or the file itself
     training = Path(src) / "checkpoints" / "final.pth" if Path(src).is_dir() else Path(path)
-    sd, meta = load_weights(path)
+    # a training checkpoint given as the file itself is read once: its backbone here; f_k, the
+    # head and the predictor below
+    obj = safe_load(path) if training == Path(path) and training.suffix != ".safetensors" else None
+    sd, _ = load_weights(path, obj)
     vit = infer_vit(sd)
     got = vit["arch"] if vit else "{arch} width {width}".format(**infer_arch(sd))
     mc = cfg.model
@@ -87,7 +90,10 @@ def init_weights(model: Method, src: str, cfg: Config) -> str:
                           "(choose a preset of that architecture, or set model.arch / model.width)")
     model.encoder_q.backbone.load_state_dict(sd, strict=True)
     loaded = "backbone"
-    state = safe_load(training) if training.is_file() and training.suffix != ".safetensors" else {}
+    if obj is not None:
+        state = obj
+    else:
+        state = safe_load(training) if training.is_file() and training.suffix != ".safetensors" else {}
     if isinstance(state, dict) and {"model", "config"} <= set(state):  # a mocolab training checkpoint
         own = model.state_dict()
         # f_q (head included), f_k and the predictor where the shapes agree; not the queue or bank

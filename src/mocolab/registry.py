@@ -59,3 +59,9 @@ class Registry:
 METHODS = Registry("method", "mocolab.methods")
 # mocolab detect | segment (task.kind): mocolab.transfer.task.Task instances
 TASKS = Registry("transfer task", "mocolab.transfer.tasks")
+
+
+def method_specific_keys() -> set[str]:
+    """The config keys (group.name) that some method lists in its `config_keys`: each applies only
+    to the methods that list it; every other key applies to all (config checks, sweep axes)."""
+    return set().union(*(m.config_keys for m in METHODS))

@@ -7,7 +7,7 @@ compares method names: commands ask the registry (`method_class`, `applies`).
 
 from __future__ import annotations
 
-from ..registry import METHODS
+from ..registry import METHODS, method_specific_keys
 from . import bank, e2e, moco, mocov3  # noqa: F401  (their import registers them)
 from .base import Method
 
@@ -22,8 +22,7 @@ def applies(method: str, key: str) -> bool:
     `config_keys` apply to all; the others only to the methods that list them. `mocolab sweep`
     drops a grid axis from a cell whose method ignores it, so a grid over K and m gives no
     identical cells."""
-    specific = set().union(*(m.config_keys for m in METHODS))
-    return key not in specific or key in method_class(method).config_keys
+    return key not in method_specific_keys() or key in method_class(method).config_keys
 
 
 def build_method(cfg, n_train: int = 0) -> Method:
