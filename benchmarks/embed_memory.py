@@ -18,9 +18,11 @@
 
 --stream modes: `auto` (the command's default: the N x D float32 features stay in memory while they
 fit --memory-limit-gb, 8 GB) and `on` (a memory-mapped store in TMPDIR, written out chunk by chunk).
-Threads: OMP_NUM_THREADS (1 on a shared machine). Example (the figures in the notes of h27):
+Threads: OMP_NUM_THREADS (1 on a shared machine). On a busy machine --image-size 8 cuts the forward
+pass (most of the CPU time at 32 px) about 16-fold and keeps D, and so the N x D features. Example
+(the figures in the notes of h27):
 
-  OMP_NUM_THREADS=1 nice -n 19 python benchmarks/embed_memory.py --json /tmp/embed_memory.json
+  OMP_NUM_THREADS=1 nice -n 19 python benchmarks/embed_memory.py --image-size 8 --json /tmp/embed_memory.json
 """
 
 from __future__ import annotations
@@ -80,12 +82,15 @@ def _status(pid: int) -> dict:
             if k in ("RssAnon", "RssFile")}
 
 
-def run_embed(src: str, data: Path, out: Path, stream: str, workers: int | None, poll: float, env: dict) -> dict:
+def run_embed(src: str, data: Path, out: Path, stream: str, workers: int | None, poll: float, env: dict,
+              image_size: int | None = None) -> dict:
     """`mocolab embed` in a fresh child -> seconds, peaks (MB), the file's size and D."""
     argv = [sys.executable, "-c", WRAPPER, "embed", src, "--data", str(data), "--out", str(out), "--quiet",
             "--device", "cpu", "--stream", stream]
     if workers is not None:
         argv += ["--workers", str(workers)]
+    if image_size is not None:
+        argv += ["--image-size", str(image_size)]
     logs = out.with_name(out.name + ".log")
     t0 = time.perf_counter()
     with open(logs, "w+") as err, open(logs.with_suffix(".out"), "w+") as std:
@@ -134,6 +139,8 @@ def main() -> None:
     p.add_argument("--streams", nargs="+", choices=["auto", "on", "off"], default=["auto", "on"])
     p.add_argument("--format", choices=["safetensors", "npy", "parquet"], default="safetensors")
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the model's data.workers)")
+    p.add_argument("--image-size", type=int, help="the images' size at the backbone (default: the model's); a "
+                   "smaller one makes the forward pass cheaper and leaves D, so the N x D features, as they are")
     p.add_argument("--poll", type=float, default=0.05, help="seconds between samples of /proc/PID/status")
     p.add_argument("--json", help="write the rows here too")
     a = p.parse_args()
@@ -146,11 +153,11 @@ def main() -> None:
             data = build(Path(a.cifar), Path(a.folder), n)
             for stream in a.streams:
                 out = Path(work) / f"emb_{n}_{stream}.{a.format}"
-                r = run_embed(a.src, data, out, stream, a.workers, a.poll, env)
+                r = run_embed(a.src, data, out, stream, a.workers, a.poll, env, a.image_size)
                 for extra in (out, out.with_suffix(".csv"), out.with_name(out.name + ".log"),
                               out.with_name(out.name + ".out")):
                     extra.unlink(missing_ok=True)
-                row = {"images": n, "stream": stream, "src": a.src, **r}
+                row = {"images": n, "stream": stream, "src": a.src, "image_size": a.image_size, **r}
                 rows.append(row)
                 print(f"{n:>8} {stream:<6} {r['seconds']:>8.1f} {r['vmhwm_mb']:>11.0f} "
                       f"{r['largest_process_mb']:>12.0f} {r['rss_anon_peak_mb']:>8.0f} {r['rss_file_peak_mb']:>11.0f} "
