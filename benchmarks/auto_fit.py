@@ -52,35 +52,26 @@ def best(cells: dict) -> tuple[tuple[int, float], float]:
     return key, statistics.mean(cells[key].values())
 
 
-def window_vertex(cells: dict) -> float:
-    """W* from a parabola through (log W, mean kNN) of the smallest K's row."""
+def window_star(cells: dict, temperature: float) -> float:
+    """W*: the mean of log W over the smallest K's row, each m weighted by exp((kNN - best) /
+    temperature) (the seeds' spread): the centre of the cells as good as the best within the noise,
+    where an argmax would follow the noise of a flat row."""
     kmin = min(k for k, _ in cells)
-    row = sorted((1 / (1 - m), statistics.mean(s.values())) for (k, m), s in cells.items() if k == kmin)
-    xs, ys = [math.log(w) for w, _ in row], [y for _, y in row]
-    lo, hi = min(xs), max(xs)
-    n = len(xs)
-    # least squares y = a x^2 + b x + c (normal equations, 3 x 3)
-    sx = [sum(x**p for x in xs) for p in range(5)]
-    sxy = [sum(y * x**p for x, y in zip(xs, ys)) for p in range(3)]
-    m = [[sx[4], sx[3], sx[2]], [sx[3], sx[2], sx[1]], [sx[2], sx[1], n]]
-    a, b, _ = solve3(m, [sxy[2], sxy[1], sxy[0]])
-    if a >= 0:  # no maximum inside: the better end
-        return math.exp(xs[ys.index(max(ys))])
-    return math.exp(min(max(-b / (2 * a), lo), hi))
+    row = [(1 / (1 - m), statistics.mean(s.values())) for (k, m), s in cells.items() if k == kmin]
+    top = max(y for _, y in row)
+    weights = [math.exp((y - top) / max(temperature, 1e-6)) for _, y in row]
+    return math.exp(sum(w * math.log(x) for (x, _), w in zip(row, weights)) / sum(weights))
 
 
-def solve3(m: list[list[float]], v: list[float]) -> list[float]:
-    """Cramer's rule for a 3 x 3 system."""
-    def det(a):
-        return (a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1]) - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
-                + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0]))
-    d = det(m)
+def k_effect_ok(cells: dict, gap: float) -> list[tuple[float, bool]]:
+    """(age / window, within the spread of the same m's smallest-K cell) of each cell: what the
+    queue's size alone costs at each m."""
+    kmin = min(k for k, _ in cells)
     out = []
-    for i in range(3):
-        mi = [row[:] for row in m]
-        for r in range(3):
-            mi[r][i] = v[r]
-        out.append(det(mi) / d)
+    for (k, m), s in cells.items():
+        base = cells.get((kmin, m))
+        if base:
+            out.append((k / BATCH * (1 - m), statistics.mean(s.values()) >= statistics.mean(base.values()) - gap))
     return out
 
 
@@ -111,6 +102,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--fit", type=int, nargs="+", default=[1, 3, 10])
     ap.add_argument("--check", type=int, nargs="*", default=[5])
+    # MoCo's 200 ImageNet epochs at batch 256 (5,005 steps each): best m 0.999 (K 4,096 ablation)
+    ap.add_argument("--anchor", type=float, nargs=3, default=[200 * 5005, 1000.0, 5005],
+                    metavar=("STEPS", "WINDOW", "STEPS_PER_EPOCH"),
+                    help="a published (schedule length, best window) point added to the fit; --no-anchor: none")
+    ap.add_argument("--no-anchor", dest="anchor", action="store_const", const=None)
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
@@ -124,7 +120,7 @@ def main(argv=None) -> dict:
             continue
         S = e * steps_per_epoch
         (bk, bm), bknn = best(cells)
-        w_star = window_vertex(cells)
+        w_star = window_star(cells, spread(cells))
         result["lengths"][e] = {"steps": S, "best": [bk, bm, bknn], "spread": spread(cells), "w_star": w_star,
                                 "cells": {f"{k},{m}": s for (k, m), s in cells.items()}}
         print(f"\n## {e} epochs ({S} steps): best K {bk}, m {bm} ({bknn:.2f}); seeds' spread {spread(cells):.2f}; "
@@ -133,31 +129,31 @@ def main(argv=None) -> dict:
         if e in args.fit:
             rows.append((S, w_star, cells))
     if len(rows) >= 2:
-        c, p = fit_line([math.log(S / 1000) for S, _, _ in rows], [math.log(w) for _, w, _ in rows])
-        w_at_1k, w_power = math.exp(c), p
-        # r_ok: the largest age / window among cells that are all within the spread of their best
-        ratios = []
-        for _, _, cells in rows:
-            _, bknn = best(cells)
-            gap = spread(cells)
-            for (k, m), s in cells.items():
-                ratios.append((k / BATCH * (1 - m), statistics.mean(s.values()) >= bknn - gap))
-        ratios.sort()
+        spe = steps_per_epoch
+        # W* / (steps per epoch) against epochs, log-log: W* = W_PER_EPOCH spe E^W_POWER
+        points = [(S / spe, w / spe) for S, w, _ in rows]
+        c, p = fit_line([math.log(e) for e, _ in points], [math.log(w) for _, w in points])
+        print(f"\nW* from these lengths alone: {math.exp(c):.3f} x steps per epoch x epochs^{p:.3f}")
+        if args.anchor:  # the paper's ImageNet run: its best m (window) at its length
+            S, w, spe_a = args.anchor
+            points.append((S / spe_a, w / spe_a))
+            c, p = fit_line([math.log(e) for e, _ in points], [math.log(w) for _, w in points])
+            print(f"W* with the anchor ({S / spe_a:.0f} epochs of {spe_a:.0f} steps, W {w:.0f}): {math.exp(c):.3f} x "
+                  f"steps per epoch x epochs^{p:.3f}")
+        for (e, _), (_, w_star, _) in zip(points, rows):
+            print(f"  {e:g} epochs: W* {w_star:.0f}, the fit {math.exp(c) * spe * e ** p:.0f}")
+        # r_ok: the largest age / window at or below which no cell loses more than the spread to
+        # the smallest queue at its m
+        ratios = sorted(r for _, _, cells in rows for r in k_effect_ok(cells, spread(cells)))
         r_ok = 0.0
         for r, ok in ratios:
             if not ok:
                 break
             r_ok = r
-        age_power = w_power  # age = r_ok W*(S): the same power
-        age_at_1k = max(r_ok * w_at_1k, 1.0)
-        result["rule"] = {"W_AT_1K": w_at_1k, "W_POWER": w_power, "r_ok": r_ok, "AGE_AT_1K": age_at_1k,
-                          "AGE_POWER": age_power}
-        print(f"\nfit: W* = {w_at_1k:.1f} (S / 1000)^{w_power:.3f}; r_ok = {r_ok:.3f} -> "
-              f"age = {age_at_1k:.2f} (S / 1000)^{age_power:.3f}")
-        for S in (78, 234, 390, 780, 7000, 500_000):
-            w = w_at_1k * (S / 1000) ** w_power
-            print(f"  S {S:>7}: m {1 - 1 / w:.4f} (W {w:.0f}), age {max(age_at_1k * (S / 1000) ** age_power, 1):.1f} "
-                  f"steps")
+        result["rule"] = {"W_PER_EPOCH": math.exp(c), "W_POWER": p, "AGE_SHARE": r_ok}
+        print(f"\nrule: W = {math.exp(c):.3f} x steps per epoch x epochs^{p:.3f}; age <= {r_ok:.3f} W")
+        print("cells by age / window (ok: within the spread of the same m's smallest K): "
+              + ", ".join(f"{r:.3f} {'ok' if ok else 'NO'}" for r, ok in ratios))
     for e in args.check:
         autos = {}
         for summary in sorted((runs / f"auto_check_e{e}").glob("*/summary.json")):
