@@ -75,11 +75,13 @@ def k_effect_ok(cells: dict, gap: float) -> list[tuple[float, bool]]:
     return out
 
 
-def fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """(intercept, slope) of y = c + p x by least squares."""
-    mx, my = statistics.mean(xs), statistics.mean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    p = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+def fit_line(xs: list[float], ys: list[float], ws: list[float]) -> tuple[float, float]:
+    """(intercept, slope) of y = c + p x by weighted least squares."""
+    total = sum(ws)
+    mx = sum(w * x for w, x in zip(ws, xs)) / total
+    my = sum(w * y for w, y in zip(ws, ys)) / total
+    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
+    p = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / sxx if sxx else 0.0
     return my - p * mx, p
 
 
@@ -102,9 +104,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--runs", default="runs")
     ap.add_argument("--fit", type=int, nargs="+", default=[1, 3, 10])
     ap.add_argument("--check", type=int, nargs="*", default=[5])
-    # MoCo's 200 ImageNet epochs at batch 256 (5,005 steps each): best m 0.999 (K 4,096 ablation)
-    ap.add_argument("--anchor", type=float, nargs=3, default=[200 * 5005, 1000.0, 5005],
-                    metavar=("STEPS", "WINDOW", "STEPS_PER_EPOCH"),
+    # MoCo's 200 ImageNet epochs at batch 256 (5,005 steps each): best m 0.999 (its K 4,096 ablation)
+    ap.add_argument("--anchor", type=float, nargs=2, default=[200 * 5005, 1000.0], metavar=("STEPS", "WINDOW"),
                     help="a published (schedule length, best window) point added to the fit; --no-anchor: none")
     ap.add_argument("--no-anchor", dest="anchor", action="store_const", const=None)
     ap.add_argument("--json")
@@ -129,19 +130,27 @@ def main(argv=None) -> dict:
         if e in args.fit:
             rows.append((S, w_star, cells))
     if len(rows) >= 2:
-        spe = steps_per_epoch
-        # W* / (steps per epoch) against epochs, log-log: W* = W_PER_EPOCH spe E^W_POWER
-        points = [(S / spe, w / spe) for S, w, _ in rows]
-        c, p = fit_line([math.log(e) for e, _ in points], [math.log(w) for _, w in points])
-        print(f"\nW* from these lengths alone: {math.exp(c):.3f} x steps per epoch x epochs^{p:.3f}")
-        if args.anchor:  # the paper's ImageNet run: its best m (window) at its length
-            S, w, spe_a = args.anchor
-            points.append((S / spe_a, w / spe_a))
-            c, p = fit_line([math.log(e) for e, _ in points], [math.log(w) for _, w in points])
-            print(f"W* with the anchor ({S / spe_a:.0f} epochs of {spe_a:.0f} steps, W {w:.0f}): {math.exp(c):.3f} x "
-                  f"steps per epoch x epochs^{p:.3f}")
-        for (e, _), (_, w_star, _) in zip(points, rows):
-            print(f"  {e:g} epochs: W* {w_star:.0f}, the fit {math.exp(c) * spe * e ** p:.0f}")
+        # log W* = log W_AT_1K + W_POWER log(S / 1000), each length weighted by 1 / spread^2 (a flat,
+        # noisy short run says little about its best window)
+        xs = [math.log(S / 1000) for S, _, _ in rows]
+        ys = [math.log(w) for _, w, _ in rows]
+        ws = [1 / max(spread(cells), 0.05) ** 2 for _, _, cells in rows]
+        c, p = fit_line(xs, ys, ws)
+        print(f"\nW* from these lengths alone: {math.exp(c):.1f} (S / 1000)^{p:.3f}")
+        if args.anchor:  # the paper's ImageNet run: its best window at its length, weighted as our best length
+            xs.append(math.log(args.anchor[0] / 1000))
+            ys.append(math.log(args.anchor[1]))
+            ws.append(max(ws))
+            c, p = fit_line(xs, ys, ws)
+            print(f"W* with the anchor (S {args.anchor[0]:.0f}, W {args.anchor[1]:.0f}): {math.exp(c):.1f} "
+                  f"(S / 1000)^{p:.3f}")
+        for S, w_star, cells in rows:
+            print(f"  {S} steps: W* {w_star:.0f} (weight {1 / max(spread(cells), 0.05) ** 2:.2f}), "
+                  f"the fit {math.exp(c) * (S / 1000) ** p:.0f}")
+        for S, label in [(5 * 390, "5 epochs of 50,000 CIFAR images (session 6: m 0.97-0.98 best, 0.99 behind)"),
+                         (200 * 5005, "the paper's 200 ImageNet epochs (m 0.999 best)")]:
+            w = math.exp(c) * (S / 1000) ** p
+            print(f"  {label}: S {S}, W {w:.0f}, m {1 - 1 / w:.4f}")
         # r_ok: the largest age / window at or below which no cell loses more than the spread to
         # the smallest queue at its m
         ratios = sorted(r for _, _, cells in rows for r in k_effect_ok(cells, spread(cells)))
@@ -150,8 +159,8 @@ def main(argv=None) -> dict:
             if not ok:
                 break
             r_ok = r
-        result["rule"] = {"W_PER_EPOCH": math.exp(c), "W_POWER": p, "AGE_SHARE": r_ok}
-        print(f"\nrule: W = {math.exp(c):.3f} x steps per epoch x epochs^{p:.3f}; age <= {r_ok:.3f} W")
+        result["rule"] = {"W_AT_1K": math.exp(c), "W_POWER": p, "AGE_SHARE": r_ok}
+        print(f"\nrule: W = {math.exp(c):.1f} (S / 1000)^{p:.3f}; age <= {r_ok:.3f} W")
         print("cells by age / window (ok: within the spread of the same m's smallest K): "
               + ", ".join(f"{r:.3f} {'ok' if ok else 'NO'}" for r, ok in ratios))
     for e in args.check:

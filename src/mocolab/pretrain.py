@@ -135,10 +135,10 @@ def resume_config(resume: str, out: str | Path, overrides: list[str]) -> tuple[C
     return apply_overrides(from_dict(state["config"]), overrides).validate(), state
 
 
-def with_auto(cfg: Config, steps: int, steps_per_epoch: int, n_train: int) -> tuple[Config, dict]:
+def with_auto(cfg: Config, steps: int, n_train: int) -> tuple[Config, dict]:
     """(cfg with moco.m=auto and moco.queue_size=auto replaced by the rule's values for a schedule
     of `steps` steps (mocolab.auto), those values and `for_steps`); cfg itself when nothing is auto."""
-    values = auto_values(cfg, steps, steps_per_epoch, n_train)
+    values = auto_values(cfg, steps, n_train)
     if not values:
         return cfg, {}
     resolved = copy.deepcopy(cfg)
@@ -153,7 +153,7 @@ def resolve_when_timed(trainer: Trainer, cfg: Config, n_train: int, values: dict
     values are set again for it (the key encoder's m; the queue resized, keeping its newest keys)."""
 
     def resolve(total_steps: int) -> None:
-        trainer.cfg, new = with_auto(cfg, total_steps, trainer.steps_per_epoch, n_train)
+        trainer.cfg, new = with_auto(cfg, total_steps, n_train)
         values.update(new)
         method = trainer.method
         if "moco.m" in new:
@@ -212,8 +212,7 @@ def pretrain(cfg: Config, data: str, out: str | Path, state: dict | None = None)
     n_train = len(train) if not isinstance(train, ShardStream) else 0
     check_limits(cfg, n_train=n_train, device=device)  # the bank and the cache, now that n is known
     asked = cfg  # moco.m / moco.queue_size may be auto: resolved for the schedule's length
-    steps_per_epoch = max(len(train) // cfg.optim.batch_size, 1)
-    cfg, auto = with_auto(asked, cfg.run.epochs * steps_per_epoch, steps_per_epoch, n_train)
+    cfg, auto = with_auto(asked, cfg.run.epochs * max(len(train) // cfg.optim.batch_size, 1), n_train)
     model = build_model(cfg, device, n_train)
     labeled = test is not None and int(torch.as_tensor(bank.labels).min()) >= 0
     monitor = knn_monitor(cfg, bank, test, device, autocast_dtype) if labeled else None
