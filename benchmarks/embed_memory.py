@@ -49,6 +49,16 @@ WRAPPER = ("import atexit, sys\n"
            "from mocolab.cli import main\n"
            "sys.exit(main())\n")
 
+# --dry: the same command with eval.features.extract_features replaced by random unit features of the
+# backbone's width (one 1-image forward pass to learn it): no decoding, no forward pass of the images,
+# so what is left is the memory of embed's own structures (file list, store, paths, writer)
+DRY = ("import torch, torch.nn.functional as F\n"
+       "import mocolab.eval.features as feats\n"
+       "def fake(net, fl, mean, std, *, size=32, **kw):\n"
+       "    d = net(torch.zeros(1, 3, size, size)).shape[1]\n"
+       "    return F.normalize(torch.randn(len(fl), d), dim=1), torch.tensor(fl.labels)  # b x D, b\n"
+       "feats.extract_features = fake\n")
+
 
 def build(cifar: Path, folder: Path, n: int) -> Path:
     """folder/n<N>/<class>/<i:07d>.jpg: N / 10 symlinks per class, cycling through the class's CIFAR-10
@@ -83,10 +93,10 @@ def _status(pid: int) -> dict:
 
 
 def run_embed(src: str, data: Path, out: Path, stream: str, workers: int | None, poll: float, env: dict,
-              image_size: int | None = None) -> dict:
+              image_size: int | None = None, dry: bool = False) -> dict:
     """`mocolab embed` in a fresh child -> seconds, peaks (MB), the file's size and D."""
-    argv = [sys.executable, "-c", WRAPPER, "embed", src, "--data", str(data), "--out", str(out), "--quiet",
-            "--device", "cpu", "--stream", stream]
+    argv = [sys.executable, "-c", (DRY if dry else "") + WRAPPER, "embed", src, "--data", str(data), "--out", str(out),
+            "--quiet", "--device", "cpu", "--stream", stream]
     if workers is not None:
         argv += ["--workers", str(workers)]
     if image_size is not None:
@@ -141,6 +151,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, help="DataLoader workers (default: the model's data.workers)")
     p.add_argument("--image-size", type=int, help="the images' size at the backbone (default: the model's); a "
                    "smaller one makes the forward pass cheaper and leaves D, so the N x D features, as they are")
+    p.add_argument("--dry", action="store_true", help="random features instead of decoding and the forward pass: "
+                   "the memory of embed's own structures alone, in seconds")
     p.add_argument("--poll", type=float, default=0.05, help="seconds between samples of /proc/PID/status")
     p.add_argument("--json", help="write the rows here too")
     a = p.parse_args()
@@ -153,11 +165,11 @@ def main() -> None:
             data = build(Path(a.cifar), Path(a.folder), n)
             for stream in a.streams:
                 out = Path(work) / f"emb_{n}_{stream}.{a.format}"
-                r = run_embed(a.src, data, out, stream, a.workers, a.poll, env, a.image_size)
+                r = run_embed(a.src, data, out, stream, a.workers, a.poll, env, a.image_size, a.dry)
                 for extra in (out, out.with_suffix(".csv"), out.with_name(out.name + ".log"),
                               out.with_name(out.name + ".out")):
                     extra.unlink(missing_ok=True)
-                row = {"images": n, "stream": stream, "src": a.src, "image_size": a.image_size, **r}
+                row = {"images": n, "stream": stream, "src": a.src, "image_size": a.image_size, "dry": a.dry, **r}
                 rows.append(row)
                 print(f"{n:>8} {stream:<6} {r['seconds']:>8.1f} {r['vmhwm_mb']:>11.0f} "
                       f"{r['largest_process_mb']:>12.0f} {r['rss_anon_peak_mb']:>8.0f} {r['rss_file_peak_mb']:>11.0f} "
