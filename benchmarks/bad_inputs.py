@@ -1,14 +1,18 @@
 """The catalogue of bad inputs, run against the command line: each must give a one-line error
 (exit 2, one `mocolab: error:` line saying what is wrong, no traceback) or a documented skip
 (exit 0 with its `warning: skipped ...` line), or, for a file another tool makes (a webdataset tar
-made with `tar cf`), read correctly (exit 0); never a traceback or a silent acceptance.
+made with `tar cf`) or a run folder whose lock holder was killed, read correctly (exit 0), or, with
+stdout closed early (`| head -n 0`), a quiet stop (exit 0 or 141); never a traceback or a silent
+acceptance. A run folder held by another process (a live `lock_run_dir` holder) must be refused in
+one line naming the holder's PID and host.
 
     python benchmarks/bad_inputs.py --data ../shared/data/cifar10 [--only WORD] [--json bad_inputs.json]
 
 Tiny data (a few CIFAR-10 JPEGs per class) and a tiny finished run are made in a temporary
 folder; each case is one `python -m mocolab ...` process (a few seconds each, one thread).
 It prints a line per case and the counts: one-line errors, documented skips, read correctly,
-tracebacks, silent acceptances, other (goal: the last three 0); exit status 1 if any of those is not 0.
+stopped quietly, tracebacks, silent acceptances, other (goal: the last three 0); exit status 1 if any
+of those is not 0.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import json
 import os
 import pickle
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -78,17 +84,50 @@ def make_inputs(cifar: Path, tmp: Path) -> dict[str, str]:
     (torn / "config.yaml").write_text("optim: 5\nrun: {knn_k: abc}\n")
     with open(torn / "metrics.jsonl", "a") as f:
         f.write('{"loss": 1.0}\n[1, 2]\n{"step": 9, "lo')
+    tornsweep = tmp / "tornsweep"  # a sweep folder whose sweep.json was cut mid-way
+    tornsweep.mkdir()
+    (tornsweep / "sweep.json").write_text('{"preset": "cifar10_c')
     # class folders named like matplotlib's mathtext
     dollars = tmp / "dollars"
     for split in ("train", "test"):
         for old, new in (("airplane", "$\\bogus$"), ("cat", "$5-$10")):
             shutil.copytree(data / split / old, dollars / split / new)
-    return make_hostile_inputs(data, tmp) | {"TORN": str(torn), "DOLLARS": str(dollars),
+    return make_hostile_inputs(data, tmp) | {"TORN": str(torn), "DOLLARS": str(dollars), "TORNSWEEP": str(tornsweep),
             "DATA": str(data), "CORRUPT": str(corrupt), "TRUNCATED": str(truncated), "FLAT": str(flat),
             "EMPTY": str(tmp / "empty"), "TEXT": str(tmp / "text.pth"), "CODE": str(tmp / "code.pth"),
             "TRUNCPTH": str(tmp / "truncated.pth"), "BADYAML": str(tmp / "bad.yaml"),
             "KEYYAML": str(tmp / "unknown_key.yaml"), "AFILE": str(tmp / "a_file"), "RUN": str(run),
             "EXPORT": str(run / "backbone.pth"), "EXISTS": str(tmp / "exists.pth"), "TMP": str(tmp)}
+
+
+# a process that takes a run folder's lock (mocolab.runtime.lock_run_dir, as every run does) and holds it
+HOLD = ("import sys, time; from mocolab.runtime import lock_run_dir; lock_run_dir(sys.argv[1]); "
+        "print('locked', flush=True); time.sleep(3600)")
+
+
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """A process holding `folder`'s run lock, started and waited for until it holds it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "locked":
+        proc.kill()
+        sys.exit(f"the lock holder did not start: {proc.communicate()[1][-2000:]}")
+    return proc
+
+
+def make_held_inputs(tmp: Path, holders: list[subprocess.Popen]) -> dict[str, str]:
+    """Run folders and another process (issue 28): HELD, whose lock a live process holds (HOLDER: its
+    `PID N on host H`, which the error must name); KILLED, whose holder was killed with kill -9 after
+    taking the lock (its .lock file stays behind, naming the dead PID: the lock itself must not)."""
+    held = hold_lock(tmp / "held")
+    holders.append(held)
+    killed = hold_lock(tmp / "killed")
+    killed.send_signal(signal.SIGKILL)  # no handler runs: only the OS can release the lock
+    killed.communicate(timeout=60)
+    if f"PID {killed.pid} " not in (tmp / "killed" / ".lock").read_text():
+        sys.exit("the killed holder's .lock file does not name it")
+    return {"HELD": str(tmp / "held"), "HOLDER": f"PID {held.pid} on host {socket.gethostname()}",
+            "KILLED": str(tmp / "killed")}
 
 
 def _voc(root: Path, xmls: dict[str, str], jpeg: bytes, extra_ids=(), images: dict[str, bytes] | None = None) -> str:
@@ -200,9 +239,14 @@ def P(*argv):  # a pretraining into a fresh folder
     return ["pretrain", *argv]
 
 
+BUSY = "is in use by another mocolab process ({HOLDER})"  # the live holder's PID and host
+
 # (name, argv, expected, text): expected "error" (exit 2, one `mocolab: error:` line holding text), "skip" (exit 0,
-# a stderr line holding text) or "ok" (exit 0, text in the output: another tool's file read as it reads it).
-# To add a case: a line here; a file it needs: make_inputs or make_hostile_inputs, named by a {PLACEHOLDER}.
+# a stderr line holding text), "ok" (exit 0, text in the output: another tool's file read as it reads it) or
+# "quiet" (stdout closed before anything is read: exit 0 or 141, no traceback, no error). argv may start with
+# NAME=VALUE environment settings and end with `| head -n 0` (stdout closed at once), as in a shell.
+# To add a case: a line here; a file it needs: make_inputs or make_hostile_inputs, named by a {PLACEHOLDER}
+# (in argv and text alike).
 CASES = [
     # paths and files
     ("data folder missing", P("--data", "{TMP}/missing", "--out", "{NEW}"), "error", "data folder not found"),
@@ -359,12 +403,37 @@ CASES = [
      "ok", ""),
     ("--init from a missing file", P("--data", "{DATA}", "--out", "{NEW}", "--init", "{TMP}/nope.pth", *TINY),
      "error", "not found"),
+    ("run files: a sweep folder with a torn sweep.json", ["sweep", "--data", "{DATA}", "--out", "{TORNSWEEP}",
+                                                          "--grid", "moco.m=0.9", "--epochs", "1", "--no-linear",
+                                                          "--knn-every", "0", "--set", *TINY[2:]],
+     "error", "sweep.json"),
+    # two processes at once (issue 28): a folder whose run lock another process holds, one whose holder was killed
+    ("held run folder: pretrain --resume auto", P("--data", "{DATA}", "--out", "{HELD}", "--resume", "auto", *TINY),
+     "error", BUSY),
+    ("held run folder: pretrain --overwrite", P("--data", "{DATA}", "--out", "{HELD}", "--overwrite", *TINY),
+     "error", BUSY),
+    ("held run folder: supervised", ["supervised", "--data", "{DATA}", "--out", "{HELD}", *TINY], "error", BUSY),
+    ("held run folder: detect --resume auto", ["detect", "--backbone", "{BB}", "--data", "{VOCINF}", "--out",
+                                               "{HELD}", "--resume", "auto", *TINY_DETECT], "error", BUSY),
+    ("held run folder: compare --out", ["compare", "{RUN}", "--data", "{DATA}", "--out", "{HELD}"], "error", BUSY),
+    ("held run folder: report --out", ["report", "{RUN}", "--data", "{DATA}", "--out", "{HELD}", "--curves-only"],
+     "error", BUSY),
+    ("held run folder: sweep --out", ["sweep", "--data", "{DATA}", "--out", "{HELD}", "--grid", "moco.m=0.9",
+                                      "--epochs", "1", "--no-linear", "--knn-every", "0", "--set", *TINY[2:]],
+     "error", BUSY),
+    ("run folder whose holder was killed with kill -9", P("--data", "{DATA}", "--out", "{KILLED}", "--resume", "auto",
+                                                          *TINY), "ok", "done:"),
+    # stdout closed early (`mocolab ... | head`): the reader has what it asked for, the command stops quietly
+    ("stdout closed (| head -n 0), lines written at once", ["PYTHONUNBUFFERED=1", "sweep", "--data", "{DATA}",
+                                                            "--out", "{NEW}", "--grid", "moco.m=0.9,0.99",
+                                                            "--dry-run", "|", "head", "-n", "0"], "quiet", ""),
+    ("stdout closed (| head -n 0), written at the exit", ["presets", "|", "head", "-n", "0"], "quiet", ""),
 ]
 
 
 def classify(res: subprocess.CompletedProcess, expected: str, text: str) -> str:
     err = res.stderr
-    if "Traceback" in err:
+    if "Traceback" in err or "Exception ignored" in err:  # the latter: an exception at the exit (a flush)
         return "traceback"
     errors = [line for line in err.splitlines() if line.startswith("mocolab: error:")]
     if expected == "error":
@@ -375,9 +444,35 @@ def classify(res: subprocess.CompletedProcess, expected: str, text: str) -> str:
         return "other"
     if expected == "ok":  # a file other tools make, read as they read it
         return "read correctly" if res.returncode == 0 and text in res.stdout + err else "other"
+    if expected == "quiet":  # 141: 128 + SIGPIPE, as a shell reports a command that `head` stopped
+        quiet = res.returncode in (0, 141) and not errors and "BrokenPipeError" not in err
+        return "stopped quietly" if quiet else "other"
     if res.returncode == 0 and any(text in line for line in err.replace("\r", "\n").splitlines()):
         return "documented skip"
     return "silent acceptance" if res.returncode == 0 else "other"
+
+
+def run_case(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`python -m mocolab CMD` -> its outcome; leading NAME=VALUE items set the environment, a trailing
+    `| head -n 0` closes its stdout at once (before it writes), as `mocolab ... | head -n 0` does."""
+    env = dict(os.environ)
+    while cmd and "=" in cmd[0] and cmd[0].split("=")[0].isupper():
+        name, value = cmd.pop(0).split("=", 1)
+        env[name] = value
+    argv = [sys.executable, "-m", "mocolab", *cmd]
+    if "|" not in cmd:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+        except subprocess.TimeoutExpired as e:  # an outcome ("other"), not the end of the catalogue
+            err = e.stderr.decode("utf-8", "replace") if isinstance(e.stderr, bytes) else e.stderr or ""
+            return subprocess.CompletedProcess(argv, -9, "", f"{err}\ntimed out after {timeout} s")
+    if cmd[cmd.index("|"):] != ["|", "head", "-n", "0"]:
+        raise ValueError(f"only `| head -n 0` is known: {cmd}")
+    argv = argv[: argv.index("|")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+    proc.stdout.close()  # head -n 0: reads nothing, exits
+    err = proc.stderr.read()
+    return subprocess.CompletedProcess(argv, proc.wait(timeout=timeout), "", err)
 
 
 def main() -> int:
@@ -389,38 +484,51 @@ def main() -> int:
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
                CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    counts = dict.fromkeys(("one-line error", "documented skip", "read correctly", "traceback", "silent acceptance",
-                            "other"), 0)
+    counts = dict.fromkeys(("one-line error", "documented skip", "read correctly", "stopped quietly", "traceback",
+                            "silent acceptance", "other"), 0)
     rows = []
+    holders: list[subprocess.Popen] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ.update(env)
         os.environ["MOCOLAB_CACHE"] = str(tmp / "cache")
-        places = make_inputs(Path(args.data), tmp)
-        cases = [c for c in CASES if not args.only or args.only in c[0]]
-        for i, (name, argv, expected, text) in enumerate(cases):
-            places["NEW"] = str(tmp / f"new{i}")
-            cmd = [a.format(**places) for a in argv]
-            t0 = time.perf_counter()
-            res = subprocess.run([sys.executable, "-m", "mocolab", *cmd], capture_output=True, text=True,
-                                 timeout=600, cwd=tmp)
-            outcome = classify(res, expected, text)
-            counts[outcome] += 1
-            lines = res.stderr.replace("\r", "\n").splitlines()
-            said = [line for line in lines if line.startswith("mocolab: error:") or text in line]
-            shown = said[0] if said else (lines or [""])[-1]
-            print(f"{outcome:17s} {name:42s} {shown[:110]}  ({time.perf_counter() - t0:.1f}s)", flush=True)
-            rows.append({"case": name, "argv": argv, "expected": expected, "outcome": outcome,
-                         "exit": res.returncode, "message": shown})
-    good = counts["one-line error"] + counts["documented skip"] + counts["read correctly"]
+        try:
+            places = make_inputs(Path(args.data), tmp) | make_held_inputs(tmp, holders)
+            rows = run_cases(args, tmp, places, counts)
+        finally:
+            for proc in holders:  # kill -9: the OS releases their locks
+                proc.kill()
+                proc.communicate(timeout=60)
+    good = counts["one-line error"] + counts["documented skip"] + counts["read correctly"] + counts["stopped quietly"]
     bad = len(rows) - good
     print(f"{len(rows)} bad inputs: {counts['one-line error']} one-line errors, {counts['documented skip']} "
-          f"documented skips, {counts['read correctly']} read correctly; {counts['traceback']} tracebacks, "
-          f"{counts['silent acceptance']} silent acceptances, "
+          f"documented skips, {counts['read correctly']} read correctly, {counts['stopped quietly']} stopped quietly; "
+          f"{counts['traceback']} tracebacks, {counts['silent acceptance']} silent acceptances, "
           f"{counts['other']} other (goal: 0)")
     if args.json:
         Path(args.json).write_text(json.dumps({"counts": counts, "cases": rows}, indent=2))
     return 1 if bad else 0
+
+
+def run_cases(args, tmp: Path, places: dict[str, str], counts: dict[str, int]) -> list[dict]:
+    """Runs the cases (--only: those whose name holds the word), printing a line each -> their rows."""
+    rows = []
+    cases = [c for c in CASES if not args.only or args.only in c[0]]
+    for i, (name, argv, expected, text) in enumerate(cases):
+        places["NEW"] = str(tmp / f"new{i}")
+        cmd = [a.format(**places) for a in argv]
+        text = text.format(**places) if "{" in text else text
+        t0 = time.perf_counter()
+        res = run_case(cmd, tmp)
+        outcome = classify(res, expected, text)
+        counts[outcome] += 1
+        lines = res.stderr.replace("\r", "\n").splitlines()
+        said = [line for line in lines if line.startswith("mocolab: error:") or (text and text in line)]
+        shown = said[0] if said else (lines or [f"exit {res.returncode}"])[-1]
+        print(f"{outcome:17s} {name:42s} {shown[:110]}  ({time.perf_counter() - t0:.1f}s)", flush=True)
+        rows.append({"case": name, "argv": argv, "expected": expected, "outcome": outcome,
+                     "exit": res.returncode, "message": shown})
+    return rows
 
 
 if __name__ == "__main__":

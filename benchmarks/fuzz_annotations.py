@@ -10,9 +10,13 @@ duplicated entries and ids; hostile file names; truncated or undecodable text).
 2. `mocolab detect --iters 2`: the N VOC files in one VOC folder (the first half as trainval, the
    second as test), and a seeded sample of --detect-coco COCO files, one `detect` each (the train
    JSON mutated, val a good one). Outcomes: exit 0, one-line error (exit 2, one `mocolab: error:`
-   line), or anything else (a traceback, another exit status: the goal is 0).
+   line), or anything else (a traceback, another exit status: the goal is 0). The COCO runs go
+   --per-process at a time through mocolab.cli.main in one worker process (the CLI's parsing and
+   error handling as `python -m mocolab` runs them, stdout/stderr caught at the file descriptors,
+   fresh warning filters each), so the ~3 s start-up (torch's import) is paid once a batch;
+   --per-process 0 runs one `python -m mocolab detect` each, as the VOC run always does.
 
-  OMP_NUM_THREADS=1 nice python benchmarks/fuzz_annotations.py --n 500 --detect-coco 8 --seed 0
+  OMP_NUM_THREADS=1 nice python benchmarks/fuzz_annotations.py --n 500 --detect-coco 500 --seed 0
 
 Exit status 1 when any traceback or other outcome was seen; --keep DIR keeps the files.
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import random
@@ -284,20 +289,126 @@ def load_outcome(fn, *args) -> tuple[str, str]:
         else ("loaded", "")
 
 
-def run_detect(backbone: str, out: Path, data_args: list[str]) -> tuple[str, str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-m", "mocolab", "detect", "--backbone", backbone, *data_args,
-                          "--out", str(out), "--iters", "2", *TINY_DETECT], capture_output=True, text=True,
-                         env=env, timeout=1200)
-    errors = [line for line in res.stderr.splitlines() if line.startswith("mocolab: error:")]
-    if "Traceback" in res.stderr:
-        return "traceback", res.stderr.strip().splitlines()[-1][:300]
-    if res.returncode == 0:
-        return "exit 0", f"{res.stderr.count('warning:')} warning lines"
-    if res.returncode == 2 and len(errors) == 1:
+DETECT_ENV = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+
+
+def detect_argv(backbone: str, out: Path, data_args: list[str]) -> list[str]:
+    return ["detect", "--backbone", backbone, *data_args, "--out", str(out), "--iters", "2", *TINY_DETECT]
+
+
+def classify(rc: int, stderr: str) -> tuple[str, str]:
+    """A `detect`'s exit status and stderr -> (outcome, detail): exit 0 | one-line error | traceback | other."""
+    errors = [line for line in stderr.splitlines() if line.startswith("mocolab: error:")]
+    if "Traceback" in stderr:
+        return "traceback", stderr.strip().splitlines()[-1][:300]
+    if rc == 0:
+        return "exit 0", f"{stderr.count('warning:')} warning lines"
+    if rc == 2 and len(errors) == 1:
         return "one-line error", errors[0][:200]
-    return "other", f"exit {res.returncode}: {res.stderr.strip()[-300:]}"
+    return "other", f"exit {rc}: {stderr.strip()[-300:]}"
+
+
+def run_detect(backbone: str, out: Path, data_args: list[str]) -> tuple[str, str]:
+    """One `python -m mocolab detect` process."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), **DETECT_ENV)
+    res = subprocess.run([sys.executable, "-m", "mocolab", *detect_argv(backbone, out, data_args)],
+                         capture_output=True, text=True, env=env, timeout=1200)
+    return classify(res.returncode, res.stderr)
+
+
+# text streams on file descriptors 1 and 2 themselves, kept for the process (a logging handler made in one
+# call keeps writing to them in the next)
+_FD_STREAMS = tuple(open(fd, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+                    for fd in (1, 2))
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """What warnings.showwarning does in a plain process (a test's recorder may stand in for it)."""
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def run_in_process(argv: list[str]) -> tuple[int, str]:
+    """`mocolab ARGV` through mocolab.cli.main in this process (its argument parsing and error
+    handling, as `python -m mocolab` runs them) -> (exit status, stderr). stdout and stderr are
+    caught at the file descriptors (logging, warnings and C code alike); each call sees fresh
+    warning filters (a warning shown in an earlier call is shown again)."""
+    from mocolab import cli
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2), sys.stdout, sys.stderr
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        os.dup2(out.fileno(), 1)
+        os.dup2(err.fileno(), 2)
+        sys.stdout, sys.stderr = _FD_STREAMS  # writes to fds 1 and 2 (pytest, for one, replaces sys.stderr)
+        try:
+            with warnings.catch_warnings():  # entering resets every module's "shown once" registry
+                warnings.simplefilter("default")
+                warnings.showwarning = _show_warning  # on stderr, as in a process of its own
+                try:
+                    rc = cli.main(argv)
+                except SystemExit as e:  # argparse
+                    rc = e.code if isinstance(e.code, int) else 1
+                except BaseException:  # noqa: BLE001 - escaped main's handling: what the fuzz looks for
+                    traceback.print_exc()
+                    rc = 1
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.stdout, sys.stderr = saved[2:]
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        err.seek(0)
+        return rc, err.read().decode("utf-8", "replace")
+
+
+def worker(jobs_file: str, results_file: str) -> int:
+    """--worker: runs the `detect` jobs (JSON lines of [backbone, out, data_args]) in this process,
+    one after another; a result line each, written as soon as it is known."""
+    os.environ.update(DETECT_ENV)
+    with open(jobs_file) as f, open(results_file, "a") as res:
+        for line in f:
+            backbone, out, data_args = json.loads(line)
+            rc, err = run_in_process(detect_argv(backbone, Path(out), data_args))
+            res.write(json.dumps(classify(rc, err)) + "\n")
+            res.flush()
+    return 0
+
+
+def run_detect_batched(jobs: list[tuple[str, Path, list[str]]], per_process: int, scratch: Path):
+    """Yields (outcome, detail) for each job, in order: `per_process` jobs per worker process
+    (mocolab.cli.main in-process: the import and start-up paid once per batch). A worker that dies
+    (a crash, a kill) is the job it was running: "other" with its exit status; the batch goes on in
+    a fresh worker."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""), **DETECT_ENV)
+    todo, n = list(jobs), 0
+    while todo:
+        batch, todo = todo[:per_process], todo[per_process:]
+        n += 1
+        jobs_file, results_file = scratch / f"jobs{n}.jsonl", scratch / f"results{n}.jsonl"
+        jobs_file.write_text("".join(json.dumps([b, str(o), a]) + "\n" for b, o, a in batch))
+        results_file.write_text("")
+        proc = subprocess.Popen([sys.executable, __file__, "--worker", str(jobs_file), str(results_file)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = 0
+        while True:
+            lines = results_file.read_text().splitlines()
+            for line in lines[done:]:
+                yield tuple(json.loads(line))
+            done = len(lines)
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        stderr = proc.stderr.read()
+        lines = results_file.read_text().splitlines()
+        for line in lines[done:]:
+            yield tuple(json.loads(line))
+        done = len(lines)
+        if done < len(batch):  # the worker died during job `done`
+            yield "other", f"worker died (exit {proc.returncode}) during this file: {stderr.strip()[-300:]}"
+            todo = batch[done + 1:] + todo
 
 
 def main() -> int:
@@ -307,7 +418,13 @@ def main() -> int:
     ap.add_argument("--no-detect", action="store_true", help="the loaders only")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="write the files here (kept) instead of a temporary folder")
+    ap.add_argument("--per-process", type=int, default=25,
+                    help="COCO `detect` runs per process, each through mocolab.cli.main in-process (the start-up "
+                         "paid once); 0: one `python -m mocolab detect` process each")
+    ap.add_argument("--worker", nargs=2, metavar=("JOBS", "RESULTS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker(*args.worker)
     import io
 
     from PIL import Image
@@ -346,23 +463,34 @@ def main() -> int:
         if not args.no_detect:
             bb = base / "r10w8.yaml"
             bb.write_text("model: {arch: resnet10, width: 8, stem: imagenet}\ndata: {image_size: 64}\n")
-            runs = [("VOC folder (all files)", ["--data", str(base / "voc")])]
+            backbone = f"random:{bb}"
             sample = random.Random(args.seed + 1).sample(range(len(coco_files)), min(args.detect_coco, len(coco_files)))
             coco = base / "coco"
-            runs += [(f"COCO {coco_files[i][0]} ({', '.join(coco_files[i][1])})",
-                      ["--train-json", str(coco / coco_files[i][0]), "--train-images", str(coco / "train"),
-                       "--test-json", str(coco / "good_val.json"), "--test-images", str(coco / "val")])
-                     for i in sorted(sample)]
+            runs = [(f"COCO {coco_files[i][0]} ({', '.join(coco_files[i][1])})",
+                     ["--train-json", str(coco / coco_files[i][0]), "--train-images", str(coco / "train"),
+                      "--test-json", str(coco / "good_val.json"), "--test-images", str(coco / "val")])
+                    for i in sorted(sample)]
+            jobs = [(backbone, base / f"run{k + 1}", data_args) for k, (_, data_args) in enumerate(runs)]
+            if args.per_process > 0:
+                (base / "batches").mkdir(exist_ok=True)
+                coco_outcomes = run_detect_batched(jobs, args.per_process, base / "batches")
+            else:
+                coco_outcomes = (run_detect(*job) for job in jobs)
+            runs = [("VOC folder (all files)", ["--data", str(base / "voc")])] + runs
+            voc_outcome = (run_detect(backbone, base / "run0", runs[0][1]) for _ in range(1))
+            outcomes = itertools.chain(voc_outcome, coco_outcomes)
             counts = Counter()
-            for k, (name, data_args) in enumerate(runs):
-                t0 = time.perf_counter()
-                outcome, detail = run_detect(f"random:{bb}", base / f"run{k}", data_args)
+            t0 = time.perf_counter()
+            for (name, _), (outcome, detail) in zip(runs, outcomes, strict=True):
                 counts[outcome] += 1
                 print(f"detect  {outcome:14s} {name[:70]:70s} {detail[:90]}  ({time.perf_counter() - t0:.0f} s)",
                       flush=True)
+                t0 = time.perf_counter()
             bad += counts["traceback"] + counts["other"]
+            how = (f"{args.per_process} per process, in-process through mocolab.cli.main" if args.per_process > 0
+                   else "one process each")
             print("detect: " + ", ".join(f"{counts[k]} {k}" for k in ("exit 0", "one-line error", "traceback", "other"))
-                  + f" ({len(runs)} runs: {len(voc_files)} VOC files in one, {len(sample)} COCO files one each)")
+                  + f" ({len(runs)} runs: {len(voc_files)} VOC files in one, {len(sample)} COCO files one each, {how})")
     print(f"tracebacks and other outcomes: {bad} (goal: 0)")
     return 1 if bad else 0
 
