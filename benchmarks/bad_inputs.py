@@ -6,7 +6,7 @@ stdout closed early (`| head -n 0`), a quiet stop (exit 0 or 141); never a trace
 acceptance. A run folder held by another process (a live `lock_run_dir` holder) must be refused in
 one line naming the holder's PID and host.
 
-    python benchmarks/bad_inputs.py --data ../shared/data/cifar10 [--only WORD] [--json bad_inputs.json]
+    python benchmarks/bad_inputs.py --data ../shared/data/cifar10 [--only WORD ...] [--json bad_inputs.json]
 
 Tiny data (a few CIFAR-10 JPEGs per class) and a tiny finished run are made in a temporary
 folder; each case is one `python -m mocolab ...` process (a few seconds each, one thread).
@@ -479,7 +479,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"),
                     help="CIFAR-10 as JPEG folders (train/ test/ with class folders); a few images are copied")
-    ap.add_argument("--only", help="run the cases whose name contains this word")
+    ap.add_argument("--only", nargs="+", metavar="WORD", help="run the cases whose name contains one of these words")
     ap.add_argument("--json", help="write the outcomes here")
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -511,9 +511,9 @@ def main() -> int:
 
 
 def run_cases(args, tmp: Path, places: dict[str, str], counts: dict[str, int]) -> list[dict]:
-    """Runs the cases (--only: those whose name holds the word), printing a line each -> their rows."""
+    """Runs the cases (--only: those whose name holds one of the words), printing a line each -> their rows."""
     rows = []
-    cases = [c for c in CASES if not args.only or args.only in c[0]]
+    cases = [c for c in CASES if not args.only or any(word in c[0] for word in args.only)]
     for i, (name, argv, expected, text) in enumerate(cases):
         places["NEW"] = str(tmp / f"new{i}")
         cmd = [a.format(**places) for a in argv]
