@@ -63,16 +63,23 @@ def window_star(cells: dict, temperature: float) -> float:
     return math.exp(sum(w * math.log(x) for (x, _), w in zip(row, weights)) / sum(weights))
 
 
-def k_effect_ok(cells: dict, gap: float) -> list[tuple[float, bool]]:
-    """(age / window, within the spread of the same m's smallest-K cell) of each cell: what the
-    queue's size alone costs at each m."""
+def k_effect_ok(cells: dict) -> list[tuple[float, bool]]:
+    """(age / window, within the noise of the same m's smallest-K cell) of each cell: what the
+    queue's size alone costs at each m. The noise: the larger seed spread of the two cells."""
     kmin = min(k for k, _ in cells)
     out = []
     for (k, m), s in cells.items():
         base = cells.get((kmin, m))
         if base:
-            out.append((k / BATCH * (1 - m), statistics.mean(s.values()) >= statistics.mean(base.values()) - gap))
+            noise = max(max(s.values()) - min(s.values()), max(base.values()) - min(base.values()))
+            out.append((k / BATCH * (1 - m), statistics.mean(s.values()) >= statistics.mean(base.values()) - noise))
     return out
+
+
+def row_spread(cells: dict) -> float:
+    """The seeds' spread over the smallest K's row, the row W* is read from."""
+    kmin = min(k for k, _ in cells)
+    return spread({c: s for c, s in cells.items() if c[0] == kmin})
 
 
 def fit_line(xs: list[float], ys: list[float], ws: list[float]) -> tuple[float, float]:
@@ -121,11 +128,12 @@ def main(argv=None) -> dict:
             continue
         S = e * steps_per_epoch
         (bk, bm), bknn = best(cells)
-        w_star = window_star(cells, spread(cells))
+        w_star = window_star(cells, row_spread(cells))
         result["lengths"][e] = {"steps": S, "best": [bk, bm, bknn], "spread": spread(cells), "w_star": w_star,
                                 "cells": {f"{k},{m}": s for (k, m), s in cells.items()}}
         print(f"\n## {e} epochs ({S} steps): best K {bk}, m {bm} ({bknn:.2f}); seeds' spread {spread(cells):.2f}; "
-              f"W* {w_star:.0f} (m* {1 - 1 / w_star:.4f})")
+              f"W* {w_star:.0f} (m* {1 - 1 / w_star:.4f}; the K {min(k for k, _ in cells)} row's spread "
+              f"{row_spread(cells):.2f})")
         print("\n".join(table(cells)))
         if e in args.fit:
             rows.append((S, w_star, cells))
@@ -134,7 +142,7 @@ def main(argv=None) -> dict:
         # noisy short run says little about its best window)
         xs = [math.log(S / 1000) for S, _, _ in rows]
         ys = [math.log(w) for _, w, _ in rows]
-        ws = [1 / max(spread(cells), 0.05) ** 2 for _, _, cells in rows]
+        ws = [1 / max(row_spread(cells), 0.05) ** 2 for _, _, cells in rows]
         c, p = fit_line(xs, ys, ws)
         print(f"\nW* from these lengths alone: {math.exp(c):.1f} (S / 1000)^{p:.3f}")
         if args.anchor:  # the paper's ImageNet run: its best window at its length, weighted as our best length
@@ -145,15 +153,15 @@ def main(argv=None) -> dict:
             print(f"W* with the anchor (S {args.anchor[0]:.0f}, W {args.anchor[1]:.0f}): {math.exp(c):.1f} "
                   f"(S / 1000)^{p:.3f}")
         for S, w_star, cells in rows:
-            print(f"  {S} steps: W* {w_star:.0f} (weight {1 / max(spread(cells), 0.05) ** 2:.2f}), "
+            print(f"  {S} steps: W* {w_star:.0f} (weight {1 / max(row_spread(cells), 0.05) ** 2:.2f}), "
                   f"the fit {math.exp(c) * (S / 1000) ** p:.0f}")
         for S, label in [(5 * 390, "5 epochs of 50,000 CIFAR images (session 6: m 0.97-0.98 best, 0.99 behind)"),
                          (200 * 5005, "the paper's 200 ImageNet epochs (m 0.999 best)")]:
             w = math.exp(c) * (S / 1000) ** p
             print(f"  {label}: S {S}, W {w:.0f}, m {1 - 1 / w:.4f}")
-        # r_ok: the largest age / window at or below which no cell loses more than the spread to
-        # the smallest queue at its m
-        ratios = sorted(r for _, _, cells in rows for r in k_effect_ok(cells, spread(cells)))
+        # r_ok: the largest age / window at or below which no cell loses more than the noise to the
+        # smallest queue at its m
+        ratios = sorted(r for _, _, cells in rows for r in k_effect_ok(cells))
         r_ok = 0.0
         for r, ok in ratios:
             if not ok:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 
 # fitted: docs/ablations.md, section 5 (benchmarks/auto_fit.py)
-W_AT_1K, W_POWER = 52.7, 0.417
+W_AT_1K, W_POWER = 53.9, 0.413
 AGE_SHARE = 0.08
 M_RANGE = (0.9, 0.9999)
 K_MAX = 65536
