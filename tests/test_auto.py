@@ -32,9 +32,8 @@ def test_the_rule_grows_with_the_schedule_and_stays_in_bounds():
     assert 0.998 < auto_momentum(1_001_000) < 0.9995  # the paper's 200 ImageNet epochs: its best m is 0.999
     ks = [auto_queue_size(s, 128) for s in lengths]
     assert ks == sorted(ks) and all(128 <= k <= K_MAX and math.log2(k).is_integer() for k in ks)
-    for s in lengths:  # the oldest key within the age share of the window (rounded down), or one step's keys
-        k = auto_queue_size(s, 128)
-        assert k / 128 <= max(AGE_SHARE / (1 - auto_momentum(s)), 1) < 2 * k / 128 or k == K_MAX
+    for s in lengths:  # the oldest key within the age share of the window (x 2: the power-of-2 rounding)
+        assert auto_queue_size(s, 128) / 128 <= max(2 * AGE_SHARE / (1 - auto_momentum(s)), 1)
     # at most half the training set (rounded down to a power of 2), at least one step's keys
     assert auto_queue_size(10**8, 128, n_train=5000) == 2048
     assert auto_queue_size(10**8, 4096, n_train=5000) == 4096

@@ -11,7 +11,7 @@ point.
   tells (1 / spread^2: a flat, noisy short run says little).
 - The queue: no cell whose oldest key was at most AGE_SHARE of the window old lost more than the
   seeds' spread to the smallest queue at its m; older keys did. So K / B = AGE_SHARE x W (B: keys
-  enqueued a step), rounded down to a power of 2, at least one step's keys, at most half the training
+  enqueued a step), rounded to a power of 2, at least one step's keys, at most half the training
   set (no image's own key of an earlier epoch among its negatives) and at most 65,536.
 """
 
@@ -33,11 +33,10 @@ def auto_momentum(steps: int) -> float:
 
 
 def auto_queue_size(steps: int, keys_per_step: int, n_train: int = 0) -> int:
-    """K: keys_per_step x AGE_SHARE x the window of auto_momentum (its clamped m), rounded down to a
-    power of 2 (the oldest key at most AGE_SHARE of the window old); at least keys_per_step, at
-    most K_MAX and half of n_train (0: unknown, no bound)."""
+    """K: keys_per_step x AGE_SHARE x the window of auto_momentum (its clamped m), as a power of 2;
+    at least keys_per_step, at most K_MAX and half of n_train (0: unknown, no bound)."""
     window = 1 / (1 - auto_momentum(steps))
-    k = 2 ** int(math.log2(max(AGE_SHARE * window, 1.0) * keys_per_step))
+    k = 2 ** round(math.log2(max(AGE_SHARE * window, 1.0) * keys_per_step))
     bound = min(K_MAX, n_train // 2) if n_train else K_MAX
     if bound >= 1:
         k = min(k, 2 ** int(math.log2(bound)))
