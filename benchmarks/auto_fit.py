@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -106,6 +107,49 @@ def table(cells: dict) -> list[str]:
     return lines
 
 
+def plot(rows_by_e: dict, rule: dict, path: Path) -> None:
+    """Left: kNN of the smallest queue against the window W, one line per length, the rule's W
+    dashed. Right: what the queue's size costs (kNN minus the same m's smallest queue) against the
+    oldest key's age / W; the age share dotted."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from mocolab.plotting import save, setup
+
+    plt = setup()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(13, 4.8))
+    for i, (e, cells) in enumerate(sorted(rows_by_e.items())):
+        c = f"C{i}"
+        kmin = min(k for k, _ in cells)
+        row = sorted((1 / (1 - m), s) for (k, m), s in cells.items() if k == kmin)
+        xs = [w for w, _ in row]
+        a.errorbar(xs, [statistics.mean(s.values()) for _, s in row],
+                   yerr=[[statistics.mean(s.values()) - min(s.values()) for _, s in row],
+                         [max(s.values()) - statistics.mean(s.values()) for _, s in row]],
+                   color=c, marker="o", capsize=3, label=f"{e} epochs ({e * (IMAGES // BATCH)} steps)")
+        a.axvline(rule["W_AT_1K"] * (e * (IMAGES // BATCH) / 1000) ** rule["W_POWER"], color=c, ls="--", lw=1)
+        for (k, m), s in cells.items():
+            base = cells.get((kmin, m))
+            if base and k != kmin:
+                b.scatter(k / BATCH * (1 - m), statistics.mean(s.values()) - statistics.mean(base.values()),
+                          color=c, marker="o" if k == 1024 else "s", s=30)
+    a.set_xscale("log")
+    a.set_xlabel("window 1 / (1 - m), steps (dashed: the rule's)")
+    a.set_ylabel("kNN top-1 (%), the smallest K (256)")
+    a.legend(fontsize=9)
+    a.grid(alpha=0.3)
+    b.axvline(rule["AGE_SHARE"], color="gray", ls=":")
+    b.axhline(0, color="gray", lw=0.8)
+    b.set_xscale("log")
+    b.set_xlabel("oldest key's age / window (circles: K 1024, squares: K 4096)")
+    b.set_ylabel("kNN minus K 256 at the same m (points)")
+    b.grid(alpha=0.3)
+    from matplotlib.ticker import FuncFormatter
+
+    for ax in (a, b):  # plain numbers on the log axes
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    fig.tight_layout()
+    save(fig, path, dpi=90)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="runs")
@@ -116,6 +160,7 @@ def main(argv=None) -> dict:
                     help="a published (schedule length, best window) point added to the fit; --no-anchor: none")
     ap.add_argument("--no-anchor", dest="anchor", action="store_const", const=None)
     ap.add_argument("--json")
+    ap.add_argument("--plot", help="write the figure of docs/ablations.md, section 5, here")
     args = ap.parse_args(argv)
     runs = Path(args.runs)
     steps_per_epoch = IMAGES // BATCH
@@ -171,6 +216,9 @@ def main(argv=None) -> dict:
         print(f"\nrule: W = {math.exp(c):.1f} (S / 1000)^{p:.3f}; age <= {r_ok:.3f} W")
         print("cells by age / window (ok: within the spread of the same m's smallest K): "
               + ", ".join(f"{r:.3f} {'ok' if ok else 'NO'}" for r, ok in ratios))
+    if args.plot and "rule" in result:
+        plot({e: read_grid(runs / f"auto_e{e}") for e in args.fit + args.check if read_grid(runs / f"auto_e{e}")},
+             result["rule"], Path(args.plot))
     for e in args.check:
         autos = {}
         for summary in sorted((runs / f"auto_check_e{e}").glob("*/summary.json")):
