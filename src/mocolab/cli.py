@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import select
 import sys
 import traceback
 import warnings
@@ -169,14 +170,18 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unrecognized arguments: {' '.join(stray)}")
         args.overrides = list(args.overrides) + extra
     try:
-        return args.fn(args)
+        code = args.fn(args)
+        sys.stdout.flush()  # a reader gone (`| head`) shows here, not as "Exception ignored" at the exit
+        return code
     except Preempted as e:
         print(f"mocolab: {e}", file=sys.stderr)
         return Preempted.exit_code
     except KeyboardInterrupt:
         print("mocolab: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError as e:
+        if not stdout_gone():  # another pipe's (a data loader worker's): a bug to report
+            return report_error(e, debug)
         # stdout closed by its reader (`mocolab ... | head`): stop quietly, as a shell tool does;
         # stdout goes to devnull so that the interpreter's final flush raises nothing either
         try:
@@ -189,6 +194,17 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         du.cleanup()  # leaves the process group (torchrun)
         release_run_dirs()  # an in-process command (tests, the API) frees its run folders' locks
+
+
+def stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`mocolab ... | head`); True when that cannot be
+    told (no poll on Windows, a stdout without a file descriptor)."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):
+        return True
+    return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poll.poll(0))
 
 
 # optional dependencies (pyproject's extras): the module a command imports -> the extra that brings it

@@ -13,7 +13,6 @@ import argparse
 import csv
 import hashlib
 import itertools
-import json
 import logging
 import re
 import sys
@@ -24,7 +23,7 @@ from . import config as C
 from . import runfiles
 from .config import Config, ConfigError
 from .methods import applies, method_class
-from .runtime import Preempted, check_arguments, data_id, read_json, run_process
+from .runtime import Preempted, check_arguments, data_id, lock_run_dir, read_json, run_process
 
 log = logging.getLogger("mocolab")
 PREEMPTED = Preempted.exit_code  # 75: the cell saved a checkpoint and stopped (SIGTERM/SIGINT)
@@ -161,7 +160,7 @@ def check_meta(out: Path, preset: str, data: str, fixed: list[str], grid_items: 
     path = out / "sweep.json"
     meta = {"preset": preset, "data": data_id(data), "set": list(fixed)}
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = runfiles.load_json(path)  # torn or hand-edited: one line naming it
         for k, v in meta.items():
             if old.get(k) != v:
                 raise ConfigError(f"{out} holds a sweep with {k} {old.get(k)!r}, not {v!r}; "
@@ -189,6 +188,7 @@ def sweep(preset: str, data: str, out: str | Path, grid_items: list[str], *, fix
             print(f"{c.name}  ({status(out / 'cells' / c.name)})")
         print(f"{len(cells)} cells")
         return 0
+    lock_run_dir(out)  # one sweep per folder: two would run the same cells and write the same tables
     check_meta(out, preset, data, fixed, grid_items)
     probe = LinearProbe(data) if linear else None
     failed: dict[str, int] = {}
