@@ -288,7 +288,7 @@ def main(argv=None) -> dict:
         tr = make_trainer(build_config(args.preset, over + extra), data, device, dtype)
         if eager_aug:
             tr.feed.aug.compile = False  # the encoders compiled, the augmentation eager
-        step, views = step_fn(tr, health), endless_views(tr)
+        step, views = (step_fn(tr, health=True) if health else step_fn(tr)), endless_views(tr)
         if fixed:  # ready-made views: no data work in this row
             ready = next(views)  # (views, index)
             return lambda: step(*ready)

@@ -20,7 +20,7 @@ def test_config_takes_auto_or_a_number_and_refuses_anything_else():
     assert cfg.moco.m == 0.99 and cfg.moco.queue_size == 1024
     with pytest.raises(ConfigError, match="moco.queue_size='big' is not a valid int or auto"):
         build_config("cifar10_cpu", ["moco.queue_size=big"])
-    with pytest.raises(ConfigError, match="for moco.method=moco"):
+    with pytest.raises(ConfigError, match="moco.m=auto is fitted for moco.method=moco only, not e2e"):
         build_config("cifar10_cpu", ["moco.method=e2e", "moco.m=auto"])
 
 

@@ -192,8 +192,6 @@ class Config:
             (0.0 <= self.moco.bank_m < 1.0, "moco.bank_m must lie in [0, 1)"),
             (is_auto(self.moco.m) or 0.0 <= self.moco.m < 1.0,
              "moco.m must lie in [0, 1) (the key encoder's momentum), or be auto"),
-            (self.moco.method == "moco" or not (is_auto(self.moco.m) or is_auto(self.moco.queue_size)),
-             "moco.m=auto and moco.queue_size=auto are for moco.method=moco (the rule was fitted for it)"),
             (self.moco.m_schedule in ("constant", "cosine"), "moco.m_schedule must be constant or cosine"),
             (0 < self.moco.T < math.inf, "moco.T must be positive"),
             (self.data.augment in ("v1", "v2", "cifar", "none"), "data.augment must be v1, v2, cifar or none"),
@@ -256,6 +254,10 @@ class Config:
             return [(False, f"moco.method must be one of: {', '.join(METHODS.names())}")]
         method = METHODS.get(self.moco.method)
         checks = []
+        for key in ("moco.m", "moco.queue_size"):  # auto: only where its rule was fitted (mocolab.auto)
+            fitted = [m.name for m in METHODS if key in m.auto_keys]
+            checks.append((not is_auto(getattr(self.moco, key.split(".")[1])) or key in method.auto_keys,
+                           f"{key}=auto is fitted for moco.method={' or '.join(fitted)} only, not {method.name}"))
         for key in sorted(method_specific_keys() - method.config_keys):
             group, name = key.split(".")
             section = getattr(self, group)

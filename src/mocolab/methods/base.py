@@ -26,6 +26,7 @@ class Method(nn.Module):
     # are ignored by it: `mocolab sweep` drops such axes, and a non-default value is an error)
     config_keys: frozenset[str] = frozenset()
     needs_index = False  # its loss needs each image's dataset index (the bank): the tensor backend only
+    auto_keys: frozenset[str] = frozenset()  # the keys it takes as "auto" (mocolab.auto fitted them for it)
     STATE = ()  # names of child modules that hold the method's state (queue, bank), not weights
     num_views = 2  # augmented views per image the feed makes (1: the bank's single view)
     compiled = False  # set by pretrain.build_model when the encoders are compiled

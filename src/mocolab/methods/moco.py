@@ -26,6 +26,7 @@ class MoCo(MomentumEncoders):
     config_keys = frozenset({"moco.queue_size", "moco.m", "moco.m_schedule", "moco.shuffle_bn", "moco.symmetric",
                              "model.predictor_dim", "data.small_crops"})
     STATE = ("queue",)
+    auto_keys = frozenset({"moco.m", "moco.queue_size"})  # mocolab.auto's rule was fitted on MoCo
 
     def __init__(self, encoder: nn.Module, dim: int, K: int, m: float = 0.999, T: float = 0.07, *,
                  m_schedule: str = "constant", shuffle_bn: bool = True, symmetric: bool = False,
