@@ -10,6 +10,16 @@ CIFAR = Path(os.environ.get("MOCOLAB_TEST_DATA", ROOT.parent / "shared" / "data"
 SHARED = Path(os.environ.get("MOCOLAB_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (the scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared(sub: str) -> Path:
     """A folder of ../shared/data (or MOCOLAB_SHARED_DATA). CI must have it: there it fails."""
     p = SHARED / sub

@@ -8,17 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import cifar_subset, shared
+from conftest import cifar_subset, load_benchmark, shared
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_benchmark(name: str):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 GPU_CHECK_ROWS = ["r18:limit", "r18:compiled", "r18:compiled_cudagraphs", "r18:mocolab", "r18:mocolab_compiled",
@@ -31,7 +25,7 @@ GPU_CHECK_ROWS = ["r18:limit", "r18:compiled", "r18:compiled_cudagraphs", "r18:m
 def tiny_devdata(cifar_dir: Path, dest: Path) -> Path:
     """The three packs gpu_check.sh reads, tiny: 24 CIFAR images a class and split (2 classes), 4 + 2
     BCCD images, 4 + 2 CamVid pairs (real files, through pack_data's own functions)."""
-    pd = _load_benchmark("pack_data")
+    pd = load_benchmark("pack_data")
     src = cifar_subset(cifar_dir, dest / "c10", 24)
     pd.write_pack(pd.image_folder(src), dest / "cifar10.pack")
     pd.write_pack(pd.voc_subset(shared("bccd/BCCD"), 4, 2), dest / "bccd.pack")
@@ -68,7 +62,7 @@ def test_gpu_check_reports_a_failing_row_and_goes_on(tmp_path, capsys):
     the exit status is 1."""
     import time
 
-    gc = _load_benchmark("gpu_check")
+    gc = load_benchmark("gpu_check")
     check = gc.Check(gc.argparse.Namespace(dry_run=True, device="cpu", out=str(tmp_path), devdata="", data_dir=None))
 
     def broken():
@@ -89,7 +83,7 @@ def test_gpu_check_reports_a_failing_row_and_goes_on(tmp_path, capsys):
 def test_pack_data_round_trip_and_subsets(tmp_path):
     """Packs unpack byte for byte; the VOC subset lists exactly its images; a path out of the
     destination is refused."""
-    pd = _load_benchmark("pack_data")
+    pd = load_benchmark("pack_data")
     voc = shared("bccd/BCCD")
     entries = pd.voc_subset(voc, 3, 2)
     pd.write_pack(entries, tmp_path / "bccd.pack")
@@ -110,7 +104,7 @@ def test_pack_data_round_trip_and_subsets(tmp_path):
 def test_throughput_reports_a_failing_row_and_measures_the_others(cifar_dir, tmp_path, monkeypatch, capsys):
     """A row that fails to build, in its warm-up or while timed (a compile mode on some GPU) is
     named in the table and the JSON; the other rows are still measured side by side."""
-    tp = _load_benchmark("throughput")
+    tp = load_benchmark("throughput")
     step_fn, built = tp.step_fn, []
 
     def no_peer(*a):
@@ -152,7 +146,7 @@ def test_augment_library_rows_build_the_same_preset():
     import torch
 
     from mocolab.augment import pil_transform, preset
-    bench = _load_benchmark("augment")
+    bench = load_benchmark("augment")
     mean, std = [0.4, 0.5, 0.6], [0.2, 0.25, 0.3]
     x = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     expected = (x.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)

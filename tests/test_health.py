@@ -2,22 +2,18 @@
 queue's pointer arithmetic, the warnings' rules, and a deliberately collapsing run flagged within
 its first epoch while the preset's healthy run is not."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cifar_subset
+from conftest import cifar_subset, load_benchmark
 
 from mocolab.bank import FeatureBank
 from mocolab.health import HealthWatch, alignment, effective_rank, feature_std, figures, momentum_window, uniformity
 from mocolab.queue import KeyQueue
 from mocolab.registry import METHODS
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # ---- the figures on small tensors -------------------------------------------------------
 
@@ -168,17 +164,9 @@ def test_watch_state_round_trip():
 # ---- runs ----------------------------------------------------------------------------------
 
 
-def _demo():
-    """benchmarks/health_demo.py (its ConstantKey method: the collapse of docs/health.md)."""
-    spec = importlib.util.spec_from_file_location("health_demo", ROOT / "benchmarks" / "health_demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def constant_key():
-    METHODS.register(_demo().ConstantKey)
+    METHODS.register(load_benchmark("health_demo").ConstantKey)
     yield
     METHODS.remove("constant_key")
 

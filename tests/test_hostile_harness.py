@@ -2,29 +2,18 @@
 the exit, a quiet stop on a closed pipe; the in-process `detect` path of the fuzz catches what a
 process would show; the held-lock inputs really are held (and the killed holder's lock is not)."""
 
-import importlib.util
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from mocolab import cli
 from mocolab.runtime import RunFolderBusy, lock_run_dir, release_run_dirs
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / f"benchmarks/{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bad_inputs = _load("bad_inputs")
-fuzz = _load("fuzz_annotations")
+bad_inputs = load_benchmark("bad_inputs")
+fuzz = load_benchmark("fuzz_annotations")
 
 
 def _done(rc: int, stderr: str, stdout: str = "") -> subprocess.CompletedProcess:
