@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from . import distributed as du
+from .stamps import StepStamps
 
 
-class FeatureBank(nn.Module):
+class FeatureBank(StepStamps):
     def __init__(self, n: int, dim: int, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
         # N x C, random unit vectors at start (InstDisc initialises uniformly at random)
         self.register_buffer("features", F.normalize(torch.randn(n, dim, generator=g), dim=1))
-        # N: the step each entry was last updated at (the random start: step 0), and steps so far
-        self.register_buffer("born", torch.zeros(n, dtype=torch.long))
-        self.register_buffer("clock", torch.zeros((), dtype=torch.long))
+        self.init_stamps(n)  # the step each entry was last updated at; steps so far
         # the negatives' draws: the same on every rank (one global bank), saved in checkpoints
         self.gen = torch.Generator().manual_seed(seed + 1)
 
@@ -38,16 +36,10 @@ class FeatureBank(nn.Module):
         epoch's permutation) with features f (B x C)."""
         v = self.features[idx]  # B x C, stale
         self.features.index_copy_(0, idx, F.normalize(m * v + (1 - m) * f.float(), dim=1))
-        self.born.index_fill_(0, idx, self.clock)
+        self.stamp(idx)
         self.clock += 1
 
     def age(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """The mean age in steps of the entries idx (all when None), 0-dim on the device."""
         born = self.born if idx is None else self.born[idx]
         return (self.clock - born).float().mean()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints from before the age stamps: the entries load, their ages start from here
-        for name in ("born", "clock"):
-            state_dict.setdefault(prefix + name, getattr(self, name).clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

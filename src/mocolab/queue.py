@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+
+from .stamps import StepStamps
 
 
-class KeyQueue(nn.Module):
+class KeyQueue(StepStamps):
     def __init__(self, size: int, dim: int):
         super().__init__()
         # K x C, random unit vectors at start, as in the official code
         self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next slot to write
-        # K: the step each slot's key was encoded at (the random start keys: step 0)
-        self.register_buffer("born", torch.zeros(size, dtype=torch.long))
-        self.register_buffer("clock", torch.zeros((), dtype=torch.long))  # steps (enqueues) so far
+        self.init_stamps(size)  # the step each slot's key was encoded at; steps (enqueues) so far
 
     @property
     def size(self) -> int:
@@ -33,12 +32,12 @@ class KeyQueue(nn.Module):
         K, B = self.size, k.shape[0]
         if B >= K:
             self.keys.copy_(k[B - K:])
-            self.born.fill_(self.clock)
+            self.stamp()
             self.ptr.zero_()
         else:
             idx = (self.ptr + torch.arange(B, device=k.device)) % K  # B slots, wrapping
             self.keys.index_copy_(0, idx, k.to(self.keys.dtype))
-            self.born.index_fill_(0, idx, self.clock)
+            self.stamp(idx)
             self.ptr.copy_((self.ptr + B) % K)
         if tick:
             self.clock += 1
@@ -63,9 +62,3 @@ class KeyQueue(nn.Module):
         """Steps since the oldest key was encoded (0-dim, on the device): K / B once a queue of K
         fed B keys a step is full; steps since the start before that."""
         return self.clock - self.born.min()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints from before the key-age stamps: the keys load, their ages start from here
-        for name in ("born", "clock"):
-            state_dict.setdefault(prefix + name, getattr(self, name).clone())
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
