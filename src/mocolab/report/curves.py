@@ -42,7 +42,7 @@ def final_knn(run: Run, x: str) -> tuple[float, float] | None:
 
 def plot_curves(runs: list[Run], x: str, path: Path) -> list[str]:
     """Writes a 2 x 3 grid of panels to `path`; returns the panels' keys that had data."""
-    from ..plotting import save, setup
+    from ..plotting import legend_below, save, setup
 
     plt = setup()
 
@@ -72,14 +72,6 @@ def plot_curves(runs: list[Run], x: str, path: Path) -> list[str]:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
         else:
             shown.append(key)
-    handles, labels = [], []
-    for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(labels) - 1) // 4), 1, 1))
+    legend_below(fig, axes.flat)
     save(fig, path, dpi=90)
     return shown

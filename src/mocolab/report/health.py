@@ -33,7 +33,7 @@ def warnings_of(run: Run) -> list[tuple[int, str]]:
 
 def plot_health(runs: list[Run], path: Path) -> None:
     """A 2 x 3 grid of the health figures against epochs, one colour per run."""
-    from ..plotting import save, setup
+    from ..plotting import legend_below, save, setup
 
     plt = setup()
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
@@ -57,10 +57,7 @@ def plot_health(runs: list[Run], path: Path) -> None:
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 4), fontsize=9, frameon=False)
-    fig.tight_layout(rect=(0, 0.04 + 0.025 * ((len(labels) - 1) // 4), 1, 1))
+    legend_below(fig, axes.flat)
     save(fig, path, dpi=90)
 
 
