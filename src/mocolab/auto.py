@@ -47,12 +47,16 @@ def is_auto(value) -> bool:
     return isinstance(value, str) and value.strip().lower() == "auto"
 
 
+def keys_per_step(cfg) -> int:
+    """Keys MoCo enqueues a step: the global batch's, twice with moco.symmetric (both views queries)."""
+    return cfg.optim.batch_size * (2 if cfg.moco.symmetric else 1)
+
+
 def auto_values(cfg, steps: int, n_train: int = 0) -> dict[str, float | int]:
     """{key: value} for moco.m and moco.queue_size where cfg sets them to "auto"."""
     out: dict[str, float | int] = {}
     if is_auto(cfg.moco.m):
         out["moco.m"] = auto_momentum(steps)
     if is_auto(cfg.moco.queue_size):
-        keys = cfg.optim.batch_size * (2 if cfg.moco.symmetric else 1)
-        out["moco.queue_size"] = auto_queue_size(steps, keys, n_train)
+        out["moco.queue_size"] = auto_queue_size(steps, keys_per_step(cfg), n_train)
     return out

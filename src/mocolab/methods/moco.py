@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .. import distributed as du
-from ..auto import is_auto
+from ..auto import is_auto, keys_per_step
 from ..losses import contrastive_logits, cross_entropy_at, info_nce, pretext_top1
 from ..models.encoder import build_query_predictor
 from ..momentum import cosine_momentum
@@ -44,8 +44,7 @@ class MoCo(MomentumEncoders):
 
     @classmethod
     def check_config(cls, cfg) -> list[tuple[bool, str]]:
-        # keys enqueued per step: the batch's, twice when both views are queries
-        per_step = cfg.optim.batch_size * (2 if cfg.moco.symmetric else 1)
+        per_step = keys_per_step(cfg)
         if is_auto(cfg.moco.queue_size):  # resolved at the start of the run (mocolab.auto), >= per_step
             return []
         return [
