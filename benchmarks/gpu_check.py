@@ -25,6 +25,7 @@ table, writes OUT/gpu_check.json, and exits 1 if any row failed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -164,6 +165,22 @@ class Check:
                                  f"(python benchmarks/pack_data.py devdata ../shared/data .devdata)")
             pack_data.unpack(pack, self.work / name)
             setattr(self, name, self.work / name)
+
+    def extras(self) -> None:
+        """Installs --devdata's wheels/ (pack_data.py downloads them) whose module this python lacks
+        into the work folder, for this process and its children: the device has no network, and
+        its system python stays as it was."""
+        site = self.work / "site"
+        for whl in sorted(Path(self.args.devdata).glob("wheels/*.whl")):
+            module = whl.name.split("-")[0]
+            if importlib.util.find_spec(module) is not None:
+                continue
+            r = subprocess.run([self.py, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", "--target",
+                                str(site), str(whl)], capture_output=True, text=True)
+            print(f"extras: {whl.name}: {'installed' if r.returncode == 0 else r.stderr.strip()[-300:]}")
+        if site.is_dir():
+            sys.path.insert(0, str(site))
+            importlib.invalidate_caches()
 
     # -- rows ---------------------------------------------------------------------------------
     def row(self, name: str, fn, timeout: float | None = None) -> None:
@@ -306,7 +323,9 @@ class Check:
                                                           f"{s['steps']} on the CPU"}
 
     def child_env(self) -> dict:
-        env = {"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        paths = [str(ROOT / "src"), *([str(self.work / "site")] if (self.work / "site").is_dir() else []),
+                 os.environ.get("PYTHONPATH", "")]
+        env = {"PYTHONPATH": os.pathsep.join(paths).rstrip(os.pathsep)}
         if self.dry:
             env["TORCH_COMPILE_DISABLE"] = "1"
         return env
@@ -317,6 +336,7 @@ class Check:
         self.out.mkdir(parents=True, exist_ok=True)
         try:
             self.data()
+            self.extras()
             self.r18_throughput()
             self.row("v3_vit_s16_224", self.vit_step)
             self.row("pretrain_r18", self.pretrain_r18)

@@ -5,7 +5,8 @@
 # is named and the next one runs; the exit status is 1 if any row failed.
 #
 # Before a device session (here, once): pack the data the device machine cannot see (../shared is
-# not carried; about 40 MiB):
+# not carried; about 40 MiB), and the wheels of the extras the device's python lacks (pycocotools for
+# the detect rows; gpu_check.py installs them into its work folder):
 #   .venv/bin/python benchmarks/pack_data.py devdata ../shared/data .devdata
 # The one call a session with a device makes (the `run` tool; its machine has torch and CUDA, and
 # the working tree plus the carried .devdata; timeout_s 540 leaves a rerun within 15 minutes of

@@ -3,7 +3,9 @@
 The GPU machine sees only the working tree and carried paths (64 MiB in all): 60,000 CIFAR-10
 JPEGs cost 240 MB of disk blocks as files but 53 MB packed, and small subsets of BCCD (VOC
 detection) and CamVid (segmentation) a few MB more. `devdata` writes the three packs that
-benchmarks/gpu_check.sh reads (about 40 MiB together):
+benchmarks/gpu_check.sh reads (about 40 MiB together), and into wheels/ the wheels of the extras its rows
+need that the device machine lacks (pycocotools for `mocolab detect`; the device has no network,
+so they travel with the packs; `--no-wheels` leaves them out):
 
   python benchmarks/pack_data.py devdata ../shared/data .devdata
   python benchmarks/pack_data.py pack ../shared/data/cifar10 .devdata/cifar10.pack --per-class 3000
@@ -15,12 +17,18 @@ benchmarks/gpu_check.sh reads (about 40 MiB together):
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
 
 # what `devdata` packs: CIFAR-10 with 3,000 train images a class (all 1,000 test ones), BCCD and CamVid subsets
 DEVDATA = {"cifar10_per_class": 3000, "bccd": (64, 16), "camvid": (48, 12)}
+# the extras gpu_check's rows import that the device machine's python (3.12; RESULTS.md) lacks:
+# binary wheels for it, downloaded here (the device has no network) and installed there by gpu_check.py
+WHEELS = ["pycocotools"]
+WHEELS_PYTHON = "3.12"
 
 
 def write_pack(entries: list[tuple[str, bytes]], dst: Path) -> None:
@@ -87,6 +95,21 @@ def devdata(shared: Path, dst: Path) -> None:
     write_pack(seg_subset(shared / "camvid", *DEVDATA["camvid"]), dst / "camvid.pack")
 
 
+def download_wheels(dst: Path, python: str = WHEELS_PYTHON) -> bool:
+    """dst/wheels/: WHEELS as manylinux x86-64 binary wheels for `python` (pip download, without
+    dependencies: torch's numpy is there). False, with a warning, where pip cannot reach an index."""
+    cmd = [sys.executable, "-m", "pip", "download", *WHEELS, "--no-deps", "--only-binary=:all:",
+           "--python-version", python, "--platform", "manylinux2014_x86_64", "-d", str(dst / "wheels")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        tail = (r.stderr.strip().splitlines() or ["?"])[-1]
+        print(f"warning: no wheels for {', '.join(WHEELS)} ({tail}); gpu_check's detect rows will fail on a "
+              f"machine without them", file=sys.stderr)
+        return False
+    print(f"wheels: {', '.join(WHEELS)} for python {python} -> {dst / 'wheels'}")
+    return True
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -107,6 +130,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("devdata", help="cifar10, bccd and camvid packs for gpu_check.sh")
     p.add_argument("shared", type=Path, help="the shared data folder (../shared/data)")
     p.add_argument("dst", type=Path, help="where the packs go (.devdata)")
+    p.add_argument("--no-wheels", action="store_true", help="the packs only (no wheels/)")
     p = sub.add_parser("unpack")
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
@@ -119,6 +143,8 @@ def main(argv=None) -> None:
         write_pack(seg_subset(a.src, a.train, a.val), a.dst)
     elif a.cmd == "devdata":
         devdata(a.shared, a.dst)
+        if not a.no_wheels:
+            download_wheels(a.dst)
     else:
         unpack(a.src, a.dst)
 

@@ -39,6 +39,7 @@ import resource
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -321,6 +322,7 @@ def main(argv=None) -> dict:
     def drop(name: str, when: str, e: Exception) -> None:
         """One row that fails (a compile mode on some GPU) is reported; the others go on."""
         failed[name] = f"{when}: {type(e).__name__}: {e}"
+        traceback.print_exc()  # where it failed (inside torch.compile: which lowering), for the log
         print(f"row {name} failed in its {failed[name]}", flush=True)
         rows.pop(name, None)
 

@@ -44,6 +44,7 @@ done_run runs/bccd_moco || $M pretrain --preset imagenette_cpu --data runs/bccd_
   --resume auto "${SMALL[@]}" "${T[@]}"
 done_run runs/camvid_moco || $M pretrain --preset imagenette_cpu --data "$SHARED/camvid/train/images" \
   --out runs/camvid_moco --resume auto "${SMALL[@]}" "${T[@]}"
+[ -n "${BACKBONES_ONLY:-}" ] && exit 0  # BACKBONES_ONLY=1: the backbones above, no comparison (docs/continued.sh)
 
 # 2. the comparison: the same fine-tuning recipe (preset, ITERS iterations) for every backbone
 SET=(--transfer-set ${ITERS:+task.iters=$ITERS} ${LABELS:+task.train_images=$LABELS} ${SUBSET:+task.subset_seed=$SUBSET}

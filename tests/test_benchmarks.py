@@ -1,8 +1,10 @@
 """The prepared GPU check runs end to end on the CPU (--dry-run, tiny sizes, real CIFAR JPEGs)
 and writes the figures it promises; a GPU session then only has to run it."""
 
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,40 @@ def test_gpu_check_reports_a_failing_row_and_goes_on(tmp_path, capsys):
     assert rows["b"]["status"] == "FAIL" and "stopped after 1 s" in rows["b"]["note"] and rows["b"]["seconds"] < 4
     assert rows["c"]["status"] == "PASS" and rows["c"]["img_s"] == 12.5
     assert "FAILED: a, b" in capsys.readouterr().out
+
+
+def test_gpu_check_installs_the_carried_wheels_it_lacks(tmp_path, monkeypatch):
+    """A wheel in DEVDATA/wheels/ whose module this python lacks is installed into the work folder
+    (not the system), importable here and on the children's PYTHONPATH; one it has is left alone."""
+    import zipfile
+
+    gc = load_benchmark("gpu_check")
+    wheels = tmp_path / "devdata/wheels"
+    wheels.mkdir(parents=True)
+
+    def wheel(name: str, body: str) -> None:  # a minimal pure-python wheel, written by hand
+        info = f"{name}-1.0.dist-info"
+        files = {f"{name}/__init__.py": body,
+                 f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+                 f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+        files[f"{info}/RECORD"] = "".join(f"{f},,\n" for f in [*files, f"{info}/RECORD"])
+        with zipfile.ZipFile(wheels / f"{name}-1.0-py3-none-any.whl", "w") as z:
+            for f, text in files.items():
+                z.writestr(f, text)
+    wheel("mocolab_carried_extra", "VALUE = 42\n")
+    wheel("json", "raise ImportError('must not replace an installed module')\n")
+    monkeypatch.setattr(gc.sys, "path", list(gc.sys.path))
+    check = gc.Check(gc.argparse.Namespace(dry_run=True, device="cpu", out=str(tmp_path / "out"),
+                                           devdata=str(tmp_path / "devdata"), data_dir=None))
+    try:
+        check.extras()
+        site = check.work / "site"
+        assert (site / "mocolab_carried_extra/__init__.py").is_file() and not (site / "json").exists()
+        assert str(site) in check.child_env()["PYTHONPATH"].split(os.pathsep)
+        assert importlib.import_module("mocolab_carried_extra").VALUE == 42
+    finally:
+        sys.modules.pop("mocolab_carried_extra", None)
+        shutil.rmtree(check.work, ignore_errors=True)
 
 
 def test_pack_data_round_trip_and_subsets(tmp_path):

@@ -74,6 +74,20 @@ def test_compiles_reads_the_cache(fake_cache, caplog):
     assert not compiling.compiles(cfg_of("run.budget_minutes=0.5", "run.compile_min_minutes=30"))
 
 
+def test_split_bn_compiles_without_mix_order_reduction(fake_cache, monkeypatch):
+    """SplitBatchNorm's grouped backward fails inductor's mix-order reduction fusion (torch 2.11 on an
+    H200, RESULTS.md): a compiling run with bn_splits > 1 switches it off; plain BN keeps it."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config.triton, "mix_order_reduction", True)
+    assert compiling.compiles(cfg_of("run.compile_min_minutes=0", "model.bn_splits=1"))
+    assert inductor_config.triton.mix_order_reduction is True
+    assert not compiling.compiles(cfg_of("run.compile=false", "model.bn_splits=8"))  # no compile: untouched
+    assert inductor_config.triton.mix_order_reduction is True
+    assert compiling.compiles(cfg_of("run.compile_min_minutes=0", "model.bn_splits=8"))
+    assert inductor_config.triton.mix_order_reduction is False
+
+
 @pytest.mark.slow
 def test_short_budget_cli_run_stays_eager(cifar_dir, tmp_path, fake_cache, caplog):
     """`mocolab pretrain --preset cifar10_cpu --budget-minutes 0.1` on a cold cache: no compile

@@ -118,6 +118,17 @@ def compile_decision(cfg: Config, warm: bool) -> tuple[bool, str]:
                    f"under --budget-minutes >= run.compile_min_minutes={r.compile_min_minutes:g} ({budget:g} here)")
 
 
+def inductor_settings(cfg: Config) -> None:
+    """Inductor settings the compiled encoders need. With SplitBatchNorm (bn_splits > 1) inductor's
+    mix-order reduction fusion (triton, GPUs only) fails in the backward of its grouped view:
+    torch 2.11 on an H200 raised "AssertionError: 512 v.s. 4096" in MixOrderReduction.get_numel_rnumel
+    (benchmarks/RESULTS.md, GPU check of 2026-12-04), and compiled with that fusion off."""
+    import torch._inductor.config as inductor_config
+
+    if cfg.model.bn_splits > 1 and hasattr(inductor_config.triton, "mix_order_reduction"):
+        inductor_config.triton.mix_order_reduction = False
+
+
 def compiles(cfg: Config) -> bool:
     """Whether this run compiles its encoders (and augmentation): compile_decision on the real cache
     state, and a C++ compiler present. A pretraining that compiled calls remember(cfg) once it has
@@ -132,4 +143,5 @@ def compiles(cfg: Config) -> bool:
         log.warning("run.compile: no C++ compiler found (torch.compile's inductor needs one); training eagerly")
         return False
     log.info("run.compile: compiling: %s", why)
+    inductor_settings(cfg)
     return True
