@@ -1,4 +1,5 @@
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +28,36 @@ def test_labeled_and_unlabeled_folders(tmp_path):
     assert not flat.labeled and flat.labels == [-1] * 4
     d = decode_to_tensor(flat, 8, workers=0)
     assert d.images.shape == (4, 3, 8, 8) and d.images.dtype == torch.uint8
+
+
+def test_file_lists_hold_str_and_give_paths_in_path_order(tmp_path):
+    """FileList.files holds str (a Path costs ~400 B a file) but hands out Path objects, in the order
+    sorted Path objects had; slices and + stay Paths; it pickles (DataLoader workers) as the str list."""
+    import pickle
+
+    from mocolab.data import Paths
+
+    names = ["b.jpg", "b-c.jpg", "B.png", "a b.jpg", "a.jpeg", "\u00e9t\u00e9.jpg", "b_1.jpg", "10.jpg", "9.jpg"]
+    (tmp_path / "flat").mkdir()
+    for n in names:
+        _img(tmp_path / "flat" / n)
+    (tmp_path / "flat" / ".hidden.jpg").write_bytes(b"x")
+    (tmp_path / "flat" / "notes.txt").write_text("x")
+    fl = scan_folder(tmp_path / "flat")
+    assert isinstance(fl.files, Paths) and isinstance(fl.files._s[0], str)
+    assert list(fl.files) == sorted(tmp_path / "flat" / n for n in names)  # Path order, Path objects
+    assert isinstance(fl.files[0], Path) and fl.files[0] == sorted(tmp_path / "flat" / n for n in names)[0]
+    assert isinstance(fl.files[2:5], Paths) and list(fl.files[2:5]) == list(fl.files)[2:5]
+    both = fl.files + [tmp_path / "x.jpg"]
+    assert len(both) == len(names) + 1 and both[-1] == tmp_path / "x.jpg" and fl.files == list(fl.files)
+    assert pickle.loads(pickle.dumps(fl.files)) == fl.files
+    labeled = tmp_path / "lab"
+    for c, n in (("a", "x-y.png"), ("a", "x/y.png"), ("b", "z.png")):
+        (labeled / c / n).parent.mkdir(parents=True, exist_ok=True)
+        _img(labeled / c / n)
+    lab = scan_folder(labeled)
+    assert list(lab.files) == sorted((labeled / "a").rglob("*.png")) + [labeled / "b/z.png"]
+    assert lab.labels == [0, 0, 1]
 
 
 def test_limit_is_class_balanced(tmp_path):

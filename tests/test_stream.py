@@ -3,6 +3,7 @@ chunk by chunk equal their in-memory versions; files streamed through DataLoader
 same accuracies as the decoded in-memory split on real CIFAR-10."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +46,37 @@ def test_store_goes_to_disk_over_the_memory_limit_and_is_deleted(tmp_path):
     small.append(f, y)
     assert not small.finish().on_disk and torch.equal(small.tensor(), f)
     assert not list(tmp_path.iterdir())
+
+
+def _mapped_rss_kb(path) -> int:
+    """This process's resident kB of the mapping of `path` (/proc/self/smaps)."""
+    lines, total = open("/proc/self/smaps").read().splitlines(), 0
+    for i, line in enumerate(lines):
+        if line.endswith(str(path)):
+            total += next(int(x.split()[1]) for x in lines[i + 1:] if x.startswith("Rss:"))
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps").exists(), reason="reads Linux's /proc/self/smaps")
+def test_disk_store_keeps_one_chunk_resident_and_loses_no_row(tmp_path):
+    """Written and read chunk by chunk, the memory-mapped store releases the pages it is done with
+    (RSS stays at about a chunk, not N x D: RESULTS.md 'embed memory'), and every row reads back."""
+    n, d = 20000, 64  # 5 MB of float32
+    f, y = _features(n, d)
+    st = FeatureStore(n, 0, "float32", tmp_path)
+    for i in range(0, n, 1000):
+        st.append(f[i:i + 1000], y[i:i + 1000])
+    st.finish()
+    path = next(tmp_path.rglob("features.npy"))
+    assert _mapped_rss_kb(path) <= 1000 * d * 4 // 1024 + 8  # at most the last append's pages
+    got = []
+    for _, c in st.chunks(2000):
+        assert _mapped_rss_kb(path) <= 2000 * d * 4 // 1024 + 8  # the current chunk only
+        got.append(c.clone())
+    assert torch.equal(torch.cat(got), f)
+    st.rows[:] = 0  # without release the whole mapping stays resident
+    assert _mapped_rss_kb(path) >= n * d * 4 // 1024 - 8
+    st.close()
 
 
 @pytest.mark.parametrize("k,bank_chunk,query_chunk", [(10, 64, 50), (200, 64, 33), (7, 1000, 1000)])

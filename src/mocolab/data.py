@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,18 +52,63 @@ def default_cache_root() -> Path:
     return Path(os.environ.get("MOCOLAB_CACHE", Path.home() / ".cache" / "mocolab"))
 
 
-def _is_image(p: Path) -> bool:
+def _is_image(p: Path | os.DirEntry) -> bool:
     return p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS) and not p.name.startswith(".")
+
+
+class Paths(Sequence):
+    """File paths held as str and handed out as Path: a list of Path objects costs ~400 B a file,
+    its str ~100 B, and a folder of 200k images is listed whole (benchmarks/RESULTS.md, 'embed
+    memory'). Indexing gives a Path, slicing and + give Paths."""
+
+    __slots__ = ("_s",)
+
+    def __init__(self, files=()):
+        self._s = files._s if isinstance(files, Paths) else [os.fspath(f) for f in files]
+
+    def __len__(self) -> int:
+        return len(self._s)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            out = Paths()
+            out._s = self._s[i]
+            return out
+        return Path(self._s[i])
+
+    def __iter__(self):
+        return map(Path, self._s)
+
+    def __add__(self, other) -> Paths:
+        out = Paths()
+        out._s = self._s + Paths(other)._s
+        return out
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"Paths({len(self)} files)"
+
+    def __getstate__(self):  # pickled to DataLoader workers: the str list
+        return self._s
+
+    def __setstate__(self, state) -> None:
+        self._s = state
 
 
 @dataclass
 class FileList:
-    """Image files with labels (-1 when the folder is unlabeled) and class names."""
+    """Image files (held compactly: Paths) with labels (-1 when the folder is unlabeled) and class names."""
 
     root: Path
-    files: list[Path]
+    files: Paths
     labels: list[int]
     classes: list[str]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.files, Paths):
+            self.files = Paths(self.files)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -90,9 +136,10 @@ def scan_folder(root: str | Path, limit: int = 0) -> FileList:
                 warnings.warn(f"class folder without images, ignored: {d}", stacklevel=2)
                 continue
             classes.append(d.name)
-            files += found
+            files += map(os.fspath, found)  # str: one class's Path objects at a time
             labels += [len(classes) - 1] * len(found)
-    top = sorted(p for p in root.iterdir() if _is_image(p))
+    with os.scandir(root) as it:  # str, in Path order (one folder: by name)
+        top = sorted(e.path for e in it if _is_image(e))
     if top and not classes:  # a flat folder of unlabeled images
         files, labels = top, [-1] * len(top)
     if not files:

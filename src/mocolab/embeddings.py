@@ -22,6 +22,7 @@ from torch import nn
 
 from .data import DataError, FileList
 from .errors import UsageError
+from .eval.store import release_pages
 
 FORMATS = {".safetensors": "safetensors", ".npy": "npy", ".parquet": "parquet"}
 CHUNK = 16384  # rows written at a time
@@ -133,6 +134,8 @@ def check_out(out: str | Path, overwrite: bool) -> tuple[str, list[Path]]:
 def _chunks(emb: Embeddings):
     """(lo, rows lo:lo+CHUNK as a float32 numpy array) over the features."""
     for lo in range(0, len(emb), CHUNK):
+        if emb._store is not None:
+            emb._store.release()  # streamed: only this chunk's pages resident
         yield lo, emb.features[lo:lo + CHUNK].float().numpy()
 
 
@@ -188,6 +191,7 @@ def _write_npy(emb: Embeddings, path: Path, table: Path) -> None:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, d))
         for lo, block in _chunks(emb):
             arr[lo:lo + len(block)] = block
+            release_pages(arr)
         arr.flush()
         del arr
 

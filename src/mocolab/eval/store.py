@@ -5,6 +5,7 @@ the disk, rounded) memory-mapped file in a temporary folder, deleted by close().
 
 from __future__ import annotations
 
+import mmap
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -16,6 +17,15 @@ import torch
 from ..errors import UsageError
 
 STORE_DTYPES = {"float16": np.float16, "float32": np.float32}
+
+
+def release_pages(rows) -> None:
+    """Drops a np.memmap's pages from this process's resident set (the page cache and the file keep
+    them; the next access maps them again). Written or read chunk by chunk, a mapping otherwise keeps
+    every page it touched resident, and RSS grows with N x D (benchmarks/RESULTS.md, 'embed memory')."""
+    mm = getattr(rows, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS; elsewhere pages stay
+        mm.madvise(mmap.MADV_DONTNEED)
 
 
 class FeatureStore:
@@ -77,6 +87,7 @@ class FeatureStore:
         f = f.detach().float().cpu()
         if self.on_disk:
             self.rows[self.n:self.n + b] = f.numpy().astype(self.rows.dtype)
+            release_pages(self.rows)
         else:
             self.rows[self.n:self.n + b] = f
         self.labels[self.n:self.n + b] = torch.as_tensor(y).long().cpu()
@@ -92,10 +103,17 @@ class FeatureStore:
         return self
 
     def read(self, lo: int, hi: int, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Rows lo:hi as float32 on `device` ((hi - lo) x D)."""
+        """Rows lo:hi as float32 on `device` ((hi - lo) x D). On disk, the pages of earlier reads are
+        released first: a reader going chunk by chunk holds one chunk's pages."""
         if self.on_disk:
+            release_pages(self.rows)
             return torch.from_numpy(np.asarray(self.rows[lo:hi], dtype=np.float32)).to(device)
         return self.rows[lo:hi].to(device)
+
+    def release(self) -> None:
+        """On disk: the pages read or written so far leave this process's resident set."""
+        if self.on_disk:
+            release_pages(self.rows)
 
     def chunks(self, chunk: int, device: torch.device | str = "cpu") -> Iterator[tuple[int, torch.Tensor]]:
         """(lo, rows lo:lo+chunk float32 on `device`) over all rows."""
