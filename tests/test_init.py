@@ -51,6 +51,20 @@ def test_init_loads_both_encoders_and_fills_the_queue_with_real_keys(source):
     assert torch.allclose(keys.norm(dim=1), torch.ones(32), atol=1e-5)
 
 
+def test_priming_under_bf16_autocast_augments_as_training_does(source):
+    """The v2 augmentation (blur on a subset) runs outside autocast, as in training, and the keys
+    under it: with bf16 it once mixed a float batch with bfloat16 blurred images and stopped."""
+    run, data = source
+    cfg = _config("run.amp=bf16", "data.augment=v2", "data.backend=tensor", "data.image_size=96")
+    assert cfg.data.crop_size in (0, 96)  # v2 blurs at 96 px (not at CIFAR's 32)
+    model = build_method(cfg)
+    init_weights(model, str(run), cfg)
+    trainer = Trainer(cfg, model, load_splits(str(data), 96).train, torch.device("cpu"), None, torch.bfloat16)
+    assert trainer.feed.aug.spec.p_blur > 0
+    assert prime_dictionary(trainer) == 2
+    assert torch.allclose(model.queue.keys.norm(dim=1), torch.ones(32), atol=1e-2)
+
+
 def test_init_from_a_backbone_export_copies_it_to_the_key_encoder(source):
     run, _ = source
     cfg = _config()

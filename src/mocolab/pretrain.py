@@ -116,11 +116,12 @@ def prime_dictionary(trainer: Trainer) -> int:
     order = epoch_order(len(trainer.feed), cfg.run.seed, 0)
     trainer.gen.manual_seed(cfg.run.seed)
     used = 0
-    with trainer.autocast():
-        for views, _ in trainer.feed.batches(order, 0, 0):
-            used += 1
-            if method.prime(views):
-                break
+    for views, _ in trainer.feed.batches(order, 0, 0):  # augmented as in training: outside autocast
+        used += 1
+        with trainer.autocast():
+            full = method.prime(views)
+        if full:
+            break
     return used
 
 
