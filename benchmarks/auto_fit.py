@@ -166,11 +166,13 @@ def main(argv=None) -> dict:
     steps_per_epoch = IMAGES // BATCH
     result: dict = {"lengths": {}}
     rows = []
+    grids = {}  # epochs -> its finished cells (the plot's too)
     for e in args.fit + args.check:
         cells = read_grid(runs / f"auto_e{e}")
         if not cells:
             print(f"epochs {e}: no finished cells")
             continue
+        grids[e] = cells
         S = e * steps_per_epoch
         (bk, bm), bknn = best(cells)
         w_star = window_star(cells, row_spread(cells))
@@ -217,8 +219,7 @@ def main(argv=None) -> dict:
         print("cells by age / window (ok: within the spread of the same m's smallest K): "
               + ", ".join(f"{r:.3f} {'ok' if ok else 'NO'}" for r, ok in ratios))
     if args.plot and "rule" in result:
-        plot({e: read_grid(runs / f"auto_e{e}") for e in args.fit + args.check if read_grid(runs / f"auto_e{e}")},
-             result["rule"], Path(args.plot))
+        plot(grids, result["rule"], Path(args.plot))
     for e in args.check:
         autos = {}
         for summary in sorted((runs / f"auto_check_e{e}").glob("*/summary.json")):

@@ -5,6 +5,7 @@ import json
 import logging
 
 import pytest
+import torch
 from conftest import cifar_subset
 
 from mocolab import compiling
@@ -79,12 +80,15 @@ def test_split_bn_compiles_without_mix_order_reduction(fake_cache, monkeypatch):
     H200, RESULTS.md): a compiling run with bn_splits > 1 switches it off; plain BN keeps it."""
     import torch._inductor.config as inductor_config
 
+    from mocolab.pretrain import build_model
+
+    cpu = torch.device("cpu")
     monkeypatch.setattr(inductor_config.triton, "mix_order_reduction", True)
-    assert compiling.compiles(cfg_of("run.compile_min_minutes=0", "model.bn_splits=1"))
+    assert build_model(cfg_of("run.compile_min_minutes=0", "model.bn_splits=1"), cpu).compiled
     assert inductor_config.triton.mix_order_reduction is True
-    assert not compiling.compiles(cfg_of("run.compile=false", "model.bn_splits=8"))  # no compile: untouched
+    assert not build_model(cfg_of("run.compile=false", "model.bn_splits=8"), cpu).compiled  # no compile: untouched
     assert inductor_config.triton.mix_order_reduction is True
-    assert compiling.compiles(cfg_of("run.compile_min_minutes=0", "model.bn_splits=8"))
+    assert build_model(cfg_of("run.compile_min_minutes=0", "model.bn_splits=8"), cpu).compiled
     assert inductor_config.triton.mix_order_reduction is False
 
 

@@ -143,5 +143,4 @@ def compiles(cfg: Config) -> bool:
         log.warning("run.compile: no C++ compiler found (torch.compile's inductor needs one); training eagerly")
         return False
     log.info("run.compile: compiling: %s", why)
-    inductor_settings(cfg)
     return True

@@ -16,7 +16,7 @@ import torch
 from . import distributed as du
 from .auto import auto_values
 from .checkpoint import CheckpointError, export_backbone, load_training_checkpoint
-from .compiling import compiles, remember, uses_cudagraphs
+from .compiling import compiles, inductor_settings, remember, uses_cudagraphs
 from .config import Config, ConfigError, apply_overrides, check_bn_groups, check_limits, from_dict, save_yaml, set_key
 from .data import cache_size_for, load_splits
 from .engine import Trainer
@@ -53,6 +53,7 @@ def build_model(cfg: Config, device: torch.device, n_train: int = 0) -> Method:
     if cfg.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compiles(cfg):  # in place: parameters, state_dict keys and checkpoints stay as they are
+        inductor_settings(cfg)
         mode = None if cfg.run.compile_mode == "default" else cfg.run.compile_mode
         for enc in model.encoders():
             enc.compile(mode=mode)
